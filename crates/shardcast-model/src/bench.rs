@@ -1,0 +1,274 @@
+//! Protocol T (`shared/bench/PROTOCOL.md`): training and inference speed of
+//! the recurrent model, ours against candle-nn's `LSTM` in the same process.
+//!
+//! Work: one LSTM layer, 8 input features, hidden 64, sequence 96, batch 64,
+//! a linear head of 24 outputs on the last hidden state, MSE loss, AdamW,
+//! f32. Figures: median milliseconds per training step, median forward
+//! latency at batch 1 and batch 256. Run it on one thread
+//! (`RAYON_NUM_THREADS=1`) to compare with the recorded references.
+
+use std::fmt;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::rnn::RNN;
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+
+use crate::error::Result;
+use crate::lstm::{Lstm, LstmConfig};
+
+/// Sizes and repetition counts of a protocol T run.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolT {
+    /// Input features per step.
+    pub input: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Training batch.
+    pub batch: usize,
+    /// Outputs of the linear head.
+    pub outputs: usize,
+    /// Untimed training steps before the timed ones.
+    pub warmup: usize,
+    /// Timed training steps.
+    pub steps: usize,
+    /// Timed forward passes per batch size.
+    pub forward_runs: usize,
+    /// Whether to also time candle-nn's `LSTM` (off only for profiling).
+    pub reference: bool,
+}
+
+impl Default for ProtocolT {
+    fn default() -> Self {
+        Self {
+            input: 8,
+            hidden: 64,
+            seq: 96,
+            batch: 64,
+            outputs: 24,
+            warmup: 3,
+            steps: 20,
+            forward_runs: 20,
+            reference: true,
+        }
+    }
+}
+
+/// Median timings of one implementation, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timings {
+    /// One training step: forward, loss, backward, AdamW update.
+    pub train_step_ms: f64,
+    /// Forward at batch 1.
+    pub forward_b1_ms: f64,
+    /// Forward at batch 256.
+    pub forward_b256_ms: f64,
+}
+
+/// Both sides of a run, plus the final training losses as a sanity check
+/// that both actually trained the same model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The run's settings.
+    pub threads: usize,
+    /// The fused ops of this crate.
+    pub fused: Timings,
+    /// candle-nn's `LSTM`, unless the run left it out.
+    pub candle_nn: Option<Timings>,
+    /// Loss after the last timed step (fused, candle-nn).
+    pub final_loss: (f32, Option<f32>),
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "protocol T (rayon threads: {}), median ms, lower is better",
+            self.threads
+        )?;
+        writeln!(
+            f,
+            "| figure               | shardcast fused | candle-nn LSTM | speed-up |"
+        )?;
+        writeln!(
+            f,
+            "|----------------------|-----------------|----------------|----------|"
+        )?;
+        let rows = [
+            (
+                "train step (b=64)",
+                self.fused.train_step_ms,
+                self.candle_nn.map(|t| t.train_step_ms),
+            ),
+            (
+                "forward b=1",
+                self.fused.forward_b1_ms,
+                self.candle_nn.map(|t| t.forward_b1_ms),
+            ),
+            (
+                "forward b=256",
+                self.fused.forward_b256_ms,
+                self.candle_nn.map(|t| t.forward_b256_ms),
+            ),
+        ];
+        for (name, ours, theirs) in rows {
+            match theirs {
+                Some(theirs) => writeln!(
+                    f,
+                    "| {name:<20} | {ours:>15.3} | {theirs:>14.3} | {:>7.1}x |",
+                    theirs / ours
+                )?,
+                None => writeln!(
+                    f,
+                    "| {name:<20} | {ours:>15.3} | {:>14} | {:>8} |",
+                    "-", "-"
+                )?,
+            }
+        }
+        write!(f, "final loss: fused {:.5}", self.final_loss.0)?;
+        if let Some(l) = self.final_loss.1 {
+            write!(f, ", candle-nn {l:.5}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The model under test: a recurrent core plus the linear head.
+trait Model {
+    /// Last hidden state `[batch, hidden]`, recording for autograd.
+    fn last_hidden(&self, x: &Tensor) -> Result<Tensor>;
+    /// Same, on the serving path.
+    fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
+        self.last_hidden(x)
+    }
+}
+
+impl Model for Lstm {
+    fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.forward(x)?;
+        Ok(out.states[0].h.clone())
+    }
+    fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.infer(x, None)?;
+        Ok(out.states[0].h.clone())
+    }
+}
+
+impl Model for candle_nn::LSTM {
+    fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        let states = self.seq(x)?;
+        let last = states
+            .last()
+            .ok_or(candle_core::Error::Msg("empty sequence".to_owned()))?;
+        Ok(last.h.clone())
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+fn time_ms(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+fn inputs(dims: &[usize], seed: u64) -> Result<Tensor> {
+    let n: usize = dims.iter().product();
+    let mut s = seed;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
+}
+
+fn run_side<M: Model>(
+    p: &ProtocolT,
+    build: impl FnOnce(VarBuilder<'_>) -> Result<M>,
+) -> Result<(Timings, f32)> {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let model = build(vb.pp("lstm"))?;
+    let head = candle_nn::linear(p.hidden, p.outputs, vb.pp("head"))?;
+    let mut opt = AdamW::new(vm.all_vars(), ParamsAdamW::default())?;
+    let x = inputs(&[p.batch, p.seq, p.input], 1)?;
+    let y = inputs(&[p.batch, p.outputs], 2)?;
+
+    let step = |opt: &mut AdamW| -> Result<f32> {
+        let pred = head.forward(&model.last_hidden(&x)?)?;
+        let loss = (pred - &y)?.sqr()?.mean_all()?;
+        opt.backward_step(&loss)?;
+        Ok(loss.to_scalar::<f32>()?)
+    };
+    for _ in 0..p.warmup {
+        step(&mut opt)?;
+    }
+    let mut times = Vec::with_capacity(p.steps);
+    let mut loss = f32::NAN;
+    for _ in 0..p.steps {
+        times.push(time_ms(|| {
+            loss = step(&mut opt)?;
+            Ok(())
+        })?);
+    }
+    let train_step_ms = median(times);
+
+    let forward = |batch: usize| -> Result<f64> {
+        let x = inputs(&[batch, p.seq, p.input], 3)?;
+        let run = || -> Result<()> {
+            let out = head.forward(&model.last_hidden_infer(&x)?)?;
+            // Force the result, as a server would when encoding it.
+            let _ = out.flatten_all()?.to_vec1::<f32>()?;
+            Ok(())
+        };
+        run()?;
+        let times = (0..p.forward_runs)
+            .map(|_| time_ms(run))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(median(times))
+    };
+    let timings = Timings {
+        train_step_ms,
+        forward_b1_ms: forward(1)?,
+        forward_b256_ms: forward(256)?,
+    };
+    Ok((timings, loss))
+}
+
+/// Runs protocol T for the fused layer and for candle-nn's `LSTM`.
+pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
+    let (fused, fused_loss) = run_side(p, |vb| Lstm::new(LstmConfig::new(p.input, p.hidden), vb))?;
+    let reference = if p.reference {
+        Some(run_side(p, |vb| {
+            Ok(candle_nn::rnn::lstm(
+                p.input,
+                p.hidden,
+                candle_nn::rnn::LSTMConfig::default(),
+                vb,
+            )?)
+        })?)
+    } else {
+        None
+    };
+    let (candle_nn, candle_loss) = (reference.map(|r| r.0), reference.map(|r| r.1));
+    Ok(Report {
+        threads: rayon::current_num_threads(),
+        fused,
+        candle_nn,
+        final_loss: (fused_loss, candle_loss),
+    })
+}

@@ -1,0 +1,453 @@
+//! CPU building blocks shared by the fused recurrent ops: a register-tiled
+//! small GEMM over a packed right-hand side, and branch-free activations that
+//! the compiler vectorises.
+//!
+//! Everything here is `#[inline(always)]` and generic over `FMA` so that the
+//! per-ISA entry points in the op modules (`#[target_feature(enable =
+//! "avx2,fma")]` and a portable fallback) each get their own fully inlined,
+//! vectorised copy. Without that the crate, built for baseline x86-64, would
+//! only ever see SSE2.
+
+/// Column padding of packed operands; the widest tile is this many columns.
+pub(crate) const NR_PAD: usize = 64;
+
+/// Rows of the widest row block handled by one micro-kernel call.
+pub(crate) const MR: usize = 6;
+
+/// A right-hand GEMM operand `B[k, n]`, row-major with its rows padded with
+/// zeros to `npad` columns so that every tile reads full width.
+#[derive(Debug)]
+pub(crate) struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+    npad: usize,
+}
+
+impl PackedB {
+    /// Packs `B[p][j] = f(p, j)` for `p < k`, `j < n`.
+    pub(crate) fn from_fn(k: usize, n: usize, f: impl Fn(usize, usize) -> f32) -> Self {
+        let npad = n.div_ceil(NR_PAD) * NR_PAD;
+        let mut data = vec![0.0; k * npad];
+        for (p, row) in data.chunks_exact_mut(npad).enumerate() {
+            for (j, v) in row[..n].iter_mut().enumerate() {
+                *v = f(p, j);
+            }
+        }
+        Self { data, k, n, npad }
+    }
+}
+
+/// A block of left-hand GEMM rows: row `r` is `data[start + r * ld..][..k]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) start: usize,
+    pub(crate) ld: usize,
+}
+
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    // Without hardware FMA `mul_add` is a libm call; an unfused multiply-add
+    // is what the portable path wants.
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// Computes `C = A[rows, b.k] @ B` for `rows <= MR` and hands each output row
+/// segment to `store(row, first_column, values)`.
+///
+/// The tile shape is chosen per row count so that every call keeps at least
+/// eight independent accumulator chains in flight (FMA latency × throughput),
+/// which matters most at batch 1 where there is no row reuse at all.
+#[inline(always)]
+pub(crate) fn gemm_rows<const FMA: bool>(
+    a: Rows<'_>,
+    rows: usize,
+    b: &PackedB,
+    store: impl FnMut(usize, usize, &[f32]),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA = true` is only instantiated inside the
+        // `#[target_feature(enable = "avx2,fma")]` entry points, which run
+        // after `has_avx2_fma()` returned true.
+        unsafe { avx2::gemm_rows(a, rows, b, store) };
+        return;
+    }
+    match rows {
+        0 => {}
+        1 => tile_1x64::<FMA>(a, b, store),
+        2 => tile_2x32::<FMA>(a, b, store),
+        3 => tile_3x32::<FMA>(a, b, store),
+        4 => tile_4x16::<FMA>(a, b, store),
+        5 => tile_5x16::<FMA>(a, b, store),
+        _ => tile_6x16::<FMA>(a, b, store),
+    }
+}
+
+// One function per tile shape, with the row loop written out by the macro:
+// the accumulators are then indexed by constants only, so LLVM keeps them
+// in vector registers across the whole `k` loop (a generic row loop that it
+// declines to unroll leaves them on the stack and runs ~20x slower).
+macro_rules! tile {
+    ($name:ident, $n:literal, [$($r:literal),+]) => {
+        #[inline(always)]
+        fn $name<const FMA: bool>(
+            a: Rows<'_>,
+            b: &PackedB,
+            mut store: impl FnMut(usize, usize, &[f32]),
+        ) {
+            const N: usize = $n;
+            let k = b.k;
+            let arows = [$({
+                let s = a.start + $r * a.ld;
+                &a.data[s..s + k]
+            }),+];
+            let zero = [0.0f32; N];
+            let mut j0 = 0;
+            while j0 < b.n {
+                let mut acc = [$({
+                    let _ = $r;
+                    [0.0f32; N]
+                }),+];
+                for p in 0..k {
+                    let brow: &[f32; N] = b.data[p * b.npad + j0..]
+                        .first_chunk::<N>()
+                        .unwrap_or(&zero);
+                    $({
+                        let av = arows[$r][p];
+                        let acc_r = &mut acc[$r];
+                        for j in 0..N {
+                            acc_r[j] = fmadd::<FMA>(av, brow[j], acc_r[j]);
+                        }
+                    })+
+                }
+                let nv = (b.n - j0).min(N);
+                $(store($r, j0, &acc[$r][..nv]);)+
+                j0 += N;
+            }
+        }
+    };
+}
+
+tile!(tile_1x64, 64, [0]);
+tile!(tile_2x32, 32, [0, 1]);
+tile!(tile_3x32, 32, [0, 1, 2]);
+tile!(tile_4x16, 16, [0, 1, 2, 3]);
+tile!(tile_5x16, 16, [0, 1, 2, 3, 4]);
+tile!(tile_6x16, 16, [0, 1, 2, 3, 4, 5]);
+
+/// Explicit AVX2 + FMA micro-kernels: auto-vectorisation of the portable
+/// tiles leaves multi-row tiles scalar, about 20x slower.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps};
+    use std::arch::x86_64::{_mm256_setzero_ps, _mm256_storeu_ps};
+
+    use super::{PackedB, Rows};
+
+    /// Row length the stack buffer for the interleaved A rows holds.
+    const PACK_K: usize = 256;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn gemm_rows(
+        a: Rows<'_>,
+        rows: usize,
+        b: &PackedB,
+        store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        match rows {
+            0 => {}
+            1 => tile_1x64(a, b, store),
+            2 => tile_2x32(a, b, store),
+            3 => tile_3x32(a, b, store),
+            4 => tile_4x16(a, b, store),
+            5 => tile_5x16(a, b, store),
+            _ => tile_6x16(a, b, store),
+        }
+    }
+
+    // `$vs` is the list of 8-lane vectors per row; it is passed as one token
+    // tree so that the row macro can expand it once per row, which keeps
+    // every accumulator index a constant (and so in a register).
+    macro_rules! fma_row {
+        ($acc:ident, $bv:ident, $av:expr, $r:literal, [$($v:literal),+]) => {
+            let av = _mm256_set1_ps($av);
+            $($acc[$r][$v] = _mm256_fmadd_ps(av, $bv[$v], $acc[$r][$v]);)+
+        };
+    }
+
+    macro_rules! tile {
+        ($name:ident, $nv:literal, [$($r:literal),+], $vs:tt) => {
+            #[target_feature(enable = "avx2,fma")]
+            #[inline]
+            fn $name(a: Rows<'_>, b: &PackedB, mut store: impl FnMut(usize, usize, &[f32])) {
+                const NV: usize = $nv;
+                const N: usize = NV * 8;
+                const M: usize = [$($r),+].len();
+                let k = b.k;
+                // Interleave the rows (`pack[p * M + r]`) so the inner loop
+                // broadcasts from one moving pointer instead of M.
+                let mut pack = [0.0f32; PACK_K * M];
+                let kk = k.min(PACK_K);
+                $({
+                    let s = a.start + $r * a.ld;
+                    for (p, v) in a.data[s..s + kk].iter().enumerate() {
+                        pack[p * M + $r] = *v;
+                    }
+                })+
+                let arows = [$({
+                    let s = a.start + $r * a.ld;
+                    &a.data[s..s + k]
+                }),+];
+                let mut j0 = 0;
+                while j0 < b.n {
+                    // Every padded B row holds the full tile: `npad` is a
+                    // multiple of the widest tile and `j0 < n <= npad`.
+                    let panel = &b.data[j0..(k - 1) * b.npad + j0 + N];
+                    let mut acc: [[__m256; NV]; [$($r),+].len()] =
+                        [[_mm256_setzero_ps(); NV]; [$($r),+].len()];
+                    for (p, ap) in pack[..kk * M].chunks_exact(M).enumerate() {
+                        let row = &panel[p * b.npad..p * b.npad + N];
+                        let bv: [__m256; NV] = std::array::from_fn(|v| {
+                            // SAFETY: `row` has N = 8 * NV elements.
+                            unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * v)) }
+                        });
+                        $(fma_row!(acc, bv, ap[$r], $r, $vs);)+
+                    }
+                    // Rows longer than the packing buffer finish unpacked.
+                    for p in kk..k {
+                        let row = &panel[p * b.npad..p * b.npad + N];
+                        let bv: [__m256; NV] = std::array::from_fn(|v| {
+                            // SAFETY: `row` has N = 8 * NV elements.
+                            unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * v)) }
+                        });
+                        $(fma_row!(acc, bv, arows[$r][p], $r, $vs);)+
+                    }
+                    let nv = (b.n - j0).min(N);
+                    let mut out = [0.0f32; N];
+                    $(
+                        for (v, reg) in acc[$r].iter().enumerate() {
+                            // SAFETY: `out` has N = 8 * NV elements.
+                            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), *reg) };
+                        }
+                        store($r, j0, &out[..nv]);
+                    )+
+                    j0 += N;
+                }
+            }
+        };
+    }
+
+    tile!(tile_1x64, 8, [0], [0, 1, 2, 3, 4, 5, 6, 7]);
+    tile!(tile_2x32, 4, [0, 1], [0, 1, 2, 3]);
+    tile!(tile_3x32, 4, [0, 1, 2], [0, 1, 2, 3]);
+    tile!(tile_4x16, 2, [0, 1, 2, 3], [0, 1]);
+    tile!(tile_5x16, 2, [0, 1, 2, 3, 4], [0, 1]);
+    tile!(tile_6x16, 2, [0, 1, 2, 3, 4, 5], [0, 1]);
+}
+
+/// `exp(x)` to about 2e-7 relative error, without branches.
+///
+/// Range reduction `x = n ln2 + r` with `|r| <= ln2 / 2` (the rounding done by
+/// adding 1.5 * 2^23, which also leaves `n` in the low mantissa bits), a
+/// degree-7 Taylor polynomial in `r`, and `2^n` built from its exponent bits.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let m = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = m - MAGIC;
+    let ni = (m.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    let scale = f32::from_bits((ni.wrapping_add(127) << 23) as u32);
+    p * scale
+}
+
+/// The logistic function.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// The hyperbolic tangent, as `1 - 2 / (1 + e^{2x})`: absolute error about
+/// 1e-7, which is what the gradients and outputs need.
+#[inline(always)]
+pub(crate) fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp(2.0 * x))
+}
+
+/// Eight-lane AVX2 versions of [`exp`], [`sigmoid`] and [`tanh`], same
+/// algorithm. The scalar ones stay in use for row tails and the portable path.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd {
+    use std::arch::x86_64::*;
+
+    /// Loads 8 lanes from the front of `s` (which must hold at least 8).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn load(s: &[f32]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` has 8 elements.
+        unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    }
+
+    /// Stores 8 lanes to the front of `s` (which must hold at least 8).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn store(s: &mut [f32], v: __m256) {
+        let s = &mut s[..8];
+        // SAFETY: `s` has 8 elements.
+        unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn exp(x: __m256) -> __m256 {
+        const MAGIC: f32 = 12_582_912.0;
+        let x = _mm256_min_ps(_mm256_max_ps(x, splat(-87.0)), splat(88.0));
+        let m = _mm256_fmadd_ps(x, splat(std::f32::consts::LOG2_E), splat(MAGIC));
+        let n = _mm256_sub_ps(m, splat(MAGIC));
+        let ni = _mm256_sub_epi32(
+            _mm256_castps_si256(m),
+            _mm256_set1_epi32(MAGIC.to_bits() as i32),
+        );
+        let r = _mm256_fnmadd_ps(n, splat(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, splat(1.428_606_8e-6), r);
+        let mut p = splat(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm256_fmadd_ps(p, r, splat(c));
+        }
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            ni,
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_mul_ps(p, scale)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn sigmoid(x: __m256) -> __m256 {
+        let e = exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_div_ps(splat(1.0), _mm256_add_ps(splat(1.0), e))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn tanh(x: __m256) -> __m256 {
+        let e = exp(_mm256_add_ps(x, x));
+        _mm256_sub_ps(
+            splat(1.0),
+            _mm256_div_ps(splat(2.0), _mm256_add_ps(splat(1.0), e)),
+        )
+    }
+}
+
+/// Whether the AVX2 + FMA kernels can run on this CPU.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// How many independent batch chunks to run on the rayon pool: one (and no
+/// pool at all) unless there are several threads and enough rows per thread
+/// to fill full micro-kernel row blocks.
+pub(crate) fn batch_chunk_rows(batch: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || batch < 2 * MR * 2 {
+        return batch.max(1);
+    }
+    let per = batch.div_ceil(threads);
+    per.div_ceil(MR) * MR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std() {
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
+            assert!(rel < 5e-7, "exp({x}) rel err {rel}");
+            x += 0.0137;
+        }
+    }
+
+    #[test]
+    fn activations_match_std() {
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            assert!((tanh(x) - x.tanh()).abs() < 3e-7, "tanh({x})");
+            let s = 1.0 / (1.0 + (-x).exp());
+            assert!((sigmoid(x) - s).abs() < 3e-7, "sigmoid({x})");
+            x += 0.0071;
+        }
+        assert_eq!(sigmoid(-1e30), sigmoid(-200.0));
+        assert!(tanh(1e30) <= 1.0 && tanh(-1e30) >= -1.0);
+    }
+
+    #[test]
+    fn gemm_rows_matches_naive() {
+        for &(rows, k, n) in &[
+            (1, 3, 5),
+            (2, 7, 70),
+            (3, 9, 33),
+            (4, 2, 17),
+            (5, 11, 64),
+            (6, 5, 130),
+        ] {
+            let a: Vec<f32> = (0..rows * (k + 2))
+                .map(|v| (v as f32 * 0.37).sin())
+                .collect();
+            let bm: Vec<f32> = (0..k * n).map(|v| (v as f32 * 0.11).cos()).collect();
+            let packed = PackedB::from_fn(k, n, |p, j| bm[p * n + j]);
+            let mut c = vec![0.0f32; rows * n];
+            let rows_view = Rows {
+                data: &a,
+                start: 1,
+                ld: k + 2,
+            };
+            gemm_rows::<false>(rows_view, rows, &packed, |r, j0, v| {
+                c[r * n + j0..r * n + j0 + v.len()].copy_from_slice(v);
+            });
+            for r in 0..rows {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|p| a[1 + r * (k + 2) + p] * bm[p * n + j]).sum();
+                    assert!(
+                        (c[r * n + j] - want).abs() < 1e-4,
+                        "{rows}x{k}x{n} at {r},{j}"
+                    );
+                }
+            }
+        }
+    }
+}

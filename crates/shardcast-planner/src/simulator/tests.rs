@@ -1,0 +1,199 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn trace(values: Vec<f64>) -> Trace {
+    Trace::new(Timestamp(0), GridStep::FIVE_MINUTES, values).unwrap()
+}
+
+fn step_trace() -> Trace {
+    let mut v = vec![2.0; 10];
+    v.extend([10.0; 10]);
+    trace(v)
+}
+
+fn cfg(lead: usize) -> SimConfig {
+    SimConfig {
+        lead_steps: lead,
+        ..SimConfig::default()
+    }
+}
+
+/// A source that knows the future: every level equals the actual demand
+/// (the last value beyond the end of the trace).
+fn perfect(values: Vec<f64>) -> impl FnMut(&SourceRequest<'_>) -> Option<QuantileForecast> {
+    move |r| {
+        let t = r.history.len();
+        let levels = QuantileSet::new(&[0.1, 0.5, 0.9]).unwrap();
+        let vals = (0..r.horizon)
+            .flat_map(|i| {
+                let v = values[(t + i).min(values.len() - 1)] as f32;
+                [v, v, v]
+            })
+            .collect();
+        QuantileForecast::new(levels, r.start, r.step, vals).ok()
+    }
+}
+
+#[test]
+fn oracle_on_a_step_has_exact_counts() {
+    let run = simulate_oracle(&step_trace(), &cfg(2)).unwrap();
+    let req: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
+    let mut want = vec![2; 8];
+    want.extend([10; 12]);
+    assert_eq!(req, want);
+    let s = &run.summary;
+    assert_eq!(s.under_provisioned_steps, 0);
+    assert_eq!(s.unserved_demand_pct, 0.0);
+    assert_eq!(s.scale_actions, 1);
+    assert!((s.shard_hours - 136.0 / 12.0).abs() < 1e-9);
+    // The shards requested at step 8 serve from step 10, exactly in time.
+    assert_eq!(run.records[9].shards_ready, 2);
+    assert_eq!(run.records[10].shards_ready, 10);
+}
+
+#[test]
+fn reactive_lags_by_the_lead_plus_the_observation_step() {
+    for lead in 0..5 {
+        let run = simulate_reactive(&step_trace(), &cfg(lead), 0.7).unwrap();
+        let s = &run.summary;
+        assert_eq!(s.under_provisioned_steps, lead + 1, "lead {lead}");
+        // Steady state before the step: ceil(2 / 0.7) = 3.
+        assert_eq!(run.records[5].shards_requested, 3);
+        // Short by 10 − 3 for lead + 1 steps out of 140 units of demand.
+        let unserved = 7.0 * (lead + 1) as f64 / 120.0 * 100.0;
+        assert!((s.unserved_demand_pct - unserved).abs() < 1e-9, "{s:?}");
+    }
+}
+
+#[test]
+fn reactive_scale_down_waits_for_the_stabilisation_window() {
+    let mut v = vec![10.0; 5];
+    v.extend([1.0; 10]);
+    let run = simulate_reactive(&trace(v), &cfg(1), 0.5).unwrap();
+    let req: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
+    // 20 until the low demand is seen at step 6; the 300 s window (one
+    // step of 5 minutes back) holds 20 until step 7, then 2.
+    assert_eq!(&req[..8], &[20, 20, 20, 20, 20, 20, 20, 2]);
+}
+
+#[test]
+fn perfect_forecast_meets_the_oracle() {
+    let values: Vec<f64> = (0..200)
+        .map(|t| 10.0 + 8.0 * (t as f64 / 12.0).sin() + if t % 37 < 3 { 6.0 } else { 0.0 })
+        .collect();
+    let tr = trace(values.clone());
+    for lead in [0, 1, 2, 5] {
+        let mut c = cfg(lead);
+        c.shardcast.scale_down_stabilisation_secs = 0;
+        let oracle = simulate_oracle(&tr, &c).unwrap();
+        let mut src = perfect(values.clone());
+        let run = simulate_shardcast(&tr, &c, 0.9, &mut src).unwrap();
+        assert_eq!(run.summary.under_provisioned_steps, 0, "lead {lead}");
+        assert_eq!(run.summary.fallback_steps, 0);
+        let a: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
+        let b: Vec<u32> = oracle.records.iter().map(|r| r.shards_requested).collect();
+        assert_eq!(a, b, "lead {lead}");
+        assert_eq!(run.summary.shard_hours, oracle.summary.shard_hours);
+    }
+}
+
+#[test]
+fn seasonal_naive_source_runs_and_falls_back_without_history() {
+    let values: Vec<f64> = (0..96)
+        .map(|t| 10.0 + 5.0 * ((t % 24) as f64 / 24.0 * std::f64::consts::TAU).sin())
+        .collect();
+    let tr = trace(values);
+    let mut src = SeasonalNaiveSource::new(24, 48);
+    let run = simulate_shardcast(&tr, &cfg(2), 0.9, &mut src).unwrap();
+    // No forecast until a season plus one step of history exists.
+    assert_eq!(run.summary.fallback_steps, 25);
+    // A perfectly periodic trace is forecast exactly after that.
+    let late = &run.records[30..];
+    assert!(
+        late.iter()
+            .all(|r| f64::from(r.shards_ready) >= r.demand - 1e-9)
+    );
+}
+
+#[test]
+fn sweep_reports_relative_shard_hours() {
+    let tr = step_trace();
+    let values = tr.values.clone();
+    let mut src = perfect(values);
+    let spec = SweepSpec::default();
+    let s = sweep(&tr, &cfg(2), &spec, Some(&mut src)).unwrap();
+    assert_eq!(s.runs.len(), 10);
+    assert_eq!(s.oracle.summary.shard_hours_vs_oracle, Some(1.0));
+    for r in &s.runs {
+        assert!(
+            r.summary.shard_hours_vs_oracle.unwrap() >= 1.0 - 1e-12,
+            "{:?}",
+            r.summary
+        );
+    }
+    // Higher target utilisation runs fewer shard-hours.
+    let reactive: Vec<f64> = s.runs[..5].iter().map(|r| r.summary.shard_hours).collect();
+    assert!(reactive.windows(2).all(|w| w[0] >= w[1]), "{reactive:?}");
+    let json = serde_json::to_value(&s.runs[0].records[0]).unwrap();
+    assert_eq!(json["policy"], "reactive");
+    assert_eq!(json["knob"], 0.5);
+    let spec: SweepSpec = serde_json::from_str(r#"{"service_levels":[0.9]}"#).unwrap();
+    assert_eq!(spec.target_utilisations.len(), 5);
+    assert!(serde_json::from_str::<SimConfig>(r#"{"lead":2}"#).is_err());
+}
+
+#[test]
+fn inputs_are_checked() {
+    assert_eq!(
+        Trace::new(Timestamp(0), GridStep::HOUR, vec![]),
+        Err(Error::EmptyTrace)
+    );
+    assert!(matches!(
+        Trace::new(Timestamp(0), GridStep::HOUR, vec![1.0, -1.0]),
+        Err(Error::InvalidTrace { index: 1, .. })
+    ));
+    let t = Trace::from_demand(Timestamp(0), GridStep::HOUR, &[50.0, 100.0], 25.0).unwrap();
+    assert_eq!(t.values, vec![2.0, 4.0]);
+    assert_eq!(lead_steps(600, GridStep::FIVE_MINUTES), 2);
+    assert_eq!(lead_steps(600, GridStep::HOUR), 1);
+    assert_eq!(lead_steps(0, GridStep::HOUR), 0);
+    assert!(simulate_reactive(&step_trace(), &cfg(1), 0.0).is_err());
+    let mut src = perfect(vec![1.0]);
+    assert!(simulate_shardcast(&step_trace(), &cfg(1), 1.0, &mut src).is_err());
+}
+
+proptest! {
+    #[test]
+    fn oracle_covers_every_step_and_is_pointwise_minimal(
+        values in prop::collection::vec(0.0f64..30.0, 1..60),
+        lead in 0usize..6,
+    ) {
+        let tr = trace(values.clone());
+        let c = cfg(lead);
+        let run = simulate_oracle(&tr, &c).unwrap();
+        prop_assert_eq!(run.summary.under_provisioned_steps, 0);
+        // Any covering schedule has at least the oracle's count at each step:
+        // shards needed within the next `lead` steps must already exist.
+        for (t, r) in run.records.iter().enumerate() {
+            let end = (t + lead).min(values.len() - 1);
+            let lower = values[t..=end].iter().map(|&d| shards_needed(d, 1.0).max(1)).max().unwrap();
+            prop_assert_eq!(r.shards_requested, lower);
+        }
+    }
+
+    #[test]
+    fn perfect_forecast_never_under_provisions(
+        values in prop::collection::vec(0.0f64..30.0, 1..60),
+        lead in 0usize..6,
+    ) {
+        let tr = trace(values.clone());
+        let mut c = cfg(lead);
+        c.shardcast.scale_down_stabilisation_secs = 0;
+        let mut src = perfect(values);
+        let run = simulate_shardcast(&tr, &c, 0.5, &mut src).unwrap();
+        let oracle = simulate_oracle(&tr, &c).unwrap();
+        prop_assert_eq!(run.summary.under_provisioned_steps, 0);
+        prop_assert!((run.summary.shard_hours - oracle.summary.shard_hours).abs() < 1e-9);
+    }
+}

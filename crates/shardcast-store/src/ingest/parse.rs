@@ -1,0 +1,212 @@
+//! Field parsers for timestamps and values, written for speed on the hot
+//! path of ingestion.
+
+use serde::{Deserialize, Serialize};
+
+/// How timestamps are written in an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimestampFormat {
+    /// Numbers are unix seconds (or millis when above 1e11); text is ISO 8601.
+    #[default]
+    Auto,
+    /// ISO 8601 or `YYYY-MM-DD HH:MM:SS`; UTC when no zone is given.
+    Iso,
+    /// Unix seconds, possibly fractional.
+    UnixSeconds,
+    /// Unix milliseconds.
+    UnixMillis,
+}
+
+/// Parses a timestamp to milliseconds since the epoch, UTC.
+pub(crate) fn parse_timestamp(field: &[u8], format: TimestampFormat) -> Option<i64> {
+    let field = trim(field);
+    match format {
+        TimestampFormat::Iso => parse_iso(field),
+        TimestampFormat::UnixSeconds => parse_unix(field, false),
+        TimestampFormat::UnixMillis => parse_unix(field, true),
+        TimestampFormat::Auto => {
+            if field.len() > 4 && field[4] == b'-' {
+                parse_iso(field)
+            } else {
+                let v: f64 = std::str::from_utf8(field).ok()?.parse().ok()?;
+                parse_unix(field, v.abs() >= 1e11)
+            }
+        }
+    }
+}
+
+fn parse_unix(field: &[u8], millis: bool) -> Option<i64> {
+    let text = std::str::from_utf8(field).ok()?;
+    if let Ok(i) = text.parse::<i64>() {
+        return if millis { Some(i) } else { i.checked_mul(1000) };
+    }
+    let v: f64 = text.parse().ok()?;
+    let ms = if millis { v } else { v * 1000.0 };
+    (ms.is_finite() && ms.abs() < 9.0e15).then(|| ms.round() as i64)
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// `YYYY-MM-DD`, then optionally `[T ]HH:MM[:SS[.fff…]]`, then an optional
+/// `Z`, `±HH:MM`, `±HHMM` or `±HH` zone.
+fn parse_iso(b: &[u8]) -> Option<i64> {
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = digits(&b[0..4])? as i32;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let days = shardcast_core::Timestamp::from_date(year, month, day)?.millis();
+    let mut rest = &b[10..];
+    let mut ms: i64 = 0;
+    if !rest.is_empty() && (rest[0] == b'T' || rest[0] == b' ' || rest[0] == b't') {
+        rest = &rest[1..];
+        if rest.len() < 5 || rest[2] != b':' {
+            return None;
+        }
+        let h = digits(&rest[0..2])?;
+        let mi = digits(&rest[3..5])?;
+        rest = &rest[5..];
+        let mut s = 0;
+        if rest.first() == Some(&b':') {
+            s = digits(rest.get(1..3)?)?;
+            rest = &rest[3..];
+            if rest.first() == Some(&b'.') || rest.first() == Some(&b',') {
+                let end = rest[1..]
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .map_or(rest.len(), |p| p + 1);
+                let frac = &rest[1..end];
+                if frac.is_empty() {
+                    return None;
+                }
+                let mut f = 0i64;
+                for (i, &c) in frac.iter().take(3).enumerate() {
+                    f += i64::from(c - b'0') * [100, 10, 1][i];
+                }
+                ms += f;
+                rest = &rest[end..];
+            }
+        }
+        // 24:00:00 is not accepted; 23:59:60 (leap second) is folded forward.
+        if h > 23 || mi > 59 || s > 60 {
+            return None;
+        }
+        ms += (i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s)) * 1000;
+    }
+    let offset_ms = match rest {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), zone @ ..] => {
+            let (zh, zm) = match zone {
+                [a, b] => (digits(&[*a, *b])?, 0),
+                [a, b, b':', c, d] | [a, b, c, d] => (digits(&[*a, *b])?, digits(&[*c, *d])?),
+                _ => return None,
+            };
+            if zh > 23 || zm > 59 {
+                return None;
+            }
+            let off = (i64::from(zh) * 60 + i64::from(zm)) * 60_000;
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    Some(days + ms - offset_ms)
+}
+
+/// Parses a finite number. `Err(true)` when it parses but is not finite.
+pub(crate) fn parse_value(field: &[u8]) -> Result<f64, bool> {
+    let text = std::str::from_utf8(trim(field)).map_err(|_| false)?;
+    if text.is_empty() {
+        return Err(false);
+    }
+    let v: f64 = text.parse().map_err(|_| false)?;
+    if v.is_finite() { Ok(v) } else { Err(true) }
+}
+
+pub(crate) fn trim(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if first.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = b {
+        if last.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_392_388_200_000; // 2014-02-14 14:30:00 UTC
+
+    #[test]
+    fn iso_variants() {
+        let f = TimestampFormat::Auto;
+        for text in [
+            "2014-02-14 14:30:00",
+            "2014-02-14T14:30:00",
+            "2014-02-14T14:30:00Z",
+            "2014-02-14T14:30:00.000Z",
+            "2014-02-14T15:30:00+01:00",
+            "2014-02-14T13:30:00-0100",
+            "2014-02-14T16:30:00+02",
+            "2014-02-14 14:30",
+            " 2014-02-14 14:30:00 ",
+        ] {
+            assert_eq!(parse_timestamp(text.as_bytes(), f), Some(T0), "{text}");
+        }
+        assert_eq!(parse_timestamp(b"2014-02-14T14:30:00.25Z", f), Some(T0 + 250));
+        assert_eq!(parse_timestamp(b"2014-02-14", f), Some(T0 - 52_200_000));
+    }
+
+    #[test]
+    fn unix_variants() {
+        let f = TimestampFormat::Auto;
+        assert_eq!(parse_timestamp(b"1392388200", f), Some(T0));
+        assert_eq!(parse_timestamp(b"1392388200000", f), Some(T0));
+        assert_eq!(parse_timestamp(b"1392388200.5", f), Some(T0 + 500));
+        assert_eq!(parse_timestamp(b"1392388200", TimestampFormat::UnixMillis), Some(1_392_388_200));
+        assert_eq!(parse_timestamp(b"1392388200", TimestampFormat::UnixSeconds), Some(T0));
+        assert_eq!(parse_timestamp(b"1392388200", TimestampFormat::Iso), None);
+    }
+
+    #[test]
+    fn bad_timestamps() {
+        for text in [
+            "", "yesterday", "2014-02-30 00:00:00", "2014-13-01", "2014-02-14 25:00:00",
+            "2014-02-14 14:30:00 UTC", "2014-02-14T14", "2014-02-14T14:30:00+25:00", "nan",
+            "2014-02-14T14:30:00.", "1e300",
+        ] {
+            assert_eq!(parse_timestamp(text.as_bytes(), TimestampFormat::Auto), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(parse_value(b"1.5"), Ok(1.5));
+        assert_eq!(parse_value(b" -2e3 "), Ok(-2000.0));
+        assert_eq!(parse_value(b"NaN"), Err(true));
+        assert_eq!(parse_value(b"inf"), Err(true));
+        assert_eq!(parse_value(b"abc"), Err(false));
+        assert_eq!(parse_value(b""), Err(false));
+        assert_eq!(parse_value(b"\xff"), Err(false));
+    }
+}

@@ -1,0 +1,88 @@
+//! Subcommand implementations: settings in, library calls, tables out.
+
+mod bench;
+mod demo;
+mod ingest;
+
+use anyhow::{Context, Result};
+use arrow::array::RecordBatch;
+use shardcast_core::Timestamp;
+use shardcast_store::Store;
+
+use crate::cli::{Cli, Command, OutputFormat};
+
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Ingest(args) => ingest::run(args).await,
+        Command::Query(args) => {
+            let store = open(&args.store.store)?;
+            let batches = store.sql(&args.sql).await.context("query failed")?;
+            print_batches(&batches, args.format)
+        }
+        Command::Series(args) => {
+            let store = open(&args.store.store)?;
+            print_series(&store, args.app.as_deref()).await
+        }
+        Command::Compact(args) => {
+            let store = open(&args.store)?;
+            let s = store.compact().await?;
+            println!(
+                "compacted {} partitions: {} live files before, {} after; deleted {} unreferenced objects (store version {})",
+                s.partitions, s.files_before, s.files_after, s.deleted, s.version
+            );
+            Ok(())
+        }
+        Command::Bench(crate::cli::BenchCommand::Ingest(args)) => bench::ingest(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+pub(crate) fn open(location: &str) -> Result<Store> {
+    Store::open(location).with_context(|| format!("cannot open the store at {location}"))
+}
+
+pub(crate) fn print_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Table => {
+            println!("{}", arrow::util::pretty::pretty_format_batches(batches)?);
+        }
+        OutputFormat::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs)?;
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn print_series(store: &Store, app: Option<&str>) -> Result<()> {
+    let series = store.list_series().await?;
+    println!(
+        "{:<12} {:<14} {:<10} {:<40} {:<22} {:<22} {:>9}",
+        "app", "shard_type", "metric", "series", "first", "last", "points"
+    );
+    let mut shown = 0;
+    for s in series.iter().filter(|s| app.is_none_or(|a| s.key.app == a)) {
+        println!(
+            "{:<12} {:<14} {:<10} {:<40} {:<22} {:<22} {:>9}",
+            s.key.app,
+            s.key.shard_type,
+            s.key.metric,
+            s.key.series,
+            Timestamp(s.first).to_string(),
+            Timestamp(s.last).to_string(),
+            s.points
+        );
+        shown += 1;
+    }
+    println!("{shown} series");
+    Ok(())
+}
