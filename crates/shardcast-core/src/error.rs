@@ -35,7 +35,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// A grid step that does not parse or is not positive.
-    #[error("grid step {text:?} is invalid: expected a positive duration such as 5m, 30m, 1h or 1d")]
+    #[error(
+        "grid step {text:?} is invalid: expected a positive duration such as 5m, 30m, 1h or 1d"
+    )]
     InvalidGridStep {
         /// The rejected text.
         text: String,

@@ -92,7 +92,11 @@ impl QuantileForecast {
     /// The value of `level` at every step, if the level is in the set.
     pub fn level_path(&self, level: f64) -> Option<Vec<f32>> {
         let j = self.levels.position(level)?;
-        Some((0..self.horizon()).map(|i| self.step_values(i)[j]).collect())
+        Some(
+            (0..self.horizon())
+                .map(|i| self.step_values(i)[j])
+                .collect(),
+        )
     }
 
     /// The value at an arbitrary level in (0, 1) for step `i`, by linear
@@ -153,22 +157,37 @@ mod tests {
 
     #[test]
     fn rejects_crossing_and_bad_shape() {
-        let ok = QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![1., 2., 3., 2., 2., 2.]);
+        let ok = QuantileForecast::new(
+            levels(),
+            Timestamp(0),
+            GridStep::HOUR,
+            vec![1., 2., 3., 2., 2., 2.],
+        );
         let ok = ok.unwrap();
         assert_eq!(ok.horizon(), 2);
         assert_eq!(ok.time_of(1), Timestamp(3_600_000));
         assert_eq!(ok.level_path(0.9), Some(vec![3., 2.]));
-        let crossing = QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![1., 0., 3.]);
-        assert!(matches!(crossing, Err(Error::ForecastValues { step: 0, .. })));
+        let crossing =
+            QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![1., 0., 3.]);
+        assert!(matches!(
+            crossing,
+            Err(Error::ForecastValues { step: 0, .. })
+        ));
         let shape = QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![1., 2.]);
         assert!(matches!(shape, Err(Error::ForecastShape { .. })));
-        let nan = QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![1., f32::NAN, 3.]);
+        let nan = QuantileForecast::new(
+            levels(),
+            Timestamp(0),
+            GridStep::HOUR,
+            vec![1., f32::NAN, 3.],
+        );
         assert!(nan.is_err());
     }
 
     #[test]
     fn interpolates_between_levels() {
-        let f = QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![0., 10., 20.]).unwrap();
+        let f = QuantileForecast::new(levels(), Timestamp(0), GridStep::HOUR, vec![0., 10., 20.])
+            .unwrap();
         assert_eq!(f.interpolate(0, 0.5), 10.0);
         assert!((f.interpolate(0, 0.7) - 15.0).abs() < 1e-5);
         assert_eq!(f.interpolate(0, 0.01), 0.0);

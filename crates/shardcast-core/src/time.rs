@@ -51,12 +51,7 @@ impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (y, mo, d) = self.date();
         let ms = self.0.rem_euclid(Self::DAY_MS);
-        let (h, mi, s, frac) = (
-            ms / 3_600_000,
-            ms / 60_000 % 60,
-            ms / 1000 % 60,
-            ms % 1000,
-        );
+        let (h, mi, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
         write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}")?;
         if frac != 0 {
             write!(f, ".{frac:03}")?;
@@ -182,7 +177,12 @@ impl From<GridStep> for String {
 impl fmt::Display for GridStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        for (unit, size) in [("d", Timestamp::DAY_MS), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        for (unit, size) in [
+            ("d", Timestamp::DAY_MS),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
             if ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -200,7 +200,10 @@ mod tests {
     fn formats_iso() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00Z");
         let t = Timestamp::from_date(2014, 2, 14).unwrap();
-        assert_eq!(Timestamp(t.0 + 52_200_000).to_string(), "2014-02-14T14:30:00Z");
+        assert_eq!(
+            Timestamp(t.0 + 52_200_000).to_string(),
+            "2014-02-14T14:30:00Z"
+        );
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999Z");
         assert_eq!(Timestamp::from_date(2024, 2, 30), None);
         assert!(Timestamp::from_date(2024, 2, 29).is_some());
@@ -217,7 +220,10 @@ mod tests {
             assert!(bad.parse::<GridStep>().is_err(), "{bad}");
         }
         assert_eq!(GridStep::HOUR.per_day(), Some(24));
-        assert_eq!(GridStep::HOUR.floor(Timestamp(3_600_001)), Timestamp(3_600_000));
+        assert_eq!(
+            GridStep::HOUR.floor(Timestamp(3_600_001)),
+            Timestamp(3_600_000)
+        );
         assert_eq!(GridStep::HOUR.floor(Timestamp(-1)), Timestamp(-3_600_000));
     }
 

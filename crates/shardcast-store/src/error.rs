@@ -7,7 +7,9 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum RowError {
     /// The timestamp field does not parse in the expected format.
-    #[error("bad timestamp {text:?} (expected ISO 8601, `YYYY-MM-DD HH:MM:SS`, or unix seconds/millis)")]
+    #[error(
+        "bad timestamp {text:?} (expected ISO 8601, `YYYY-MM-DD HH:MM:SS`, or unix seconds/millis)"
+    )]
     BadTimestamp {
         /// The field's text (cut to 64 characters).
         text: String,

@@ -16,8 +16,8 @@ use shardcast_core::SeriesKey;
 
 use crate::error::{Error, Result, RowError, snippet};
 pub use parse::TimestampFormat;
-pub use reader::{InputFormat, SkippedRow};
 use reader::{ColumnRef, ReadOptions, RowSink, read_rows};
+pub use reader::{InputFormat, SkippedRow};
 
 /// Where one part of a series key comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,20 +319,25 @@ pub fn parse_metric_bytes(
                 KeySource::FileStem => Part::Fixed(stem.clone()),
                 KeySource::ValueColumn => Part::Fixed(value_col.replace(' ', "_")),
                 KeySource::Column(name) => {
-                    let at = columns.iter().position(|c| &c.name == name).unwrap_or_else(|| {
-                        columns.push(ColumnRef {
-                            name: name.clone(),
-                            flag,
+                    let at = columns
+                        .iter()
+                        .position(|c| &c.name == name)
+                        .unwrap_or_else(|| {
+                            columns.push(ColumnRef {
+                                name: name.clone(),
+                                flag,
+                            });
+                            columns.len() - 1
                         });
-                        columns.len() - 1
-                    });
                     Part::Field(at)
                 }
             });
         }
         templates.push(parts);
     }
-    let format = settings.format.unwrap_or_else(|| InputFormat::from_path(path));
+    let format = settings
+        .format
+        .unwrap_or_else(|| InputFormat::from_path(path));
     let opts = ReadOptions {
         skip_invalid: settings.skip_invalid,
         max_line_bytes: settings.max_line_bytes,
@@ -373,7 +378,11 @@ struct PointSink<'a> {
 }
 
 impl PointSink<'_> {
-    fn key_index(&mut self, col: usize, fields: &[&[u8]]) -> Result<u32, (Option<usize>, RowError)> {
+    fn key_index(
+        &mut self,
+        col: usize,
+        fields: &[&[u8]],
+    ) -> Result<u32, (Option<usize>, RowError)> {
         let parts = &self.templates[col];
         self.scratch.clear();
         self.scratch.extend_from_slice(&(col as u32).to_le_bytes());
@@ -522,7 +531,9 @@ pub fn parse_event_bytes(
     };
     let kind = part(&mapping.kind, "--kind-col")?;
     let scope = part(&mapping.scope, "--scope-col")?;
-    let format = settings.format.unwrap_or_else(|| InputFormat::from_path(path));
+    let format = settings
+        .format
+        .unwrap_or_else(|| InputFormat::from_path(path));
     let opts = ReadOptions {
         skip_invalid: settings.skip_invalid,
         max_line_bytes: settings.max_line_bytes,
@@ -556,7 +567,8 @@ struct EventSink {
 }
 
 fn text_field(fields: &[&[u8]], i: usize) -> Result<String, (Option<usize>, RowError)> {
-    let t = std::str::from_utf8(parse::trim(fields[i])).map_err(|_| (Some(i), RowError::InvalidUtf8))?;
+    let t = std::str::from_utf8(parse::trim(fields[i]))
+        .map_err(|_| (Some(i), RowError::InvalidUtf8))?;
     if t.is_empty() {
         return Err((Some(i), RowError::Missing));
     }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -19,10 +21,10 @@ use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use shardcast_core::SeriesKey;
 
 use crate::error::{Error, Result};
+use crate::ingest::Event;
 use crate::manifest::{FileEntry, Manifest, TableKind};
 use crate::schema::{events_schema, metrics_schema};
 use crate::store::{Store, decode_events};
-use crate::ingest::Event;
 
 /// One table of the store as DataFusion sees it.
 #[derive(Debug)]
@@ -43,20 +45,26 @@ struct Bounds {
 
 fn literal_string(v: &ScalarValue) -> Option<String> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            Some(s.clone())
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
         ScalarValue::Dictionary(_, inner) => literal_string(inner),
         _ => None,
     }
 }
 
-fn literal_millis(v: &ScalarValue) -> Option<i64> {
+/// A timestamp literal in whole milliseconds (floored), and whether the
+/// literal was exactly that many milliseconds.
+fn literal_millis(v: &ScalarValue) -> Option<(i64, bool)> {
     match v {
-        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000),
-        ScalarValue::TimestampMillisecond(Some(ms), _) => Some(*ms),
-        ScalarValue::TimestampMicrosecond(Some(us), _) => Some(us.div_euclid(1000)),
-        ScalarValue::TimestampNanosecond(Some(ns), _) => Some(ns.div_euclid(1_000_000)),
+        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000).map(|ms| (ms, true)),
+        ScalarValue::TimestampMillisecond(Some(ms), _) => Some((*ms, true)),
+        ScalarValue::TimestampMicrosecond(Some(us), _) => {
+            Some((us.div_euclid(1000), us % 1000 == 0))
+        }
+        ScalarValue::TimestampNanosecond(Some(ns), _) => {
+            Some((ns.div_euclid(1_000_000), ns % 1_000_000 == 0))
+        }
         _ => None,
     }
 }
@@ -88,12 +96,21 @@ impl Bounds {
 
     fn add(&mut self, e: &Expr) {
         match e {
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
                 self.add(left);
                 self.add(right);
             }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (name, value, op) = match (column_name(left), literal(right), column_name(right), literal(left)) {
+                let (name, value, op) = match (
+                    column_name(left),
+                    literal(right),
+                    column_name(right),
+                    literal(left),
+                ) {
                     (Some(n), Some(v), _, _) => (n, v, *op),
                     (_, _, Some(n), Some(v)) => (n, v, op.swap().unwrap_or(*op)),
                     _ => return,
@@ -104,28 +121,40 @@ impl Bounds {
                             self.apps = Some(vec![s]);
                         }
                     }
+                    // Stored times are whole milliseconds: `ts > x` is
+                    // `ts >= floor(x) + 1`, and `ts < x` is `ts <= x - 1`
+                    // when x is a whole millisecond.
                     ("ts", Operator::Gt | Operator::GtEq) => {
-                        if let Some(ms) = literal_millis(value) {
-                            self.min_ts = Some(self.min_ts.map_or(ms, |m| m.max(ms)));
+                        if let Some((ms, _)) = literal_millis(value) {
+                            let lo = if op == Operator::Gt { ms + 1 } else { ms };
+                            self.min_ts = Some(self.min_ts.map_or(lo, |m| m.max(lo)));
                         }
                     }
                     ("ts", Operator::Lt | Operator::LtEq) => {
-                        if let Some(ms) = literal_millis(value) {
-                            self.max_ts = Some(self.max_ts.map_or(ms, |m| m.min(ms)));
+                        if let Some((ms, exact)) = literal_millis(value) {
+                            let hi = if op == Operator::Lt && exact {
+                                ms - 1
+                            } else {
+                                ms
+                            };
+                            self.max_ts = Some(self.max_ts.map_or(hi, |m| m.min(hi)));
                         }
                     }
                     _ => {}
                 }
             }
             Expr::InList(list) if !list.negated && column_name(&list.expr) == Some("app") => {
-                let apps: Option<Vec<String>> =
-                    list.list.iter().map(|e| literal(e).and_then(literal_string)).collect();
+                let apps: Option<Vec<String>> = list
+                    .list
+                    .iter()
+                    .map(|e| literal(e).and_then(literal_string))
+                    .collect();
                 if apps.is_some() {
                     self.apps = apps;
                 }
             }
             Expr::Between(b) if !b.negated && column_name(&b.expr) == Some("ts") => {
-                if let (Some(lo), Some(hi)) = (
+                if let (Some((lo, _)), Some((hi, _))) = (
                     literal(&b.low).and_then(literal_millis),
                     literal(&b.high).and_then(literal_millis),
                 ) {
@@ -157,7 +186,10 @@ impl TableProvider for StoreTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
         // Files are pruned by the filters but rows are not: DataFusion must
         // still apply every filter.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
@@ -178,7 +210,11 @@ impl TableProvider for StoreTable {
             .filter(|(f, _)| bounds.keeps(f))
             .map(|(_, u)| ListingTableUrl::parse(u))
             .collect::<datafusion::error::Result<_>>()?;
-        tracing::debug!(kept = urls.len(), of = self.files.len(), "pruned files with the manifest");
+        tracing::debug!(
+            kept = urls.len(),
+            of = self.files.len(),
+            "pruned files with the manifest"
+        );
         if urls.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema.project(p)?),
@@ -186,11 +222,14 @@ impl TableProvider for StoreTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(self.schema.clone());
-        ListingTable::try_new(config)?.scan(state, projection, filters, limit).await
+        ListingTable::try_new(config)?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 
@@ -259,7 +298,12 @@ impl SeriesFilter {
                 preds.push(col(name).eq(lit(v.as_str())));
             }
         }
-        let ts = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), Some(crate::schema::UTC.into())));
+        let ts = |ms: i64| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(ms),
+                Some(crate::schema::UTC.into()),
+            ))
+        };
         if let Some(from) = self.from {
             preds.push(col("ts").gt_eq(ts(from)));
         }
@@ -290,7 +334,14 @@ impl Store {
         ] {
             let files: Vec<FileEntry> = manifest.files_of(table).cloned().collect();
             let urls = files.iter().map(|f| self.url_of(&f.path)).collect();
-            ctx.register_table(name, Arc::new(StoreTable { schema, files, urls }))?;
+            ctx.register_table(
+                name,
+                Arc::new(StoreTable {
+                    schema,
+                    files,
+                    urls,
+                }),
+            )?;
         }
         Ok(ctx)
     }
@@ -372,12 +423,16 @@ impl Store {
         self.load_series(&SeriesFilter::key(key))
             .await?
             .pop()
-            .ok_or_else(|| Error::UnknownSeries { key: key.to_string() })
+            .ok_or_else(|| Error::UnknownSeries {
+                key: key.to_string(),
+            })
     }
 
     /// All stored events, sorted by start.
     pub async fn load_events(&self) -> Result<Vec<Event>> {
-        let batches = self.sql("SELECT start, \"end\", kind, scope, name FROM events ORDER BY start").await?;
+        let batches = self
+            .sql("SELECT start, \"end\", kind, scope, name FROM events ORDER BY start")
+            .await?;
         decode_events(&batches)
     }
 }
@@ -415,7 +470,12 @@ mod tests {
 
     #[test]
     fn bounds_prune_by_app_and_time() {
-        let ts = |ms| lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())));
+        let ts = |ms| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(ms),
+                Some("UTC".into()),
+            ))
+        };
         let filters = vec![
             col("app").eq(lit("a")),
             col("ts").gt_eq(ts(100)).and(col("ts").lt(ts(200))),
@@ -424,6 +484,11 @@ mod tests {
         assert!(b.keeps(&entry("a", 150, 300)));
         assert!(!b.keeps(&entry("b", 150, 300)));
         assert!(!b.keeps(&entry("a", 201, 300)));
+        assert!(
+            !b.keeps(&entry("a", 200, 300)),
+            "ts < 200 excludes a file starting at 200"
+        );
+        assert!(b.keeps(&entry("a", 199, 300)));
         assert!(!b.keeps(&entry("a", 0, 99)));
         let b = Bounds::from_filters(&[col("app").in_list(vec![lit("x"), lit("y")], false)]);
         assert!(b.keeps(&entry("y", 0, 1)) && !b.keeps(&entry("z", 0, 1)));

@@ -42,7 +42,9 @@ impl std::str::FromStr for Agg {
                 Some(p) if (0.0..=100.0).contains(&p) => Agg::Percentile(p),
                 _ => {
                     return Err(Error::Grid {
-                        reason: format!("unknown aggregation {s:?}: use mean, sum, max, min or pNN (e.g. p95)"),
+                        reason: format!(
+                            "unknown aggregation {s:?}: use mean, sum, max, min or pNN (e.g. p95)"
+                        ),
                     });
                 }
             },
@@ -86,7 +88,9 @@ impl Grid {
 
     /// Bin start times.
     pub fn timestamps(&self) -> Vec<i64> {
-        (0..self.values.len()).map(|i| self.time_of(i).millis()).collect()
+        (0..self.values.len())
+            .map(|i| self.time_of(i).millis())
+            .collect()
     }
 
     /// The values as `f32`, the model's input type.
@@ -105,14 +109,28 @@ const MAX_BINS: i64 = 10_000_000;
 
 /// Puts points `(ts[i], values[i])` on a grid of `step`. Timestamps need not
 /// be sorted; NaN values count as absent.
-pub fn resample(ts: &[i64], values: &[f64], step: GridStep, agg: Agg, gap: GapFill) -> Result<Grid> {
+pub fn resample(
+    ts: &[i64],
+    values: &[f64],
+    step: GridStep,
+    agg: Agg,
+    gap: GapFill,
+) -> Result<Grid> {
     if ts.len() != values.len() {
         return Err(Error::Grid {
             reason: format!("{} timestamps but {} values", ts.len(), values.len()),
         });
     }
-    let points: Vec<(i64, f64)> = ts.iter().copied().zip(values.iter().copied()).filter(|p| !p.1.is_nan()).collect();
-    let (Some(lo), Some(hi)) = (points.iter().map(|p| p.0).min(), points.iter().map(|p| p.0).max()) else {
+    let points: Vec<(i64, f64)> = ts
+        .iter()
+        .copied()
+        .zip(values.iter().copied())
+        .filter(|p| !p.1.is_nan())
+        .collect();
+    let (Some(lo), Some(hi)) = (
+        points.iter().map(|p| p.0).min(),
+        points.iter().map(|p| p.0).max(),
+    ) else {
         return Err(Error::Grid {
             reason: "the series has no points".into(),
         });
@@ -139,7 +157,11 @@ pub fn resample(ts: &[i64], values: &[f64], step: GridStep, agg: Agg, gap: GapFi
             }
             for b in 0..n {
                 if count[b] > 0 {
-                    out[b] = if agg == Agg::Mean { sum[b] / f64::from(count[b]) } else { sum[b] };
+                    out[b] = if agg == Agg::Mean {
+                        sum[b] / f64::from(count[b])
+                    } else {
+                        sum[b]
+                    };
                 }
             }
         }
@@ -249,8 +271,10 @@ pub fn windows(values: &[f32], context: usize, horizon: usize, stride: usize) ->
     };
     let mut origin = context;
     while origin + horizon <= values.len() {
-        w.inputs.extend_from_slice(&values[origin - context..origin]);
-        w.targets.extend_from_slice(&values[origin..origin + horizon]);
+        w.inputs
+            .extend_from_slice(&values[origin - context..origin]);
+        w.targets
+            .extend_from_slice(&values[origin..origin + horizon]);
         w.origins.push(origin);
         w.count += 1;
         origin += stride;

@@ -36,7 +36,9 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::ingest::{Event, PointBatch};
-use crate::manifest::{FileEntry, MANIFEST_FORMAT, Manifest, TableKind, manifest_name, parse_manifest_name};
+use crate::manifest::{
+    FileEntry, MANIFEST_FORMAT, Manifest, TableKind, manifest_name, parse_manifest_name,
+};
 use crate::schema::{UTC, events_schema, metrics_schema};
 
 /// A metric store rooted in a directory or an object-store prefix.
@@ -154,10 +156,11 @@ impl Store {
             return Ok(Manifest::empty());
         };
         let bytes = self.objects.get(&path).await?.bytes().await?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
-            path: path.to_string(),
-            source,
-        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
+                path: path.to_string(),
+                source,
+            })?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(Error::ManifestFormat {
                 path: path.to_string(),
@@ -177,7 +180,11 @@ impl Store {
         };
         match self
             .objects
-            .put_opts(&self.path(&manifest_name(next.version)), PutPayload::from(body), opts)
+            .put_opts(
+                &self.path(&manifest_name(next.version)),
+                PutPayload::from(body),
+                opts,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -254,7 +261,9 @@ impl Store {
                 .into_par_iter()
                 .zip(overlapping)
                 .enumerate()
-                .map(|(n, (part, files))| encode_partition(&batch, part, files, &existing, version, n))
+                .map(|(n, (part, files))| {
+                    encode_partition(&batch, part, files, &existing, version, n)
+                })
                 .collect::<Result<Vec<_>>>()
         })
         .await
@@ -278,7 +287,12 @@ impl Store {
         }
         self.put_files(uploads).await?;
         self.publish(&next).await?;
-        tracing::debug!(version, rows = summary.rows, files = summary.files_written, "published batch");
+        tracing::debug!(
+            version,
+            rows = summary.rows,
+            files = summary.files_written,
+            "published batch"
+        );
         Ok(summary)
     }
 
@@ -343,7 +357,10 @@ impl Store {
         let mut groups: HashMap<(String, i64), Vec<FileEntry>> = HashMap::new();
         for f in base.files_of(TableKind::Metrics) {
             if let (Some(app), Some(day)) = (&f.app, f.day) {
-                groups.entry((app.clone(), day)).or_default().push(f.clone());
+                groups
+                    .entry((app.clone(), day))
+                    .or_default()
+                    .push(f.clone());
             }
         }
         let mut groups: Vec<_> = groups.into_iter().filter(|(_, v)| v.len() > 1).collect();
@@ -372,7 +389,8 @@ impl Store {
                 .await
                 .expect("partitioning does not panic");
                 let e = encode_partition(&points, part, Vec::new(), &HashMap::new(), version, n)?;
-                next.files.retain(|f| !files.iter().any(|g| g.path == f.path));
+                next.files
+                    .retain(|f| !files.iter().any(|g| g.path == f.path));
                 next.files.push(e.entry.clone());
                 uploads.push((e.entry.path, e.bytes));
             }
@@ -389,7 +407,11 @@ impl Store {
     /// manifests but the newest two. Returns how many objects it deleted.
     async fn vacuum(&self) -> Result<usize> {
         let current = self.manifest().await?;
-        let live: HashSet<String> = current.files.iter().map(|f| self.path(&f.path).to_string()).collect();
+        let live: HashSet<String> = current
+            .files
+            .iter()
+            .map(|f| self.path(&f.path).to_string())
+            .collect();
         let mut doomed = Vec::new();
         for dir in ["metrics", "events"] {
             let mut listing = self.objects.list(Some(&self.path(dir)));
@@ -465,20 +487,25 @@ fn partition(batch: &PointBatch) -> Vec<Partition> {
             end += 1;
         }
         let run = &mut rows[start..end];
-        if !run.windows(2).all(|w| batch.ts[w[0] as usize] <= batch.ts[w[1] as usize]) {
+        if !run
+            .windows(2)
+            .all(|w| batch.ts[w[0] as usize] <= batch.ts[w[1] as usize])
+        {
             run.sort_by_key(|&r| batch.ts[r as usize]);
         }
         let app = &batch.keys[key as usize].app;
         for &r in run.iter() {
             let ts = batch.ts[r as usize];
             let day = Timestamp(ts).day();
-            let p = by_part.entry((app.clone(), day)).or_insert_with(|| Partition {
-                day,
-                key_idx_any: key,
-                min_ts: ts,
-                max_ts: ts,
-                rows: Vec::new(),
-            });
+            let p = by_part
+                .entry((app.clone(), day))
+                .or_insert_with(|| Partition {
+                    day,
+                    key_idx_any: key,
+                    min_ts: ts,
+                    max_ts: ts,
+                    rows: Vec::new(),
+                });
             p.min_ts = p.min_ts.min(ts);
             p.max_ts = p.max_ts.max(ts);
             p.rows.push(r);
@@ -534,8 +561,12 @@ fn encode_partition(
         points_batch(batch, &part.rows)?
     } else {
         // Merge: stored rows not at a (key, ts) of the batch survive.
-        let index: HashMap<&SeriesKey, u32> =
-            batch.keys.iter().enumerate().map(|(i, k)| (k, i as u32)).collect();
+        let index: HashMap<&SeriesKey, u32> = batch
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, i as u32))
+            .collect();
         let fresh: HashSet<(u32, i64)> = part
             .rows
             .iter()
@@ -557,7 +588,8 @@ fn encode_partition(
         };
         for i in 0..stored.len() {
             let k = stored.key_idx[i];
-            let hit = stored_to_batch[k as usize].is_some_and(|b| fresh.contains(&(b, stored.ts[i])));
+            let hit =
+                stored_to_batch[k as usize].is_some_and(|b| fresh.contains(&(b, stored.ts[i])));
             if hit {
                 replaced += 1;
             } else {
@@ -634,11 +666,13 @@ fn points_batch(batch: &PointBatch, rows: &[u32]) -> Result<RecordBatch> {
             })
             .collect();
         let keys = Int32Array::from_iter_values(key_of_row.iter().map(|&l| map[l as usize]));
-        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(values)))?;
+        let dict =
+            DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(values)))?;
         Ok(Arc::new(dict))
     };
-    let ts = TimestampMillisecondArray::from_iter_values(rows.iter().map(|&r| batch.ts[r as usize]))
-        .with_timezone(UTC);
+    let ts =
+        TimestampMillisecondArray::from_iter_values(rows.iter().map(|&r| batch.ts[r as usize]))
+            .with_timezone(UTC);
     let value = Float64Array::from_iter_values(rows.iter().map(|&r| batch.value[r as usize]));
     Ok(RecordBatch::try_new(
         metrics_schema(),
@@ -658,8 +692,12 @@ pub(crate) fn decode_points(batches: &[RecordBatch]) -> Result<PointBatch> {
     let mut out = PointBatch::default();
     let mut index: HashMap<SeriesKey, u32> = HashMap::new();
     for b in batches {
-        let ts = b.column_by_name("ts").map(|c| c.as_primitive::<TimestampMillisecondType>());
-        let value = b.column_by_name("value").map(|c| c.as_primitive::<Float64Type>());
+        let ts = b
+            .column_by_name("ts")
+            .map(|c| c.as_primitive::<TimestampMillisecondType>());
+        let value = b
+            .column_by_name("value")
+            .map(|c| c.as_primitive::<Float64Type>());
         let (Some(ts), Some(value)) = (ts, value) else {
             return Err(Error::Arrow(arrow::error::ArrowError::SchemaError(
                 "metrics file lacks ts or value".into(),
@@ -667,12 +705,23 @@ pub(crate) fn decode_points(batches: &[RecordBatch]) -> Result<PointBatch> {
         };
         let strings = |name: &str| -> Result<Vec<Option<String>>> {
             let col = b.column_by_name(name).ok_or_else(|| {
-                Error::Arrow(arrow::error::ArrowError::SchemaError(format!("metrics file lacks {name}")))
+                Error::Arrow(arrow::error::ArrowError::SchemaError(format!(
+                    "metrics file lacks {name}"
+                )))
             })?;
             let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
-            Ok(col.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect())
+            Ok(col
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.map(str::to_string))
+                .collect())
         };
-        let (apps, types, metrics, series) = (strings("app")?, strings("shard_type")?, strings("metric")?, strings("series")?);
+        let (apps, types, metrics, series) = (
+            strings("app")?,
+            strings("shard_type")?,
+            strings("metric")?,
+            strings("series")?,
+        );
         for i in 0..b.num_rows() {
             let key = SeriesKey {
                 app: apps[i].clone().unwrap_or_default(),
@@ -695,16 +744,24 @@ pub(crate) fn decode_points(batches: &[RecordBatch]) -> Result<PointBatch> {
 
 fn events_batch(events: &[Event]) -> Result<RecordBatch> {
     let ts = |f: fn(&Event) -> i64| {
-        Arc::new(TimestampMillisecondArray::from_iter_values(events.iter().map(f)).with_timezone(UTC)) as ArrayRef
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(events.iter().map(f)).with_timezone(UTC),
+        ) as ArrayRef
     };
     Ok(RecordBatch::try_new(
         events_schema(),
         vec![
             ts(|e| e.start),
             ts(|e| e.end),
-            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.kind.as_str()))),
-            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.scope.as_str()))),
-            Arc::new(StringArray::from_iter(events.iter().map(|e| e.name.as_deref()))),
+            Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| e.kind.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| e.scope.as_str()),
+            )),
+            Arc::new(StringArray::from_iter(
+                events.iter().map(|e| e.name.as_deref()),
+            )),
         ],
     )?)
 }
@@ -748,7 +805,8 @@ fn encode_parquet(rel: &str, batch: &RecordBatch) -> Result<Bytes> {
         source,
     };
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(writer_properties())).map_err(err)?;
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, batch.schema(), Some(writer_properties())).map_err(err)?;
     writer.write(batch).map_err(err)?;
     writer.close().map_err(err)?;
     Ok(Bytes::from(buf))
@@ -768,28 +826,4 @@ fn decode_parquet(rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segments_are_path_safe() {
-        assert_eq!(encode_segment("shop-eu_1.x"), "shop-eu_1.x");
-        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
-    }
-
-    #[test]
-    fn partition_sorts_by_key_then_time_and_keeps_duplicates() {
-        let k1 = SeriesKey::new("a", "t", "m", "s1").unwrap();
-        let k2 = SeriesKey::new("a", "t", "m", "s0").unwrap();
-        let mut b = PointBatch::default();
-        for (k, ts, v) in [(&k1, 5, 1.0), (&k2, 3, 2.0), (&k1, 1, 3.0), (&k1, 5, 4.0), (&k2, 86_400_001, 5.0)] {
-            b.push(k, ts, v);
-        }
-        let parts = partition(&b);
-        assert_eq!(parts.len(), 2);
-        let vals: Vec<f64> = parts[0].rows.iter().map(|&r| b.value[r as usize]).collect();
-        assert_eq!(vals, vec![2.0, 3.0, 1.0, 4.0]);
-        assert_eq!(parts[1].rows.len(), 1);
-        assert_eq!((parts[0].min_ts, parts[0].max_ts), (1, 5));
-    }
-}
+mod tests;

@@ -82,19 +82,34 @@ pub(crate) struct IngestArgs {
     #[arg(long, default_value = "timestamp", env = "SHARDCAST_TIMESTAMP_COL")]
     pub(crate) timestamp_col: String,
     /// How timestamps are written.
-    #[arg(long, value_enum, default_value = "auto", env = "SHARDCAST_TIMESTAMP_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "SHARDCAST_TIMESTAMP_FORMAT"
+    )]
     pub(crate) timestamp_format: TsFormatArg,
     /// Value column(s); each becomes a series. Repeat or comma-separate.
     #[arg(long = "value-col", default_value = "value", value_delimiter = ',')]
     pub(crate) value_cols: Vec<String>,
     /// App of every row.
-    #[arg(long, default_value = "default", conflicts_with = "app_col", env = "SHARDCAST_APP")]
+    #[arg(
+        long,
+        default_value = "default",
+        conflicts_with = "app_col",
+        env = "SHARDCAST_APP"
+    )]
     pub(crate) app: String,
     /// Column holding the app.
     #[arg(long)]
     pub(crate) app_col: Option<String>,
     /// Shard type of every row.
-    #[arg(long, default_value = "default", conflicts_with = "shard_type_col", env = "SHARDCAST_SHARD_TYPE")]
+    #[arg(
+        long,
+        default_value = "default",
+        conflicts_with = "shard_type_col",
+        env = "SHARDCAST_SHARD_TYPE"
+    )]
     pub(crate) shard_type: String,
     /// Column holding the shard type.
     #[arg(long)]

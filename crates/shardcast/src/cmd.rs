@@ -48,7 +48,9 @@ pub(crate) fn print_batches(batches: &[RecordBatch], format: OutputFormat) -> Re
             println!("{}", arrow::util::pretty::pretty_format_batches(batches)?);
         }
         OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
             for b in batches {
                 w.write(b)?;
             }

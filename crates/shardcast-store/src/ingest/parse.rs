@@ -173,7 +173,10 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(text.as_bytes(), f), Some(T0), "{text}");
         }
-        assert_eq!(parse_timestamp(b"2014-02-14T14:30:00.25Z", f), Some(T0 + 250));
+        assert_eq!(
+            parse_timestamp(b"2014-02-14T14:30:00.25Z", f),
+            Some(T0 + 250)
+        );
         assert_eq!(parse_timestamp(b"2014-02-14", f), Some(T0 - 52_200_000));
     }
 
@@ -183,19 +186,37 @@ mod tests {
         assert_eq!(parse_timestamp(b"1392388200", f), Some(T0));
         assert_eq!(parse_timestamp(b"1392388200000", f), Some(T0));
         assert_eq!(parse_timestamp(b"1392388200.5", f), Some(T0 + 500));
-        assert_eq!(parse_timestamp(b"1392388200", TimestampFormat::UnixMillis), Some(1_392_388_200));
-        assert_eq!(parse_timestamp(b"1392388200", TimestampFormat::UnixSeconds), Some(T0));
+        assert_eq!(
+            parse_timestamp(b"1392388200", TimestampFormat::UnixMillis),
+            Some(1_392_388_200)
+        );
+        assert_eq!(
+            parse_timestamp(b"1392388200", TimestampFormat::UnixSeconds),
+            Some(T0)
+        );
         assert_eq!(parse_timestamp(b"1392388200", TimestampFormat::Iso), None);
     }
 
     #[test]
     fn bad_timestamps() {
         for text in [
-            "", "yesterday", "2014-02-30 00:00:00", "2014-13-01", "2014-02-14 25:00:00",
-            "2014-02-14 14:30:00 UTC", "2014-02-14T14", "2014-02-14T14:30:00+25:00", "nan",
-            "2014-02-14T14:30:00.", "1e300",
+            "",
+            "yesterday",
+            "2014-02-30 00:00:00",
+            "2014-13-01",
+            "2014-02-14 25:00:00",
+            "2014-02-14 14:30:00 UTC",
+            "2014-02-14T14",
+            "2014-02-14T14:30:00+25:00",
+            "nan",
+            "2014-02-14T14:30:00.",
+            "1e300",
         ] {
-            assert_eq!(parse_timestamp(text.as_bytes(), TimestampFormat::Auto), None, "{text}");
+            assert_eq!(
+                parse_timestamp(text.as_bytes(), TimestampFormat::Auto),
+                None,
+                "{text}"
+            );
         }
     }
 

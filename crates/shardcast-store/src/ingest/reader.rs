@@ -272,7 +272,12 @@ fn read_csv<S: RowSink>(
                     continue;
                 }
                 if !utf8_ok && std::str::from_utf8(line).is_err() {
-                    if !chunk.reject(lineno, "<line>".into(), RowError::InvalidUtf8, opts.skip_invalid) {
+                    if !chunk.reject(
+                        lineno,
+                        "<line>".into(),
+                        RowError::InvalidUtf8,
+                        opts.skip_invalid,
+                    ) {
                         return chunk;
                     }
                     continue;
@@ -328,7 +333,8 @@ fn parse_header(path: &Path, bytes: &[u8], quoted: bool) -> Result<Vec<String>> 
     } else {
         let line = &bytes[..memchr::memchr(b'\n', bytes).unwrap_or(bytes.len())];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = std::str::from_utf8(line).map_err(|_| header_err("is not valid UTF-8".into()))?;
+        let text =
+            std::str::from_utf8(line).map_err(|_| header_err("is not valid UTF-8".into()))?;
         text.split(',').map(|s| s.trim().to_string()).collect()
     };
     for (i, n) in names.iter().enumerate() {
@@ -516,6 +522,9 @@ mod tests {
     #[test]
     fn lines_strip_crlf() {
         let got: Vec<_> = lines(b"a\r\nb\nc").map(|(n, l)| (n, l.to_vec())).collect();
-        assert_eq!(got, vec![(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]);
+        assert_eq!(
+            got,
+            vec![(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use shardcast_core::Timestamp;
-use shardcast_store::ingest::{KeySource, MetricMapping, ReadSettings, TimestampFormat, parse_metric_files};
+use shardcast_store::ingest::{
+    KeySource, MetricMapping, ReadSettings, TimestampFormat, parse_metric_files,
+};
 
 use crate::cli::BenchIngestArgs;
 
@@ -17,14 +19,17 @@ const METRICS: [&str; 2] = ["cpu", "requests"];
 
 /// Start of the generated data: 2026-01-05T00:00:00Z.
 fn t0() -> i64 {
-    Timestamp::from_date(2026, 1, 5).expect("valid date").millis()
+    Timestamp::from_date(2026, 1, 5)
+        .expect("valid date")
+        .millis()
 }
 
 /// Writes `rows` rows `(timestamp, app, shard_type, metric, value)`, one
 /// point per second per series, series interleaved in time order.
 fn generate(path: &Path, rows: u64) -> Result<u64> {
     let series = (APPS.len() * TYPES.len() * METRICS.len()) as u64;
-    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     writeln!(w, "timestamp,app,shard_type,metric,value")?;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -64,7 +69,11 @@ fn dir_bytes(path: &Path) -> u64 {
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             let p = e.path();
-            total += if p.is_dir() { dir_bytes(&p) } else { e.metadata().map_or(0, |m| m.len()) };
+            total += if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            };
         }
     }
     total
@@ -73,7 +82,10 @@ fn dir_bytes(path: &Path) -> u64 {
 /// The resampling query of protocol I: 5-minute means per series over the
 /// first two days of data.
 fn query_bounds() -> (String, String) {
-    (Timestamp(t0()).to_string(), Timestamp(t0() + 2 * Timestamp::DAY_MS).to_string())
+    (
+        Timestamp(t0()).to_string(),
+        Timestamp(t0() + 2 * Timestamp::DAY_MS).to_string(),
+    )
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -90,7 +102,8 @@ pub(crate) async fn ingest(args: BenchIngestArgs) -> Result<()> {
         bail!("--million-rows must be positive");
     }
     if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir).with_context(|| format!("cannot clear {}", args.dir.display()))?;
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("cannot clear {}", args.dir.display()))?;
     }
     std::fs::create_dir_all(&args.dir)?;
     let csv = args.dir.join("metrics.csv");
@@ -112,8 +125,10 @@ pub(crate) async fn ingest(args: BenchIngestArgs) -> Result<()> {
     eprintln!("ingesting with shardcast");
     let started = Instant::now();
     let paths = vec![csv.clone()];
-    let (batch, _) = tokio::task::spawn_blocking(move || parse_metric_files(&paths, &mapping, &ReadSettings::default()))
-        .await??;
+    let (batch, _) = tokio::task::spawn_blocking(move || {
+        parse_metric_files(&paths, &mapping, &ReadSettings::default())
+    })
+    .await??;
     let parsed = started.elapsed().as_secs_f64();
     let summary = store.write_points(batch).await?;
     let ingest_s = started.elapsed().as_secs_f64();
@@ -138,7 +153,10 @@ pub(crate) async fn ingest(args: BenchIngestArgs) -> Result<()> {
         Some(run_duckdb(&args, &csv, &from, &until)?)
     };
 
-    println!("protocol I: {rows} rows, CSV {:.1} MB, 5-min mean per series over {from} .. {until}", csv_bytes as f64 / 1e6);
+    println!(
+        "protocol I: {rows} rows, CSV {:.1} MB, 5-min mean per series over {from} .. {until}",
+        csv_bytes as f64 / 1e6
+    );
     println!("| figure              | shardcast    | duckdb       | ratio (shardcast/duckdb) |");
     println!("|---------------------|--------------|--------------|--------------------------|");
     let r = reference.as_ref();
@@ -176,14 +194,21 @@ pub(crate) async fn ingest(args: BenchIngestArgs) -> Result<()> {
         r.map_or("-".into(), |r| r.groups.to_string()),
         ""
     );
-    println!("(shardcast ingest: {parsed:.3}s parsing, {:.3}s sorting, partitioning and writing Parquet)", ingest_s - parsed);
+    println!(
+        "(shardcast ingest: {parsed:.3}s parsing, {:.3}s sorting, partitioning and writing Parquet)",
+        ingest_s - parsed
+    );
     Ok(())
 }
 
 fn run_duckdb(args: &BenchIngestArgs, csv: &Path, from: &str, until: &str) -> Result<Reference> {
     let python = args.python.clone().unwrap_or_else(|| {
         let venv = Path::new("benches/.venv/bin/python");
-        if venv.exists() { venv.to_path_buf() } else { "python3".into() }
+        if venv.exists() {
+            venv.to_path_buf()
+        } else {
+            "python3".into()
+        }
     });
     let parquet = args.dir.join("duckdb.parquet");
     eprintln!("ingesting and querying with DuckDB ({})", python.display());
@@ -194,7 +219,12 @@ fn run_duckdb(args: &BenchIngestArgs, csv: &Path, from: &str, until: &str) -> Re
         .arg(from)
         .arg(until)
         .output()
-        .with_context(|| format!("cannot run {} (run benches/setup.sh, or pass --no-reference)", python.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot run {} (run benches/setup.sh, or pass --no-reference)",
+                python.display()
+            )
+        })?;
     if !out.status.success() {
         bail!(
             "the DuckDB reference failed (run benches/setup.sh first): {}",

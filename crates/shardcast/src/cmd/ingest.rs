@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use shardcast_store::ingest::{
-    EventMapping, InputFormat, KeySource, MetricMapping, ParseReport, ReadSettings, TimestampFormat,
-    expand_inputs, parse_event_files, parse_metric_files,
+    EventMapping, InputFormat, KeySource, MetricMapping, ParseReport, ReadSettings,
+    TimestampFormat, expand_inputs, parse_event_files, parse_metric_files,
 };
 
 use crate::cli::{FormatArg, IngestArgs, SeriesFrom, Table, TsFormatArg};
@@ -60,9 +60,11 @@ pub(crate) async fn run(args: IngestArgs) -> Result<()> {
     let (summary, report) = match args.table {
         Table::Metrics => {
             let mapping = metric_mapping(&args);
-            let (batch, report) = tokio::task::spawn_blocking(move || parse_metric_files(&paths, &mapping, &settings))
-                .await
-                .context("parser thread failed")??;
+            let (batch, report) = tokio::task::spawn_blocking(move || {
+                parse_metric_files(&paths, &mapping, &settings)
+            })
+            .await
+            .context("parser thread failed")??;
             (store.write_points(batch).await?, report)
         }
         Table::Events => {
@@ -104,10 +106,19 @@ fn print_report(report: &ParseReport) {
     for f in report.files.iter().filter(|f| f.skipped > 0) {
         println!("  {}: {} skipped", f.path.display(), f.skipped);
         for s in &f.skipped_examples {
-            println!("    {}:{}: field {:?} {}", f.path.display(), s.line, s.field, s.reason);
+            println!(
+                "    {}:{}: field {:?} {}",
+                f.path.display(),
+                s.line,
+                s.field,
+                s.reason
+            );
         }
         if f.skipped as usize > f.skipped_examples.len() {
-            println!("    … and {} more", f.skipped as usize - f.skipped_examples.len());
+            println!(
+                "    … and {} more",
+                f.skipped as usize - f.skipped_examples.len()
+            );
         }
     }
 }

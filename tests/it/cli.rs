@@ -1,0 +1,343 @@
+//! The binary's subcommands on real files and sockets-free stores.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::repo;
+
+fn shardcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = shardcast(args);
+    assert!(
+        out.status.success(),
+        "shardcast {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = shardcast(args);
+    assert!(!out.status.success(), "shardcast {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Every file under `dir` with its bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.display().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn ingest_query_series_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let out = ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--app",
+        "aws",
+        "--shard-type",
+        "ec2",
+        "data/sample/nab/*.csv",
+    ]);
+    assert!(out.contains("ingested 16128 rows from 4 files"), "{out}");
+    let out = ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--app",
+        "azure",
+        "--value-col",
+        "min cpu,avg cpu,max cpu",
+        "data/sample/azure/azure.csv",
+    ]);
+    assert!(out.contains("ingested 25920 rows"), "{out}");
+    let out = ok(&["series", "--store", store]);
+    assert!(
+        out.contains("avg_cpu")
+            && out.contains("elb_request_count_8c0756")
+            && out.contains("7 series"),
+        "{out}"
+    );
+    let out = ok(&[
+        "query",
+        "--store",
+        store,
+        "--format",
+        "csv",
+        "SELECT series, count(*) AS n FROM metrics WHERE app = 'azure' GROUP BY series ORDER BY series",
+    ]);
+    assert_eq!(out, "series,n\navg_cpu,8640\nmax_cpu,8640\nmin_cpu,8640\n");
+    let out = ok(&[
+        "query",
+        "--store",
+        store,
+        "--format",
+        "json",
+        "SELECT count(*) AS n FROM metrics",
+    ]);
+    assert_eq!(out.trim(), "{\"n\":42048}");
+    // Re-ingest: same row count, rows replaced, then compaction.
+    let out = ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--app",
+        "aws",
+        "--shard-type",
+        "ec2",
+        "data/sample/nab/*.csv",
+    ]);
+    assert!(out.contains("16128 stored rows replaced"), "{out}");
+    ok(&["compact", "--store", store]);
+    let out = ok(&[
+        "query",
+        "--store",
+        store,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM metrics",
+    ]);
+    assert_eq!(out, "n\n42048\n");
+    let out = ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--table",
+        "events",
+        "--end-col",
+        "end",
+        "--kind-col",
+        "kind",
+        "--scope-col",
+        "scope",
+        "--name-col",
+        "name",
+        "data/sample/events.csv",
+    ]);
+    assert!(out.contains("ingested 8 rows"), "{out}");
+    let out = ok(&[
+        "query",
+        "--store",
+        store,
+        "--format",
+        "csv",
+        "SELECT name FROM events WHERE kind = 'weather'",
+    ]);
+    assert_eq!(out, "name\nBlizzard (travel ban)\n");
+    let err = fails(&["query", "--store", store, "SELECT nope FROM metrics"]);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn malformed_input_leaves_the_store_byte_for_byte_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = store_dir.to_str().unwrap();
+    ok(&[
+        "ingest",
+        "--store",
+        store,
+        "data/sample/nab/ec2_cpu_utilization_5f5533.csv",
+    ]);
+    let before = tree(&store_dir);
+    let good = "timestamp,value\n2014-02-14 14:30:00,1\n";
+    let mut long = String::from("timestamp,value\n2014-02-14 14:30:00,");
+    long.push_str(&"1".repeat(10 << 20));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "bad_ts.csv",
+            b"timestamp,value\n2014-02-14 14:30:00,1\nnot-a-time,2\n".to_vec(),
+            "bad_ts.csv:3: field \"timestamp\"",
+        ),
+        (
+            "nonnum.csv",
+            b"timestamp,value\n2014-02-14 14:30:00,abc\n".to_vec(),
+            "nonnum.csv:2: field \"value\"",
+        ),
+        (
+            "nan.csv",
+            b"timestamp,value\n2014-02-14 14:30:00,NaN\n".to_vec(),
+            "not finite",
+        ),
+        (
+            "missing.csv",
+            b"time,value\n2014-02-14 14:30:00,1\n".to_vec(),
+            "column \"timestamp\"",
+        ),
+        (
+            "count.csv",
+            b"timestamp,value\n2014-02-14 14:30:00,1,2\n".to_vec(),
+            "count.csv:2",
+        ),
+        ("empty.csv", Vec::new(), "empty"),
+        (
+            "long.csv",
+            long.into_bytes(),
+            "long.csv:2: field \"<line>\" is",
+        ),
+        (
+            "utf8.csv",
+            b"timestamp,value\n2014-02-14 14:30:00,\xff\xfe\n".to_vec(),
+            "UTF-8",
+        ),
+        ("dup.csv", b"timestamp,value,value\n".to_vec(), "twice"),
+    ];
+    for (name, bytes, expect) in cases {
+        let good_path = dir.path().join("good.csv");
+        std::fs::write(&good_path, good).unwrap();
+        let bad_path = dir.path().join(name);
+        std::fs::write(&bad_path, bytes).unwrap();
+        // The good file comes first: the whole batch must still fail.
+        let err = fails(&[
+            "ingest",
+            "--store",
+            store,
+            good_path.to_str().unwrap(),
+            bad_path.to_str().unwrap(),
+        ]);
+        assert!(err.contains(expect), "{name}: {err}");
+        assert!(tree(&store_dir) == before, "{name}: the store changed");
+    }
+    // --skip-invalid keeps the good rows and says where the bad ones were.
+    let bad_path = dir.path().join("mixed.csv");
+    std::fs::write(
+        &bad_path,
+        "timestamp,value\n2014-02-14 14:30:00,1\nx,2\n2014-02-14 14:40:00,y\n",
+    )
+    .unwrap();
+    let out = ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--skip-invalid",
+        bad_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("skipped 2 invalid rows")
+            && out.contains("mixed.csv:3")
+            && out.contains("mixed.csv:4"),
+        "{out}"
+    );
+    assert!(out.contains("ingested 1 rows"), "{out}");
+}
+
+#[test]
+fn killed_ingest_leaves_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = store_dir.to_str().unwrap();
+    // A batch big enough to be killed mid-write: 40 days of 30 series.
+    let csv = dir.path().join("big.csv");
+    let mut text = String::from("timestamp,series,value\n");
+    for minute in 0..40 * 1440 / 5 {
+        for s in 0..30 {
+            text.push_str(&format!(
+                "{},s{s},{}\n",
+                1_600_000_000 + minute * 300,
+                minute + s
+            ));
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let total = 40 * 1440 / 5 * 30;
+    let count = || -> i64 {
+        let out = ok(&[
+            "query",
+            "--store",
+            store,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM metrics",
+        ]);
+        out.lines().nth(1).unwrap().parse().unwrap()
+    };
+    ok(&[
+        "ingest",
+        "--store",
+        store,
+        "data/sample/nab/ec2_cpu_utilization_5f5533.csv",
+    ]);
+    let base = count();
+    let mut seen_none = false;
+    let mut seen_all = false;
+    for delay_ms in [5u64, 50, 150, 300, 600, 1200, 5000] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args([
+                "ingest",
+                "--store",
+                store,
+                "--series-col",
+                "series",
+                csv.to_str().unwrap(),
+            ])
+            .current_dir(repo())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let n = count();
+        assert!(
+            n == base || n == base + total,
+            "after a kill at {delay_ms} ms: {n} rows"
+        );
+        seen_none |= n == base;
+        seen_all |= n == base + total;
+        if n == base + total {
+            break;
+        }
+    }
+    assert!(seen_none || seen_all);
+    // Leftovers of killed writes are unreferenced and compaction removes them.
+    ok(&["compact", "--store", store]);
+    assert!(count() == base || count() == base + total);
+}
+
+#[test]
+fn demo_runs_on_the_bundled_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&["demo", "--out", dir.path().to_str().unwrap()]);
+    for want in [
+        "[1/4]",
+        "[4/4]",
+        "nyc_taxi",
+        "avg_cpu",
+        "elb_request_count_8c0756",
+        "outputs:",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn bad_flags_and_patterns() {
+    let err = fails(&["ingest", "--store", "/tmp/x", "no/such/*.csv"]);
+    assert!(err.contains("no input file matches"), "{err}");
+    let err = fails(&["ingest", "--app", "a", "--app-col", "b", "x.csv"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
