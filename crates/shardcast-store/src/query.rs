@@ -167,10 +167,10 @@ impl Bounds {
     }
 
     fn keeps(&self, f: &FileEntry) -> bool {
-        if let (Some(apps), Some(app)) = (&self.apps, &f.app) {
-            if !apps.contains(app) {
-                return false;
-            }
+        if let (Some(apps), Some(app)) = (&self.apps, &f.app)
+            && !apps.contains(app)
+        {
+            return false;
         }
         self.min_ts.is_none_or(|lo| f.max_ts >= lo) && self.max_ts.is_none_or(|hi| f.min_ts <= hi)
     }

@@ -179,7 +179,7 @@ pub fn resample(
         }
         Agg::Percentile(p) => {
             let mut sorted = points.clone();
-            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            sorted.sort_by_key(|a| a.0);
             let mut i = 0;
             while i < sorted.len() {
                 let b = bin(sorted[i].0);

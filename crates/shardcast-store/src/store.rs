@@ -146,10 +146,10 @@ impl Store {
         let mut listing = self.objects.list(Some(&prefix));
         while let Some(meta) = listing.next().await {
             let meta = meta?;
-            if let Some(v) = meta.location.filename().and_then(parse_manifest_name) {
-                if newest.as_ref().is_none_or(|(n, _)| v > *n) {
-                    newest = Some((v, meta.location));
-                }
+            if let Some(v) = meta.location.filename().and_then(parse_manifest_name)
+                && newest.as_ref().is_none_or(|(n, _)| v > *n)
+            {
+                newest = Some((v, meta.location));
             }
         }
         let Some((_, path)) = newest else {

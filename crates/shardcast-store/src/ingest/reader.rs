@@ -297,10 +297,10 @@ fn read_csv<S: RowSink>(
                 for (w, &i) in wanted.iter_mut().zip(&idx) {
                     *w = fields[i];
                 }
-                if let Err((f, reason)) = chunk.sink.row(&wanted) {
-                    if !chunk.reject(lineno, field_name(columns, f), reason, opts.skip_invalid) {
-                        return chunk;
-                    }
+                if let Err((f, reason)) = chunk.sink.row(&wanted)
+                    && !chunk.reject(lineno, field_name(columns, f), reason, opts.skip_invalid)
+                {
+                    return chunk;
                 }
             }
             chunk
@@ -413,10 +413,10 @@ fn read_csv_quoted<S: RowSink>(
             continue;
         }
         let wanted: Vec<&[u8]> = idx.iter().map(|&i| &rec[i]).collect();
-        if let Err((f, reason)) = chunk.sink.row(&wanted) {
-            if !chunk.reject(lineno, field_name(columns, f), reason, opts.skip_invalid) {
-                return chunk;
-            }
+        if let Err((f, reason)) = chunk.sink.row(&wanted)
+            && !chunk.reject(lineno, field_name(columns, f), reason, opts.skip_invalid)
+        {
+            return chunk;
         }
     }
     chunk.lines = 0;
@@ -454,10 +454,10 @@ fn read_ndjson<S: RowSink>(
                     let refs: Vec<&[u8]> = texts.iter().map(|c| c.as_ref()).collect();
                     chunk.sink.row(&refs)
                 });
-                if let Err((f, reason)) = result {
-                    if !chunk.reject(lineno, field_name(columns, f), reason, opts.skip_invalid) {
-                        return chunk;
-                    }
+                if let Err((f, reason)) = result
+                    && !chunk.reject(lineno, field_name(columns, f), reason, opts.skip_invalid)
+                {
+                    return chunk;
                 }
             }
             chunk

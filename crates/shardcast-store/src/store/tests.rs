@@ -11,8 +11,6 @@ use object_store::{
 
 use super::*;
 
-use super::*;
-
 #[test]
 fn segments_are_path_safe() {
     assert_eq!(encode_segment("shop-eu_1.x"), "shop-eu_1.x");
