@@ -345,8 +345,9 @@ pub fn parse_metric_bytes(
     let make = || PointSink {
         templates: &templates,
         ts_format: mapping.timestamp_format,
-        interner: HashMap::new(),
+        interner: HashMap::default(),
         scratch: Vec::new(),
+        last_ts: (Vec::new(), 0),
         points: PointBatch::default(),
     };
     let rows = read_rows(path, bytes, format, &columns, opts, &make)?;
@@ -372,8 +373,10 @@ struct PointSink<'a> {
     ts_format: TimestampFormat,
     /// Maps the bytes of the row-dependent key parts (and the value column)
     /// to an index in `points.keys`.
-    interner: HashMap<Vec<u8>, u32>,
+    interner: HashMap<Vec<u8>, u32, foldhash::fast::RandomState>,
     scratch: Vec<u8>,
+    /// The last timestamp field and its value: rows often share a time.
+    last_ts: (Vec<u8>, i64),
     points: PointBatch,
 }
 
@@ -423,14 +426,22 @@ impl PointSink<'_> {
 
 impl RowSink for PointSink<'_> {
     fn row(&mut self, fields: &[&[u8]]) -> Result<(), (Option<usize>, RowError)> {
-        let ts = parse::parse_timestamp(fields[0], self.ts_format).ok_or_else(|| {
-            (
-                Some(0),
-                RowError::BadTimestamp {
-                    text: snippet(fields[0]),
-                },
-            )
-        })?;
+        let ts = if !self.last_ts.0.is_empty() && self.last_ts.0 == fields[0] {
+            self.last_ts.1
+        } else {
+            let ts = parse::parse_timestamp(fields[0], self.ts_format).ok_or_else(|| {
+                (
+                    Some(0),
+                    RowError::BadTimestamp {
+                        text: snippet(fields[0]),
+                    },
+                )
+            })?;
+            self.last_ts.0.clear();
+            self.last_ts.0.extend_from_slice(fields[0]);
+            self.last_ts.1 = ts;
+            ts
+        };
         // Validate every value of the row before keeping any of them, so a
         // skipped row is skipped whole.
         let n = self.templates.len();

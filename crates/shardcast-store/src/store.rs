@@ -479,6 +479,8 @@ fn partition(batch: &PointBatch) -> Vec<Partition> {
     // Within each key, sort by time unless already sorted; then cut into
     // days. Keys of one app are contiguous because keys sort by app first.
     let mut by_part: HashMap<(String, i64), Partition> = HashMap::new();
+    // Per-row work stays allocation-free: the partition is looked up once
+    // per run of rows of one key and one day.
     let mut start = 0;
     while start < rows.len() {
         let key = batch.key_idx[rows[start] as usize];
@@ -494,21 +496,28 @@ fn partition(batch: &PointBatch) -> Vec<Partition> {
             run.sort_by_key(|&r| batch.ts[r as usize]);
         }
         let app = &batch.keys[key as usize].app;
-        for &r in run.iter() {
-            let ts = batch.ts[r as usize];
-            let day = Timestamp(ts).day();
+        let mut i = 0;
+        while i < run.len() {
+            let day = Timestamp(batch.ts[run[i] as usize]).day();
+            let day_end = (day + 1) * Timestamp::DAY_MS;
+            let mut j = i + 1;
+            while j < run.len() && batch.ts[run[j] as usize] < day_end {
+                j += 1;
+            }
             let p = by_part
                 .entry((app.clone(), day))
                 .or_insert_with(|| Partition {
                     day,
                     key_idx_any: key,
-                    min_ts: ts,
-                    max_ts: ts,
+                    min_ts: i64::MAX,
+                    max_ts: i64::MIN,
                     rows: Vec::new(),
                 });
-            p.min_ts = p.min_ts.min(ts);
-            p.max_ts = p.max_ts.max(ts);
-            p.rows.push(r);
+            // The run is sorted by time: its first and last rows bound it.
+            p.min_ts = p.min_ts.min(batch.ts[run[i] as usize]);
+            p.max_ts = p.max_ts.max(batch.ts[run[j - 1] as usize]);
+            p.rows.extend_from_slice(&run[i..j]);
+            i = j;
         }
         start = end;
     }
@@ -641,16 +650,17 @@ fn encode_partition(
 /// Builds a metrics record batch of the given rows (in that order).
 fn points_batch(batch: &PointBatch, rows: &[u32]) -> Result<RecordBatch> {
     // Local dictionaries: one entry per distinct key of these rows.
-    let mut local: HashMap<u32, i32> = HashMap::new();
+    let mut local = vec![-1i32; batch.keys.len()];
     let mut local_keys: Vec<u32> = Vec::new();
     let mut key_of_row = Vec::with_capacity(rows.len());
     for &r in rows {
         let k = batch.key_idx[r as usize];
-        let l = *local.entry(k).or_insert_with(|| {
+        let slot = &mut local[k as usize];
+        if *slot < 0 {
             local_keys.push(k);
-            (local_keys.len() - 1) as i32
-        });
-        key_of_row.push(l);
+            *slot = (local_keys.len() - 1) as i32;
+        }
+        key_of_row.push(*slot);
     }
     let column = |field: fn(&SeriesKey) -> &str| -> Result<ArrayRef> {
         let mut values: Vec<&str> = Vec::new();

@@ -15,7 +15,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Ingest CSV or NDJSON files (paths or globs) into the store.
-    Ingest(IngestArgs),
+    Ingest(Box<IngestArgs>),
     /// Run a DataFusion SQL query over the store (tables `metrics`, `events`).
     Query(QueryArgs),
     /// List the stored series with their time range and point count.

@@ -13,7 +13,7 @@ use crate::cli::{Cli, Command, OutputFormat};
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Ingest(args) => ingest::run(args).await,
+        Command::Ingest(args) => ingest::run(*args).await,
         Command::Query(args) => {
             let store = open(&args.store.store)?;
             let batches = store.sql(&args.sql).await.context("query failed")?;
