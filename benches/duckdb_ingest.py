@@ -28,13 +28,16 @@ def main():
     copy_s = time.perf_counter() - t
     start = start.rstrip("Z").replace("T", " ")
     until = until.rstrip("Z").replace("T", " ")
-    t = time.perf_counter()
-    groups = con.execute(
-        "SELECT app, shard_type, metric, time_bucket(INTERVAL '5 minutes', timestamp) AS bin, avg(value) "
-        f"FROM read_parquet('{parquet}') WHERE timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{until}' "
-        "GROUP BY ALL"
-    ).fetchall()
-    query_s = time.perf_counter() - t
+    times = []
+    for _ in range(5):  # median of five runs, as on the shardcast side
+        t = time.perf_counter()
+        groups = con.execute(
+            "SELECT app, shard_type, metric, time_bucket(INTERVAL '5 minutes', timestamp) AS bin, avg(value) "
+            f"FROM read_parquet('{parquet}') WHERE timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{until}' "
+            "GROUP BY ALL"
+        ).fetchall()
+        times.append(time.perf_counter() - t)
+    query_s = sorted(times)[2]
     print(json.dumps({"copy_s": copy_s, "query_s": query_s, "bytes": os.path.getsize(parquet), "groups": len(groups)}))
 
 

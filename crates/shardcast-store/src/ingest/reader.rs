@@ -283,7 +283,12 @@ fn read_csv<S: RowSink>(
                     continue;
                 }
                 fields.clear();
-                fields.extend(line.split(|&c| c == b','));
+                let mut at = 0;
+                for comma in memchr::memchr_iter(b',', line) {
+                    fields.push(&line[at..comma]);
+                    at = comma + 1;
+                }
+                fields.push(&line[at..]);
                 if fields.len() != width {
                     let reason = RowError::ColumnCount {
                         expected: width,
