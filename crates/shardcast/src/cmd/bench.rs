@@ -29,7 +29,6 @@ fn t0() -> i64 {
 /// Writes `rows` rows `(timestamp, app, shard_type, metric, value)`, one
 /// point per second per series, series interleaved in time order.
 fn generate(path: &Path, rows: u64) -> Result<u64> {
-    let series = (APPS.len() * TYPES.len() * METRICS.len()) as u64;
     let f =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
@@ -62,7 +61,6 @@ fn generate(path: &Path, rows: u64) -> Result<u64> {
         sec += 1;
     }
     w.flush()?;
-    let _ = series;
     Ok(n)
 }
 
