@@ -442,12 +442,10 @@ impl RowSink for PointSink<'_> {
             self.last_ts.1 = ts;
             ts
         };
-        // Validate every value of the row before keeping any of them, so a
-        // skipped row is skipped whole.
-        let n = self.templates.len();
-        let mut values = [0f64; 8];
-        let mut many = Vec::new();
-        for col in 0..n {
+        // A row is kept whole or not at all: on any error the points it
+        // already pushed are taken back.
+        let before = self.points.len();
+        let result = (0..self.templates.len()).try_for_each(|col| {
             let f = fields[col + 1];
             let v = parse::parse_value(f).map_err(|not_finite| {
                 let text = snippet(f);
@@ -460,33 +458,18 @@ impl RowSink for PointSink<'_> {
                 };
                 (Some(col + 1), reason)
             })?;
-            if col < values.len() {
-                values[col] = v;
-            } else {
-                many.push(v);
-            }
-        }
-        let mut keys = [0u32; 8];
-        let mut many_keys = Vec::new();
-        for col in 0..n {
             let k = self.key_index(col, fields)?;
-            if col < keys.len() {
-                keys[col] = k;
-            } else {
-                many_keys.push(k);
-            }
-        }
-        for col in 0..n {
-            let (k, v) = if col < 8 {
-                (keys[col], values[col])
-            } else {
-                (many_keys[col - 8], many[col - 8])
-            };
             self.points.key_idx.push(k);
             self.points.ts.push(ts);
             self.points.value.push(v);
+            Ok(())
+        });
+        if result.is_err() {
+            self.points.key_idx.truncate(before);
+            self.points.ts.truncate(before);
+            self.points.value.truncate(before);
         }
-        Ok(())
+        result
     }
 }
 

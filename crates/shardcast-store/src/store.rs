@@ -587,10 +587,6 @@ fn encode_partition(
         }
         let stored_to_batch: Vec<Option<u32>> =
             stored.keys.iter().map(|k| index.get(k).copied()).collect();
-        let mut merged = PointBatch {
-            keys: batch.keys.clone(),
-            ..Default::default()
-        };
         let mut kept = PointBatch {
             keys: stored.keys.clone(),
             ..Default::default()
@@ -612,6 +608,10 @@ fn encode_partition(
             points_batch(batch, &part.rows)?
         } else {
             replaces = overlapping.iter().map(|f| f.path.clone()).collect();
+            let mut merged = PointBatch {
+                keys: batch.keys.clone(),
+                ..Default::default()
+            };
             for &r in &part.rows {
                 merged.key_idx.push(batch.key_idx[r as usize]);
                 merged.ts.push(batch.ts[r as usize]);
@@ -713,37 +713,55 @@ pub(crate) fn decode_points(batches: &[RecordBatch]) -> Result<PointBatch> {
                 "metrics file lacks ts or value".into(),
             )));
         };
-        let strings = |name: &str| -> Result<Vec<Option<String>>> {
+        let strings = |name: &str| -> Result<ArrayRef> {
             let col = b.column_by_name(name).ok_or_else(|| {
                 Error::Arrow(arrow::error::ArrowError::SchemaError(format!(
                     "metrics file lacks {name}"
                 )))
             })?;
-            let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
-            Ok(col
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.map(str::to_string))
-                .collect())
+            Ok(arrow::compute::cast(
+                col,
+                &arrow::datatypes::DataType::Utf8,
+            )?)
         };
-        let (apps, types, metrics, series) = (
+        let cols = [
             strings("app")?,
             strings("shard_type")?,
             strings("metric")?,
             strings("series")?,
-        );
+        ];
+        let cols: Vec<&StringArray> = cols.iter().map(|c| c.as_string::<i32>()).collect();
+        // Rows come sorted by key: a key is looked up (and allocated) only
+        // when it differs from the previous row's.
+        let mut last: Option<u32> = None;
         for i in 0..b.num_rows() {
-            let key = SeriesKey {
-                app: apps[i].clone().unwrap_or_default(),
-                shard_type: types[i].clone().unwrap_or_default(),
-                metric: metrics[i].clone().unwrap_or_default(),
-                series: series[i].clone().unwrap_or_default(),
-            };
-            let next = index.len() as u32;
-            let k = *index.entry(key.clone()).or_insert_with(|| {
-                out.keys.push(key);
-                next
+            let parts = [
+                cols[0].value(i),
+                cols[1].value(i),
+                cols[2].value(i),
+                cols[3].value(i),
+            ];
+            let same = last.is_some_and(|k| {
+                let key = &out.keys[k as usize];
+                parts == [key.app.as_str(), &key.shard_type, &key.metric, &key.series]
             });
+            let k = match last {
+                Some(k) if same => k,
+                _ => {
+                    let key = SeriesKey {
+                        app: parts[0].to_string(),
+                        shard_type: parts[1].to_string(),
+                        metric: parts[2].to_string(),
+                        series: parts[3].to_string(),
+                    };
+                    let next = index.len() as u32;
+                    *index.entry(key.clone()).or_insert_with(|| {
+                        out.keys.push(key);
+                        next
+                    })
+                }
+            };
+            last = Some(k);
             out.key_idx.push(k);
             out.ts.push(ts.value(i));
             out.value.push(value.value(i));
