@@ -51,6 +51,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A value or combination of inputs the model cannot accept.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A model directory could not be written or read.
+    #[error("model artifact {path}: {reason}")]
+    Artifact {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// Backward was asked for a forward pass that did not keep its activations.
     #[error("{op}: backward called without saved activations")]
     NotSaved {

@@ -1,23 +1,31 @@
-//! Demand models of shardcast: the recurrent layers the forecasting model is
-//! built from.
+//! Demand models of shardcast: the probabilistic forecaster and the
+//! recurrent layers it is built from.
 //!
-//! This crate owns compute: Candle LSTM layers whose recurrence over a whole
-//! sequence is a single custom op with a hand-written backward pass
+//! This crate owns the model: Candle LSTM/GRU layers whose recurrence over a
+//! whole sequence is a single custom op with a hand-written backward pass
 //! (so `loss.backward()` and candle-nn optimizers work unchanged), the CPU
-//! kernels behind them, and the protocol T benchmark. It reads and writes no
-//! data except through Candle's own save/load. Of the workspace crates it may
-//! use `shardcast-core` only, never the store, server or planner.
+//! kernels behind them, the global quantile forecaster with its training
+//! loop and model directories ([`forecaster`]), protocol F's backtest and
+//! metrics ([`backtest`], [`metrics`]) and the protocol T benchmark. It takes
+//! series as plain `f32` grids; it never reads the store. Of the workspace
+//! crates it may use `shardcast-core` only.
 //!
 //! Weight names and layouts are PyTorch's, so candle-nn's `LSTM` and
 //! PyTorch state dicts load unchanged.
 
+pub mod backtest;
 pub mod bench;
 mod error;
+pub mod forecaster;
+pub mod gru;
 mod kernel;
 pub mod lstm;
+pub mod metrics;
+mod rng;
 mod storage;
 #[cfg(test)]
 mod test_util;
 
 pub use error::{Error, Result};
+pub use gru::{Gru, GruConfig, GruLayer, GruOutput, GruStackOutput};
 pub use lstm::{Lstm, LstmConfig, LstmLayer, LstmOutput, LstmStackOutput, LstmState};

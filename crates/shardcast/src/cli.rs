@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shardcast_core::GridStep;
+use shardcast_model::forecaster::CellKind;
 
 /// shardcast: forecasting pipeline for predictive shard autoscaling.
 #[derive(Debug, Parser)]
@@ -27,6 +29,11 @@ pub(crate) enum Command {
     Bench(BenchCommand),
     /// Run the main job end to end on the bundled data.
     Demo(DemoArgs),
+    /// Fit a forecasting model on series from the store and save it.
+    Train(Box<TrainArgs>),
+    /// Protocol F rolling-origin backtest: fit before the held-out points,
+    /// forecast them, score against seasonal naive, write the forecast CSV.
+    Backtest(Box<BacktestArgs>),
 }
 
 /// Where the store lives.
@@ -218,4 +225,122 @@ pub(crate) struct DemoArgs {
     /// Where the demo writes its store and outputs (emptied first).
     #[arg(long, default_value = "out/demo")]
     pub(crate) out: PathBuf,
+}
+
+/// Aggregation of raw points into grid bins.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum AggArg {
+    Mean,
+    Sum,
+    Max,
+}
+
+/// Which series to read and how to put them on a grid.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct GridArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Only series of this app.
+    #[arg(long)]
+    pub(crate) app: Option<String>,
+    /// Only series of this shard type.
+    #[arg(long)]
+    pub(crate) shard_type: Option<String>,
+    /// Only series of this metric.
+    #[arg(long)]
+    pub(crate) metric: Option<String>,
+    /// Only series whose id matches this glob (e.g. `ec2_*`; comma-separated
+    /// for several).
+    #[arg(long)]
+    pub(crate) series: Option<String>,
+    /// Grid step: `5m`, `30m`, `1h`, …
+    #[arg(long, default_value = "5m")]
+    pub(crate) grid: GridStep,
+    /// Resample to this finer grid first, then aggregate it to `--grid`
+    /// (protocol F's hourly NAB grid is the hourly mean of the 5-minute grid).
+    #[arg(long)]
+    pub(crate) base_grid: Option<GridStep>,
+    /// Aggregation per bin; empty bins are linearly interpolated.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub(crate) agg: AggArg,
+}
+
+/// Model shape and training settings; flags override the config file.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ModelArgs {
+    /// JSON training config `{"model": {...}, "train": {...}}`; unknown
+    /// fields are refused. Unset fields take defaults derived from the grid.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Forecast horizon in grid steps.
+    #[arg(long, default_value_t = 12)]
+    pub(crate) horizon: usize,
+    /// Seasonal period in steps (default: one day of the grid).
+    #[arg(long)]
+    pub(crate) season: Option<usize>,
+    /// Recurrent cell.
+    #[arg(long)]
+    pub(crate) cell: Option<CellKind>,
+    /// Recurrent state width.
+    #[arg(long)]
+    pub(crate) hidden: Option<usize>,
+    /// Context steps read by the encoder.
+    #[arg(long)]
+    pub(crate) context: Option<usize>,
+    /// Lag inputs in steps, comma-separated (default: a day, and a week
+    /// when the history is long enough).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) lags: Option<Vec<usize>>,
+    /// Ensemble members (seeds).
+    #[arg(long)]
+    pub(crate) members: Option<usize>,
+    /// Most optimiser steps per member.
+    #[arg(long)]
+    pub(crate) max_steps: Option<usize>,
+    /// Random seed.
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Compute device. Only `cpu` runs the fused recurrent kernels; `cuda`
+    /// needs a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    #[command(flatten)]
+    pub(crate) grid: GridArgs,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Model name: it is written to `<models-dir>/<name>/<version>/`.
+    #[arg(long, default_value = "default")]
+    pub(crate) name: String,
+    /// Directory of model directories.
+    #[arg(long, default_value = "models")]
+    pub(crate) models_dir: PathBuf,
+    /// Version (default: one more than the newest numeric version).
+    #[arg(long)]
+    pub(crate) version: Option<String>,
+    /// Warm start from this model directory: weights whose names and shapes
+    /// match are copied before training.
+    #[arg(long)]
+    pub(crate) from: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BacktestArgs {
+    #[command(flatten)]
+    pub(crate) grid: GridArgs,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Held-out points at the end of each series, forecast in consecutive
+    /// windows of the horizon.
+    #[arg(long)]
+    pub(crate) test_points: usize,
+    /// Write the protocol F forecast CSV here.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Also save the fitted model to this (new) directory.
+    #[arg(long)]
+    pub(crate) save_model: Option<PathBuf>,
 }

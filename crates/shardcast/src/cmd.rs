@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod ingest;
+mod model;
 
 use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
@@ -34,6 +35,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(crate::cli::BenchCommand::Ingest(args)) => bench::ingest(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Train(args) => model::train(*args).await,
+        Command::Backtest(args) => model::backtest(*args).await,
     }
 }
 

@@ -1,0 +1,246 @@
+//! Protocol F's rolling-origin backtest on grids handed in by the caller:
+//! fit on every point before the first held-out one, forecast the held-out
+//! points in consecutive windows of the horizon (each window sees every
+//! point before it, with no refit), and score the model beside seasonal
+//! naive on the same windows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::forecaster::{
+    FitReport, Model, ModelConfig, Progress, SeriesInput, TrainConfig, TrainSeries,
+};
+use crate::metrics::{self, Score};
+
+/// One series on its grid, training range and held-out points together.
+#[derive(Debug, Clone)]
+pub struct BacktestSeries {
+    /// Series id, written to the forecast rows.
+    pub name: String,
+    /// Its shard type.
+    pub shard_type: String,
+    /// Time of `values[0]` (ms).
+    pub start: i64,
+    /// The whole grid.
+    pub values: Vec<f32>,
+    /// Event indicator on the same grid, if any.
+    pub events: Option<Vec<f32>>,
+}
+
+/// What to hold out and how far to forecast.
+#[derive(Debug, Clone, Copy)]
+pub struct BacktestSpec {
+    /// Grid step (ms).
+    pub step_ms: i64,
+    /// Steps per forecast window.
+    pub horizon: usize,
+    /// Held-out points at the end of each series.
+    pub test_points: usize,
+    /// Seasonal period for MASE and seasonal naive.
+    pub season: usize,
+}
+
+/// The forecasts and scores of one series.
+#[derive(Debug, Clone)]
+pub struct SeriesResult {
+    /// Series id.
+    pub name: String,
+    /// Index of the first held-out point.
+    pub first: usize,
+    /// Step (1-based) within its window of every held-out point.
+    pub steps: Vec<usize>,
+    /// `[test_points, levels]` model quantiles.
+    pub forecasts: Vec<f32>,
+    /// Score of the model.
+    pub model: Score,
+    /// Score of seasonal naive on the same windows.
+    pub naive: Score,
+}
+
+/// Summary over series, as the protocol's scorer prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Geometric mean over series of WQL relative to seasonal naive.
+    pub rel_wql_gmean: f64,
+    /// Same for MASE.
+    pub rel_mase_gmean: f64,
+    /// Median WQL.
+    pub wql_median: f64,
+    /// Median MASE.
+    pub mase_median: f64,
+    /// Mean 80% coverage.
+    pub cov80_mean: f64,
+    /// Mean 95% coverage.
+    pub cov95_mean: f64,
+    /// Quantile crossings in all.
+    pub crossings: usize,
+}
+
+/// A finished backtest.
+#[derive(Debug)]
+pub struct Backtest {
+    /// Per series, in input order.
+    pub series: Vec<SeriesResult>,
+    /// The fitted model.
+    pub model: Model,
+    /// How fitting went.
+    pub fit: FitReport,
+    /// Seconds spent forecasting the held-out windows.
+    pub forecast_seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+impl Backtest {
+    /// Summary of the model's scores relative to seasonal naive.
+    pub fn summary(&self) -> Summary {
+        summarise(&self.series, |r| r.model)
+    }
+
+    /// Summary of seasonal naive itself.
+    pub fn naive_summary(&self) -> Summary {
+        summarise(&self.series, |r| r.naive)
+    }
+}
+
+fn summarise(rs: &[SeriesResult], pick: impl Fn(&SeriesResult) -> Score) -> Summary {
+    let col = |f: &dyn Fn(&Score) -> f64| rs.iter().map(|r| f(&pick(r))).collect::<Vec<_>>();
+    let naive = |f: &dyn Fn(&Score) -> f64| rs.iter().map(|r| f(&r.naive)).collect::<Vec<_>>();
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Summary {
+        rel_wql_gmean: metrics::gmean_ratio(&col(&|s| s.wql), &naive(&|s| s.wql)),
+        rel_mase_gmean: metrics::gmean_ratio(&col(&|s| s.mase), &naive(&|s| s.mase)),
+        wql_median: median(col(&|s| s.wql)),
+        mase_median: median(col(&|s| s.mase)),
+        cov80_mean: mean(col(&|s| s.cov80)),
+        cov95_mean: mean(col(&|s| s.cov95)),
+        crossings: rs.iter().map(|r| pick(r).crossings).sum(),
+    }
+}
+
+/// Runs the backtest: fits `config`/`train` on the training ranges, then
+/// forecasts and scores every held-out window.
+pub fn run(
+    config: &ModelConfig,
+    train: &TrainConfig,
+    spec: BacktestSpec,
+    data: &[BacktestSeries],
+    progress: impl FnMut(&Progress),
+) -> Result<Backtest> {
+    if spec.horizon != config.horizon {
+        return Err(Error::Invalid(format!(
+            "backtest horizon {} differs from the model's {}",
+            spec.horizon, config.horizon
+        )));
+    }
+    for s in data {
+        if s.values.len() <= spec.test_points {
+            return Err(Error::Invalid(format!(
+                "series {}: {} points, cannot hold out {}",
+                s.name,
+                s.values.len(),
+                spec.test_points
+            )));
+        }
+    }
+    let train_data: Vec<TrainSeries> = data
+        .iter()
+        .map(|s| {
+            let n = s.values.len() - spec.test_points;
+            TrainSeries {
+                name: s.name.clone(),
+                shard_type: s.shard_type.clone(),
+                start: s.start,
+                values: s.values[..n].to_vec(),
+                events: s.events.clone(),
+            }
+        })
+        .collect();
+    let (model, fit) = Model::fit(config, train, spec.step_ms, &train_data, progress)?;
+    let started = std::time::Instant::now();
+    let mut windows = Vec::new();
+    let mut owner = Vec::new();
+    for (i, s) in data.iter().enumerate() {
+        let first = s.values.len() - spec.test_points;
+        let input = SeriesInput {
+            series: model.series_row(&s.name),
+            shard_type: model.shard_type_row(&s.shard_type),
+            start: s.start,
+            step: spec.step_ms,
+            values: &s.values,
+            events: s.events.as_deref(),
+        };
+        for origin in (first..s.values.len()).step_by(spec.horizon) {
+            windows.push((input, origin));
+            owner.push(i);
+        }
+    }
+    let fc = model.forecast(&windows)?;
+    let forecast_seconds = started.elapsed().as_secs_f64();
+    let (h, q) = (config.horizon, config.quantiles.len());
+    let mut results: Vec<SeriesResult> = data
+        .iter()
+        .map(|s| SeriesResult {
+            name: s.name.clone(),
+            first: s.values.len() - spec.test_points,
+            steps: Vec::new(),
+            forecasts: Vec::new(),
+            model: empty_score(),
+            naive: empty_score(),
+        })
+        .collect();
+    for (w, (&i, (_, origin))) in owner.iter().zip(&windows).enumerate() {
+        let n = data[i].values.len();
+        let steps = h.min(n - origin);
+        let r = &mut results[i];
+        r.steps.extend(1..=steps);
+        r.forecasts.extend_from_slice(&fc[w * h * q..][..steps * q]);
+    }
+    for (r, s) in results.iter_mut().zip(data) {
+        let train_part = &s.values[..r.first];
+        let actual = &s.values[r.first..];
+        let scale = metrics::mase_scale(train_part, spec.season);
+        r.model = metrics::score(actual, &r.forecasts, &config.quantiles, scale);
+        let mut naive = Vec::with_capacity(r.forecasts.len());
+        for origin in (r.first..s.values.len()).step_by(h) {
+            let steps = h.min(s.values.len() - origin);
+            naive.extend(metrics::seasonal_naive(
+                &s.values,
+                r.first,
+                spec.season,
+                origin,
+                steps,
+                &config.quantiles,
+            ));
+        }
+        r.naive = metrics::score(actual, &naive, &config.quantiles, scale);
+    }
+    Ok(Backtest {
+        series: results,
+        model,
+        fit,
+        forecast_seconds,
+    })
+}
+
+fn empty_score() -> Score {
+    Score {
+        wql: f64::NAN,
+        mase: f64::NAN,
+        cov80: f64::NAN,
+        cov95: f64::NAN,
+        crossings: 0,
+    }
+}

@@ -1,0 +1,331 @@
+//! The global probabilistic forecaster: one network (or a seed ensemble)
+//! over many series, emitting ordered quantiles for every horizon step.
+//!
+//! Inputs per context step are the window-normalised value, its seasonal
+//! lags, calendar features and an event indicator; per window, its level and
+//! scale relative to the series' training range and learned embeddings of
+//! the series and its shard type; per horizon step, the known features
+//! (lags, calendar, events). See [`features`] for the normalisation and
+//! [`network`] for the architecture and why quantiles cannot cross.
+//!
+//! A model is saved as a directory: `config.json` (format version, shapes,
+//! features, series table with scalers, training range and settings),
+//! `model.safetensors` and `metrics.json`.
+
+mod artifact;
+mod config;
+mod features;
+mod network;
+mod train;
+
+use std::collections::HashMap;
+
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+pub use artifact::FORMAT_VERSION;
+pub use config::{CellKind, ModelConfig, TrainConfig};
+pub use features::{SeriesInput, SeriesScale};
+pub use train::{FitReport, MemberReport, Progress};
+
+use crate::error::{Error, Result};
+use features::{Batch, push_window};
+use network::Network;
+
+/// Windows forecast per network call.
+const CHUNK: usize = 256;
+
+/// One series the model was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesMeta {
+    /// Its name (the caller's series id, e.g. `app/type/metric/series`).
+    pub name: String,
+    /// Its shard type.
+    pub shard_type: String,
+    /// Mean of its training range.
+    pub mean: f32,
+    /// Mean absolute deviation of its training range.
+    pub deviation: f32,
+    /// Time of its first training point (ms).
+    pub first_ts: i64,
+    /// Time of its last training point (ms).
+    pub last_ts: i64,
+    /// Training points.
+    pub points: usize,
+}
+
+/// A series handed to [`Model::fit`]: its training range on the grid.
+#[derive(Debug, Clone)]
+pub struct TrainSeries {
+    /// Series id.
+    pub name: String,
+    /// Its shard type.
+    pub shard_type: String,
+    /// Time of `values[0]` (ms).
+    pub start: i64,
+    /// Observed values.
+    pub values: Vec<f32>,
+    /// Event indicator on the same grid, if any.
+    pub events: Option<Vec<f32>>,
+}
+
+/// A trained forecaster.
+pub struct Model {
+    config: ModelConfig,
+    train: TrainConfig,
+    step_ms: i64,
+    series: Vec<SeriesMeta>,
+    shard_types: Vec<String>,
+    index: HashMap<String, usize>,
+    varmap: VarMap,
+    members: Vec<Network>,
+}
+
+impl Model {
+    /// Fits a model on `data` (all on one grid of `step_ms`), calling
+    /// `progress` after every optimiser step.
+    pub fn fit(
+        config: &ModelConfig,
+        train: &TrainConfig,
+        step_ms: i64,
+        data: &[TrainSeries],
+        progress: impl FnMut(&Progress),
+    ) -> Result<(Self, FitReport)> {
+        Self::fit_from(config, train, step_ms, data, None, progress)
+    }
+
+    /// [`Model::fit`], warm-started from `from`: every weight of `from` whose
+    /// name and shape match is copied over the fresh initialisation (member
+    /// `k` starts from member `k mod n` of `from`).
+    pub fn fit_from(
+        config: &ModelConfig,
+        train: &TrainConfig,
+        step_ms: i64,
+        data: &[TrainSeries],
+        from: Option<&Model>,
+        mut progress: impl FnMut(&Progress),
+    ) -> Result<(Self, FitReport)> {
+        config.validate()?;
+        train.validate()?;
+        if data.is_empty() {
+            return Err(Error::Invalid("no series to train on".into()));
+        }
+        if step_ms <= 0 {
+            return Err(Error::Invalid(format!(
+                "grid step {step_ms} ms must be positive"
+            )));
+        }
+        let mut shard_types: Vec<String> = data.iter().map(|s| s.shard_type.clone()).collect();
+        shard_types.sort();
+        shard_types.dedup();
+        let series: Vec<SeriesMeta> = data
+            .iter()
+            .map(|s| {
+                let sc = SeriesScale::of(&s.values);
+                SeriesMeta {
+                    name: s.name.clone(),
+                    shard_type: s.shard_type.clone(),
+                    mean: sc.mean,
+                    deviation: sc.deviation,
+                    first_ts: s.start,
+                    last_ts: s.start + step_ms * (s.values.len() as i64 - 1),
+                    points: s.values.len(),
+                }
+            })
+            .collect();
+        let mut model =
+            Self::assemble(config.clone(), train.clone(), step_ms, series, shard_types)?;
+        let inputs: Vec<SeriesInput<'_>> = data
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SeriesInput {
+                series: i + 1,
+                shard_type: model.shard_type_row(&s.shard_type),
+                start: s.start,
+                step: step_ms,
+                values: &s.values,
+                events: s.events.as_deref(),
+            })
+            .collect();
+        let scales: Vec<SeriesScale> = model.series.iter().map(SeriesMeta::scale).collect();
+        let lengths: Vec<usize> = data.iter().map(|s| s.values.len()).collect();
+        let split = train::split(config, train, &lengths);
+        let fitter = train::Fitter {
+            cfg: config,
+            tc: train,
+            inputs: &inputs,
+            scales: &scales,
+        };
+        let start = std::time::Instant::now();
+        let mut members = Vec::new();
+        for (k, net) in model.members.iter().enumerate() {
+            let vars = train::member_vars(&model.varmap, k);
+            let warm = from.map(|m| {
+                let j = k % m.members.len();
+                train::member_vars(&m.varmap, j)
+                    .into_iter()
+                    .map(|(name, v)| (name.replacen(&format!("m{j}."), &format!("m{k}."), 1), v))
+                    .collect::<Vec<_>>()
+            });
+            members.push(fitter.fit_member(
+                k,
+                net,
+                &vars,
+                warm.as_deref(),
+                &split,
+                &mut progress,
+            )?);
+        }
+        let report = FitReport {
+            train_windows: split.train.len(),
+            val_windows: split.val.len(),
+            members,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        model.index = model.build_index();
+        Ok((model, report))
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        train: TrainConfig,
+        step_ms: i64,
+        series: Vec<SeriesMeta>,
+        shard_types: Vec<String>,
+    ) -> Result<Self> {
+        let varmap = VarMap::new();
+        let members = train::build_members(&config, series.len(), shard_types.len(), &varmap)?;
+        let mut model = Self {
+            config,
+            train,
+            step_ms,
+            series,
+            shard_types,
+            index: HashMap::new(),
+            varmap,
+            members,
+        };
+        model.index = model.build_index();
+        Ok(model)
+    }
+
+    fn build_index(&self) -> HashMap<String, usize> {
+        self.series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i + 1))
+            .collect()
+    }
+
+    /// The network shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The settings it was trained with.
+    pub fn train_config(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    /// Grid step in ms.
+    pub fn step_ms(&self) -> i64 {
+        self.step_ms
+    }
+
+    /// The series it was trained on.
+    pub fn series(&self) -> &[SeriesMeta] {
+        &self.series
+    }
+
+    /// The embedding row of series `name` (0 when the model does not know it).
+    pub fn series_row(&self, name: &str) -> usize {
+        self.index.get(name).copied().unwrap_or(0)
+    }
+
+    /// The embedding row of a shard type (0 when unknown).
+    pub fn shard_type_row(&self, shard_type: &str) -> usize {
+        self.shard_types
+            .iter()
+            .position(|t| t == shard_type)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// The scale used for a series row: its training statistics, or the
+    /// statistics of `values` for an unknown series.
+    fn scale_for(&self, input: &SeriesInput<'_>, origin: usize) -> SeriesScale {
+        match input.series {
+            0 => SeriesScale::of(&input.values[..origin]),
+            i => self.series[i - 1].scale(),
+        }
+    }
+
+    /// Forecasts each `(series, origin)` window: only `values[..origin]` is
+    /// read. Returns `[windows, horizon, quantiles]` in the series' units,
+    /// each step's quantiles ascending.
+    pub fn forecast(&self, windows: &[(SeriesInput<'_>, usize)]) -> Result<Vec<f32>> {
+        let (h, q) = (self.config.horizon, self.config.quantiles.len());
+        for (input, _) in windows {
+            if input.step != self.step_ms {
+                return Err(Error::Invalid(format!(
+                    "series on a {} ms grid, the model was trained on {} ms",
+                    input.step, self.step_ms
+                )));
+            }
+            if input.series > self.series.len() || input.shard_type > self.shard_types.len() {
+                return Err(Error::Invalid(
+                    "series or shard type row out of range".into(),
+                ));
+            }
+        }
+        let mut out = vec![0f32; windows.len() * h * q];
+        let mut batch = Batch::default();
+        for (c, chunk) in windows.chunks(CHUNK).enumerate() {
+            batch.clear();
+            for (input, origin) in chunk {
+                let scale = self.scale_for(input, *origin);
+                push_window(&self.config, &scale, input, *origin, false, &mut batch)?;
+            }
+            let mut sum = vec![0f32; chunk.len() * h * q];
+            for net in &self.members {
+                let z = net
+                    .forward(&batch, false)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                sum.iter_mut().zip(z).for_each(|(s, v)| *s += v);
+            }
+            let k = self.members.len() as f32;
+            let dst = &mut out[c * CHUNK * h * q..][..chunk.len() * h * q];
+            for (w, vals) in dst.chunks_mut(h * q).enumerate() {
+                let (m, s) = (batch.loc[w], batch.scale[w]);
+                for (d, z) in vals.iter_mut().zip(&sum[w * h * q..][..h * q]) {
+                    *d = m + s * z / k;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("step_ms", &self.step_ms)
+            .field("series", &self.series.len())
+            .field("shard_types", &self.shard_types)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SeriesMeta {
+    fn scale(&self) -> SeriesScale {
+        SeriesScale {
+            mean: self.mean,
+            deviation: self.deviation,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+//! The model's shape and the training settings, both serialisable with
+//! unknown fields refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which recurrent cell encodes the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellKind {
+    /// Long short-term memory.
+    Lstm,
+    /// Gated recurrent unit.
+    Gru,
+}
+
+impl std::str::FromStr for CellKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lstm" => Ok(Self::Lstm),
+            "gru" => Ok(Self::Gru),
+            other => Err(format!("unknown cell `{other}`, expected lstm or gru")),
+        }
+    }
+}
+
+/// Shape of the forecasting network and of its inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Recurrent cell.
+    pub cell: CellKind,
+    /// Width of the recurrent state.
+    pub hidden_size: usize,
+    /// Stacked recurrent layers.
+    pub num_layers: usize,
+    /// Steps of history the recurrent encoder reads.
+    pub context: usize,
+    /// Steps forecast at once.
+    pub horizon: usize,
+    /// Seasonal period in steps (`0`: none); the window scale is computed over
+    /// `max(context, season)` points.
+    pub season: usize,
+    /// Lags (in steps, each at least `horizon`) whose values are inputs at
+    /// every context step and known features at every horizon step.
+    pub lags: Vec<usize>,
+    /// Quantile levels emitted, ascending, including 0.5.
+    pub quantiles: Vec<f64>,
+    /// Width of the learned per-series embedding.
+    pub series_embedding: usize,
+    /// Width of the learned per-shard-type embedding.
+    pub shard_type_embedding: usize,
+    /// Width of the hidden layer of the per-step output head.
+    pub head_hidden: usize,
+    /// Whether an event indicator is an input.
+    pub events: bool,
+    /// Ensemble members, each trained from its own seed; their quantiles are
+    /// averaged (which keeps them ordered).
+    pub members: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            cell: CellKind::Lstm,
+            hidden_size: 64,
+            num_layers: 1,
+            context: 48,
+            horizon: 12,
+            season: 288,
+            lags: vec![288],
+            quantiles: shardcast_core::PROTOCOL_QUANTILES.to_vec(),
+            series_embedding: 8,
+            shard_type_embedding: 4,
+            head_hidden: 64,
+            events: true,
+            members: 1,
+        }
+    }
+}
+
+/// Calendar features per step: time of day and day of week as sine/cosine.
+pub(crate) const CALENDAR: usize = 4;
+
+impl ModelConfig {
+    /// Features per context step fed to the recurrent encoder.
+    pub fn input_size(&self) -> usize {
+        1 + self.lags.len() + CALENDAR + usize::from(self.events)
+    }
+
+    /// Known features per horizon step fed to the head.
+    pub fn future_size(&self) -> usize {
+        self.lags.len() + CALENDAR + usize::from(self.events) + 1
+    }
+
+    /// Names of the input features, in order, for `config.json`.
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut names = vec!["value".to_owned()];
+        names.extend(self.lags.iter().map(|l| format!("value_lag_{l}")));
+        names.extend(
+            [
+                "time_of_day_sin",
+                "time_of_day_cos",
+                "day_of_week_sin",
+                "day_of_week_cos",
+            ]
+            .map(str::to_owned),
+        );
+        if self.events {
+            names.push("event_active".to_owned());
+        }
+        names
+    }
+
+    /// Points of history one forecast needs.
+    pub fn history_needed(&self) -> usize {
+        self.context + self.lags.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Points the window scale is computed over.
+    pub(crate) fn norm_len(&self) -> usize {
+        self.context.max(self.season)
+    }
+
+    /// Index of the median among the quantile levels.
+    pub(crate) fn median_index(&self) -> usize {
+        self.quantiles
+            .iter()
+            .position(|&q| (q - 0.5).abs() < 1e-12)
+            .unwrap_or(self.quantiles.len() / 2)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+            ("context", self.context),
+            ("horizon", self.horizon),
+            ("head_hidden", self.head_hidden),
+            ("members", self.members),
+        ] {
+            if value == 0 {
+                return Err(Error::Config {
+                    field,
+                    value,
+                    reason: "must be at least 1",
+                });
+            }
+        }
+        if let Some(&lag) = self.lags.iter().find(|&&l| l < self.horizon) {
+            return Err(Error::Config {
+                field: "lags",
+                value: lag,
+                reason: "every lag must be at least the horizon, so its value is observed",
+            });
+        }
+        let q = &self.quantiles;
+        if q.is_empty()
+            || q.iter().any(|&x| !(x > 0.0 && x < 1.0))
+            || q.windows(2).any(|w| w[0] >= w[1])
+            || !q.iter().any(|&x| (x - 0.5).abs() < 1e-12)
+        {
+            return Err(Error::Invalid(format!(
+                "quantiles {q:?} must be strictly ascending in (0, 1) and include 0.5"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How to fit: optimiser, schedule, stopping and data split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of initialisation and sampling; the same seed and data give the
+    /// same model (with the same thread count).
+    pub seed: u64,
+    /// Windows per optimiser step.
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW.
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Gradients are rescaled so their global norm is at most this.
+    pub clip_norm: f64,
+    /// Most optimiser steps per member.
+    pub max_steps: usize,
+    /// Steps between validation passes.
+    pub eval_every: usize,
+    /// Validation passes without improvement before stopping.
+    pub patience: usize,
+    /// Fraction of `max_steps` spent warming the learning rate up linearly;
+    /// the rest decays it along a cosine to 5% of the peak.
+    pub warmup: f64,
+    /// Last points of each series' training range held out for validation
+    /// (`0`: choose from the horizon and season).
+    pub validation_points: usize,
+    /// Wall-clock budget per member in seconds (`0`: none).
+    pub max_seconds: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            batch_size: 128,
+            learning_rate: 3e-3,
+            weight_decay: 1e-4,
+            clip_norm: 1.0,
+            max_steps: 1500,
+            eval_every: 100,
+            patience: 4,
+            warmup: 0.05,
+            validation_points: 0,
+            max_seconds: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("batch_size", self.batch_size),
+            ("max_steps", self.max_steps),
+            ("eval_every", self.eval_every),
+        ] {
+            if value == 0 {
+                return Err(Error::Config {
+                    field,
+                    value,
+                    reason: "must be at least 1",
+                });
+            }
+        }
+        let finite_pos = |x: f64| x.is_finite() && x > 0.0;
+        if !finite_pos(self.learning_rate) || !finite_pos(self.clip_norm) {
+            return Err(Error::Invalid(
+                "learning_rate and clip_norm must be positive".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.warmup) || !(self.weight_decay >= 0.0) {
+            return Err(Error::Invalid(
+                "warmup must be in [0, 1) and weight_decay non-negative".into(),
+            ));
+        }
+        Ok(())
+    }
+}

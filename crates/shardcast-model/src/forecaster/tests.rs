@@ -1,0 +1,202 @@
+use super::*;
+use crate::backtest::{self, BacktestSeries, BacktestSpec};
+
+const STEP: i64 = 3_600_000;
+
+/// A daily pattern with a per-series level and persistent (AR(1)) noise, so
+/// that yesterday's value is a noisy guess and the recent past helps.
+fn synthetic(n: usize, level: f32, seed: u64) -> Vec<f32> {
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut ar = 0f32;
+    (0..n)
+        .map(|i| {
+            let day = (std::f32::consts::TAU * (i % 24) as f32 / 24.0).sin();
+            ar = 0.9 * ar + 0.1 * (rng.uniform() as f32 - 0.5);
+            level * (1.0 + 0.5 * day + ar)
+        })
+        .collect()
+}
+
+fn small_config() -> (ModelConfig, TrainConfig) {
+    let cfg = ModelConfig {
+        hidden_size: 16,
+        context: 12,
+        horizon: 6,
+        season: 24,
+        lags: vec![24],
+        head_hidden: 16,
+        ..ModelConfig::default()
+    };
+    let tc = TrainConfig {
+        batch_size: 32,
+        max_steps: 400,
+        eval_every: 50,
+        ..TrainConfig::default()
+    };
+    (cfg, tc)
+}
+
+fn data() -> Vec<TrainSeries> {
+    (0..3)
+        .map(|i| TrainSeries {
+            name: format!("s{i}"),
+            shard_type: if i == 0 { "api".into() } else { "db".into() },
+            start: 0,
+            values: synthetic(24 * 12, 10.0 * (i + 1) as f32, i as u64),
+            events: None,
+        })
+        .collect()
+}
+
+fn windows(model: &Model, data: &[TrainSeries]) -> Vec<f32> {
+    let inputs: Vec<(SeriesInput<'_>, usize)> = data
+        .iter()
+        .map(|s| {
+            (
+                SeriesInput {
+                    series: model.series_row(&s.name),
+                    shard_type: model.shard_type_row(&s.shard_type),
+                    start: s.start,
+                    step: STEP,
+                    values: &s.values,
+                    events: None,
+                },
+                s.values.len(),
+            )
+        })
+        .collect();
+    model.forecast(&inputs).unwrap()
+}
+
+#[test]
+fn quantiles_never_cross_even_untrained() {
+    let (cfg, mut tc) = small_config();
+    tc.max_steps = 1;
+    let (model, _) = Model::fit(&cfg, &tc, STEP, &data(), |_| {}).unwrap();
+    let q = cfg.quantiles.len();
+    for row in windows(&model, &data()).chunks(q) {
+        assert!(row.windows(2).all(|w| w[0] <= w[1]), "{row:?}");
+    }
+}
+
+#[test]
+fn training_is_reproducible_and_beats_seasonal_naive() {
+    let (cfg, tc) = small_config();
+    let series: Vec<BacktestSeries> = data()
+        .into_iter()
+        .map(|s| BacktestSeries {
+            name: s.name,
+            shard_type: s.shard_type,
+            start: s.start,
+            values: s.values,
+            events: None,
+        })
+        .collect();
+    let spec = BacktestSpec {
+        step_ms: STEP,
+        horizon: 6,
+        test_points: 48,
+        season: 24,
+    };
+    let a = backtest::run(&cfg, &tc, spec, &series, |_| {}).unwrap();
+    let b = backtest::run(&cfg, &tc, spec, &series, |_| {}).unwrap();
+    for (x, y) in a.series.iter().zip(&b.series) {
+        assert_eq!(x.forecasts, y.forecasts);
+    }
+    let s = a.summary();
+    assert_eq!(s.crossings, 0);
+    assert!(s.rel_wql_gmean < 0.8, "relative WQL {}", s.rel_wql_gmean);
+    assert!(a.fit.val_windows > 0 && a.fit.train_windows > 0);
+}
+
+#[test]
+fn artifact_round_trip_gives_identical_forecasts() {
+    let (cfg, mut tc) = small_config();
+    tc.max_steps = 20;
+    let d = data();
+    let (model, report) = Model::fit(&cfg, &tc, STEP, &d, |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m").join("1");
+    model
+        .save(&path, &serde_json::to_value(&report).unwrap())
+        .unwrap();
+    let loaded = Model::load(&path).unwrap();
+    assert_eq!(windows(&model, &d), windows(&loaded, &d));
+    assert_eq!(loaded.series(), model.series());
+    assert!(Model::load_metrics(&path).unwrap()["members"].is_array());
+    // Saving over an existing version is refused.
+    assert!(model.save(&path, &serde_json::Value::Null).is_err());
+}
+
+#[test]
+fn malformed_artifacts_are_refused_with_the_reason() {
+    let (cfg, mut tc) = small_config();
+    tc.max_steps = 1;
+    let (model, _) = Model::fit(&cfg, &tc, STEP, &data(), |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let p = dir.path().join(name);
+        model.save(&p, &serde_json::Value::Null).unwrap();
+        p
+    };
+    let err = |p: &std::path::Path| Model::load(p).unwrap_err().to_string();
+
+    let p = fresh("truncated");
+    let w = std::fs::read(p.join("model.safetensors")).unwrap();
+    std::fs::write(p.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    assert!(err(&p).contains("model.safetensors"), "{}", err(&p));
+
+    let p = fresh("unknown-field");
+    let c = std::fs::read_to_string(p.join("config.json")).unwrap();
+    std::fs::write(
+        p.join("config.json"),
+        c.replacen('{', "{\"surprise\": 1,", 1),
+    )
+    .unwrap();
+    assert!(err(&p).contains("surprise"), "{}", err(&p));
+
+    let p = fresh("version");
+    let c = std::fs::read_to_string(p.join("config.json")).unwrap();
+    std::fs::write(
+        p.join("config.json"),
+        c.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
+    assert!(err(&p).contains("format_version 99"), "{}", err(&p));
+
+    let p = fresh("shape");
+    let c = std::fs::read_to_string(p.join("config.json")).unwrap();
+    std::fs::write(
+        p.join("config.json"),
+        c.replace("\"hidden_size\": 16", "\"hidden_size\": 17"),
+    )
+    .unwrap();
+    assert!(err(&p).contains("model.safetensors"), "{}", err(&p));
+
+    assert!(err(&dir.path().join("missing")).contains("config.json"));
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let (cfg, tc) = small_config();
+    let mut short = data();
+    for s in &mut short {
+        s.values.truncate(20);
+    }
+    let e = Model::fit(&cfg, &tc, STEP, &short, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("no training windows"), "{e}");
+    let bad = ModelConfig {
+        lags: vec![3],
+        ..cfg.clone()
+    };
+    assert!(Model::fit(&bad, &tc, STEP, &data(), |_| {}).is_err());
+    let bad = ModelConfig {
+        quantiles: vec![0.1, 0.9],
+        ..cfg.clone()
+    };
+    assert!(Model::fit(&bad, &tc, STEP, &data(), |_| {}).is_err());
+    let cfg_json = serde_json::to_string(&cfg)
+        .unwrap()
+        .replacen('{', "{\"hiden\":3,", 1);
+    assert!(serde_json::from_str::<ModelConfig>(&cfg_json).is_err());
+}

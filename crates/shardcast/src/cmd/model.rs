@@ -1,0 +1,439 @@
+//! `shardcast train` and `shardcast backtest`: series from the store onto a
+//! grid, into the model crate, results out as a model directory or the
+//! protocol F forecast CSV and a metrics table.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use shardcast_core::{GridStep, Timestamp};
+use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
+use shardcast_model::forecaster::{Model, ModelConfig, Progress, TrainConfig, TrainSeries};
+use shardcast_store::ingest::Event;
+use shardcast_store::query::SeriesFilter;
+use shardcast_store::resample::{Agg, GapFill, resample};
+
+use crate::cli::{AggArg, BacktestArgs, GridArgs, ModelArgs, TrainArgs};
+
+/// One series on the grid, with its event indicator.
+struct GridSeries {
+    name: String,
+    shard_type: String,
+    start: i64,
+    values: Vec<f32>,
+    events: Vec<f32>,
+}
+
+/// Loads the selected series and puts each on the grid.
+async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
+    let store = super::open(&args.store.store)?;
+    let filter = SeriesFilter {
+        app: args.app.clone(),
+        shard_type: args.shard_type.clone(),
+        metric: args.metric.clone(),
+        ..SeriesFilter::default()
+    };
+    let patterns = match &args.series {
+        Some(p) => p
+            .split(',')
+            .map(|p| glob::Pattern::new(p).with_context(|| format!("bad --series pattern `{p}`")))
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let agg = match args.agg {
+        AggArg::Mean => Agg::Mean,
+        AggArg::Sum => Agg::Sum,
+        AggArg::Max => Agg::Max,
+    };
+    let events = store.load_events().await.unwrap_or_default();
+    let mut out = Vec::new();
+    for s in store.load_series(&filter).await? {
+        if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(&s.key.series)) {
+            continue;
+        }
+        let grid = match args.base_grid {
+            Some(base) => {
+                resample(&s.ts, &s.value, base, agg, GapFill::Linear)?.coarsen(args.grid, agg)?
+            }
+            None => resample(&s.ts, &s.value, args.grid, agg, GapFill::Linear)?,
+        };
+        let start = grid.start.millis();
+        let step = args.grid.millis();
+        let ind = event_indicator(&events, &s.key, start, step, grid.values.len());
+        out.push(GridSeries {
+            name: s.key.series.clone(),
+            shard_type: s.key.shard_type.clone(),
+            start,
+            values: grid.to_f32(),
+            events: ind,
+        });
+    }
+    if out.is_empty() {
+        bail!("no series in the store match the selection");
+    }
+    Ok((out, args.grid))
+}
+
+/// 1 for grid bins that overlap an event whose scope covers the series
+/// (`*`, its app, or `app/shard_type`), else 0.
+fn event_indicator(
+    events: &[Event],
+    key: &shardcast_core::SeriesKey,
+    start: i64,
+    step: i64,
+    len: usize,
+) -> Vec<f32> {
+    let mut ind = vec![0f32; len];
+    let scoped = format!("{}/{}", key.app, key.shard_type);
+    for e in events {
+        if e.scope != "*" && e.scope != key.app && e.scope != scoped {
+            continue;
+        }
+        let first = (e.start - start).div_euclid(step).max(0);
+        let last = (e.end - start).div_euclid(step).min(len as i64 - 1);
+        for i in first..=last {
+            ind[i as usize] = 1.0;
+        }
+    }
+    ind
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    model: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    train: TrainConfig,
+}
+
+/// The model and training configuration: defaults chosen from the grid and
+/// the shortest series, then the config file, then flags.
+fn configure(
+    args: &ModelArgs,
+    step: GridStep,
+    shortest: usize,
+) -> Result<(ModelConfig, TrainConfig)> {
+    if args.device != "cpu" {
+        bail!(
+            "--device {}: this build runs models on the CPU only (the fused recurrent kernels are CPU kernels)",
+            args.device
+        );
+    }
+    let season = args
+        .season
+        .or_else(|| step.per_day())
+        .unwrap_or(args.horizon.max(1));
+    let horizon = args.horizon;
+    let context = 48.min(season.max(horizon));
+    let mut lags = vec![];
+    if season >= horizon {
+        lags.push(season);
+    }
+    if 7 * season >= horizon && shortest >= 7 * season + context + 4 * season.max(horizon) {
+        lags.push(7 * season);
+    }
+    let mut model = ModelConfig {
+        horizon,
+        season,
+        context,
+        lags,
+        ..ModelConfig::default()
+    };
+    let mut train = TrainConfig::default();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let file: ConfigFile = serde_json::from_str(&text)
+            .with_context(|| format!("bad training config {}", path.display()))?;
+        let mut merged = serde_json::to_value(&model)?;
+        for (k, v) in file.model {
+            match merged.get_mut(&k) {
+                Some(slot) => *slot = v,
+                None => bail!(
+                    "bad training config {}: unknown field `model.{k}`",
+                    path.display()
+                ),
+            }
+        }
+        model = serde_json::from_value(merged)
+            .with_context(|| format!("bad training config {}", path.display()))?;
+        train = file.train;
+    }
+    if let Some(v) = args.cell {
+        model.cell = v;
+    }
+    if let Some(v) = args.hidden {
+        model.hidden_size = v;
+    }
+    if let Some(v) = args.context {
+        model.context = v;
+    }
+    if let Some(v) = &args.lags {
+        model.lags = v.clone();
+    }
+    if let Some(v) = args.members {
+        model.members = v;
+    }
+    if let Some(v) = args.max_steps {
+        train.max_steps = v;
+    }
+    if let Some(v) = args.seed {
+        train.seed = v;
+    }
+    model.validate()?;
+    train.validate()?;
+    Ok((model, train))
+}
+
+/// Progress on stderr: a redrawn line on a terminal, a line per validation
+/// pass otherwise.
+fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
+    let tty = std::io::stderr().is_terminal();
+    move |p: &Progress| {
+        let line = format!(
+            "member {}/{} step {:>5}/{} loss {:.4} best val {:.4} {:>6.1}s",
+            p.member + 1,
+            p.members,
+            p.step,
+            p.max_steps,
+            p.train_loss,
+            p.best_val_loss,
+            p.seconds
+        );
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let _ = write!(err, "\r{line}\x1b[K");
+            let _ = err.flush();
+        } else if p.step % eval_every == 0 {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+fn end_progress() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
+pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
+    let started = Instant::now();
+    let (grids, step) = load_grids(&args.grid).await?;
+    let shortest = grids.iter().map(|g| g.values.len()).min().unwrap_or(0);
+    let (config, train) = configure(&args.model, step, shortest.saturating_sub(args.test_points))?;
+    let spec = BacktestSpec {
+        step_ms: step.millis(),
+        horizon: config.horizon,
+        test_points: args.test_points,
+        season: config.season,
+    };
+    let data: Vec<BacktestSeries> = grids
+        .into_iter()
+        .map(|g| BacktestSeries {
+            name: g.name,
+            shard_type: g.shard_type,
+            start: g.start,
+            values: g.values,
+            events: Some(g.events),
+        })
+        .collect();
+    eprintln!(
+        "backtest: {} series on a {step} grid, horizon {}, {} held-out points each; {:?} cell, context {}, lags {:?}",
+        data.len(),
+        config.horizon,
+        args.test_points,
+        config.cell,
+        config.context,
+        config.lags
+    );
+    let eval_every = train.eval_every;
+    let bt = tokio::task::spawn_blocking(move || {
+        backtest::run(&config, &train, spec, &data, progress_printer(eval_every)).map(|b| (b, data))
+    })
+    .await??;
+    end_progress();
+    let (bt, data) = bt;
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(out) = &args.out {
+        write_forecasts(out, &bt, &data, spec.step_ms)?;
+    }
+    print_backtest(&bt, wall);
+    if let Some(dir) = &args.save_model {
+        let metrics = serde_json::json!({
+            "fit": bt.fit,
+            "backtest": { "summary": bt.summary(), "seasonal_naive": bt.naive_summary() },
+        });
+        bt.model.save(dir, &metrics)?;
+        println!("model saved to {}", dir.display());
+    }
+    if let Some(out) = &args.out {
+        println!("forecasts written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// Writes protocol F's CSV: one row per held-out point.
+fn write_forecasts(path: &Path, bt: &Backtest, data: &[BacktestSeries], step: i64) -> Result<()> {
+    let levels = &bt.model.config().quantiles;
+    let mut text = String::from("series,ts,step");
+    for q in levels {
+        text.push_str(&format!(",q{q}"));
+    }
+    text.push('\n');
+    for (r, s) in bt.series.iter().zip(data) {
+        for (i, st) in r.steps.iter().enumerate() {
+            let ts = Timestamp(s.start + step * (r.first + i) as i64);
+            text.push_str(&format!("{},{ts},{st}", r.name));
+            for v in &r.forecasts[i * levels.len()..][..levels.len()] {
+                text.push_str(&format!(",{v}"));
+            }
+            text.push('\n');
+        }
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("csv.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn print_backtest(bt: &Backtest, wall: f64) {
+    println!(
+        "{:<34} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} {:>7}",
+        "series", "WQL", "MASE", "cov80", "cov95", "sn WQL", "sn MASE", "sn cov80"
+    );
+    for r in &bt.series {
+        println!(
+            "{:<34} {:>8.4} {:>8.4} {:>7.3} {:>7.3} | {:>8.4} {:>8.4} {:>7.3}",
+            r.name,
+            r.model.wql,
+            r.model.mase,
+            r.model.cov80,
+            r.model.cov95,
+            r.naive.wql,
+            r.naive.mase,
+            r.naive.cov80
+        );
+    }
+    let (s, n) = (bt.summary(), bt.naive_summary());
+    println!();
+    println!(
+        "{:<36} {:>12} {:>15}",
+        "metric", "shardcast", "seasonal naive"
+    );
+    for (name, a, b) in [
+        (
+            "relWQL_vs_seasonal_naive_gmean",
+            s.rel_wql_gmean,
+            n.rel_wql_gmean,
+        ),
+        (
+            "relMASE_vs_seasonal_naive_gmean",
+            s.rel_mase_gmean,
+            n.rel_mase_gmean,
+        ),
+        ("WQL_median", s.wql_median, n.wql_median),
+        ("MASE_median", s.mase_median, n.mase_median),
+        ("cov80_mean", s.cov80_mean, n.cov80_mean),
+        ("cov95_mean", s.cov95_mean, n.cov95_mean),
+        ("quantile_crossings", s.crossings as f64, n.crossings as f64),
+    ] {
+        println!("{name:<36} {a:>12.4} {b:>15.4}");
+    }
+    println!(
+        "\nwall time {wall:.1}s (fit {:.1}s over {} windows, {} members; forecast {:.2}s)",
+        bt.fit.seconds,
+        bt.fit.train_windows,
+        bt.fit.members.len(),
+        bt.forecast_seconds
+    );
+}
+
+pub(crate) async fn train(args: TrainArgs) -> Result<()> {
+    let (grids, step) = load_grids(&args.grid).await?;
+    let shortest = grids.iter().map(|g| g.values.len()).min().unwrap_or(0);
+    let (config, train) = configure(&args.model, step, shortest)?;
+    let dir = args.models_dir.join(&args.name);
+    let version = match &args.version {
+        Some(v) => v.clone(),
+        None => next_version(&dir)?,
+    };
+    let out = dir.join(&version);
+    if out.exists() {
+        bail!("{} already exists; pick another --version", out.display());
+    }
+    let data: Vec<TrainSeries> = grids
+        .into_iter()
+        .map(|g| TrainSeries {
+            name: g.name,
+            shard_type: g.shard_type,
+            start: g.start,
+            values: g.values,
+            events: Some(g.events),
+        })
+        .collect();
+    let from = args.from.clone();
+    eprintln!(
+        "train: {} series on a {step} grid, horizon {}; {:?} cell, hidden {}, context {}, lags {:?}",
+        data.len(),
+        config.horizon,
+        config.cell,
+        config.hidden_size,
+        config.context,
+        config.lags
+    );
+    let eval_every = train.eval_every;
+    let (model, report) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let warm = from
+            .as_deref()
+            .map(|p| {
+                Model::load(p).with_context(|| format!("cannot warm start from {}", p.display()))
+            })
+            .transpose()?;
+        Ok(Model::fit_from(
+            &config,
+            &train,
+            step.millis(),
+            &data,
+            warm.as_ref(),
+            progress_printer(eval_every),
+        )?)
+    })
+    .await??;
+    end_progress();
+    model.save(&out, &serde_json::json!({ "fit": report }))?;
+    for m in &report.members {
+        println!(
+            "member seed {}: {} steps, kept step {} (val loss {:.4}){}, {:.1}s",
+            m.seed,
+            m.steps,
+            m.best_step,
+            m.best_val_loss,
+            if m.stopped_early {
+                ", stopped early"
+            } else {
+                ""
+            },
+            m.seconds
+        );
+    }
+    println!("model written to {}", out.display());
+    Ok(())
+}
+
+/// One more than the largest numeric version under `dir` (1 when none).
+fn next_version(dir: &Path) -> Result<String> {
+    let mut max = 0u64;
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            if let Some(v) = e?.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                max = max.max(v);
+            }
+        }
+    }
+    Ok((max + 1).to_string())
+}
