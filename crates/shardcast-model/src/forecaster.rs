@@ -80,6 +80,29 @@ pub struct Model {
     index: HashMap<String, usize>,
     varmap: VarMap,
     members: Vec<Network>,
+    calibration: Calibration,
+}
+
+/// Widening of the quantiles around the median, fitted on the validation
+/// windows after training so that their 10% and 90% quantiles are exceeded
+/// 10% of the time (networks trained on little data are overconfident).
+/// Scaling each side by one positive factor keeps the levels ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Factor on the distance from the median of levels below 0.5.
+    pub lower: f32,
+    /// Factor on the distance of levels above 0.5.
+    pub upper: f32,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self {
+            lower: 1.0,
+            upper: 1.0,
+        }
+    }
 }
 
 impl Model {
@@ -177,7 +200,9 @@ impl Model {
                 &mut progress,
             )?);
         }
+        model.calibration = model.calibrate(&inputs, &split.val)?;
         let report = FitReport {
+            calibration: model.calibration,
             train_windows: split.train.len(),
             val_windows: split.val.len(),
             members,
@@ -205,6 +230,7 @@ impl Model {
             index: HashMap::new(),
             varmap,
             members,
+            calibration: Calibration::default(),
         };
         model.index = model.build_index();
         Ok(model)
@@ -216,6 +242,57 @@ impl Model {
             .enumerate()
             .map(|(i, s)| (s.name.clone(), i + 1))
             .collect()
+    }
+
+    /// Fits the [`Calibration`] on the validation windows.
+    fn calibrate(
+        &self,
+        inputs: &[SeriesInput<'_>],
+        val: &[(usize, usize)],
+    ) -> Result<Calibration> {
+        let cfg = &self.config;
+        let (h, q) = (cfg.horizon, cfg.quantiles.len());
+        let level = |tau: f64| cfg.quantiles.iter().position(|&l| (l - tau).abs() < 1e-9);
+        let (Some(lo), Some(hi)) = (level(0.1), level(0.9)) else {
+            return Ok(Calibration::default());
+        };
+        if val.is_empty() {
+            return Ok(Calibration::default());
+        }
+        let windows: Vec<(SeriesInput<'_>, usize)> =
+            val.iter().map(|&(s, o)| (inputs[s], o)).collect();
+        let fc = self.forecast(&windows)?;
+        let mid = cfg.median_index();
+        let (mut down, mut up) = (Vec::new(), Vec::new());
+        for (w, (input, origin)) in windows.iter().enumerate() {
+            for k in 0..h {
+                let row = &fc[(w * h + k) * q..][..q];
+                let y = input.values[origin + k];
+                let (m, a, b) = (row[mid], row[lo], row[hi]);
+                if m - a > 0.0 {
+                    down.push((m - y) / (m - a));
+                }
+                if b - m > 0.0 {
+                    up.push((y - m) / (b - m));
+                }
+            }
+        }
+        let factor = |mut t: Vec<f32>| {
+            if t.len() < 10 {
+                return 1.0;
+            }
+            t.sort_by(f32::total_cmp);
+            t[(0.9 * (t.len() - 1) as f64).round() as usize].clamp(0.25, 10.0)
+        };
+        Ok(Calibration {
+            lower: factor(down),
+            upper: factor(up),
+        })
+    }
+
+    /// The quantile widening fitted after training.
+    pub fn calibration(&self) -> Calibration {
+        self.calibration
     }
 
     /// The network shape.
@@ -295,11 +372,17 @@ impl Model {
                 sum.iter_mut().zip(z).for_each(|(s, v)| *s += v);
             }
             let k = self.members.len() as f32;
+            let mid = self.config.median_index();
+            let Calibration { lower, upper } = self.calibration;
             let dst = &mut out[c * CHUNK * h * q..][..chunk.len() * h * q];
             for (w, vals) in dst.chunks_mut(h * q).enumerate() {
                 let (m, s) = (batch.loc[w], batch.scale[w]);
-                for (d, z) in vals.iter_mut().zip(&sum[w * h * q..][..h * q]) {
-                    *d = m + s * z / k;
+                for (d, z) in vals.chunks_mut(q).zip(sum[w * h * q..].chunks(q)) {
+                    let med = z[mid] / k;
+                    for (j, (d, z)) in d.iter_mut().zip(z).enumerate() {
+                        let f = if j < mid { lower } else { upper };
+                        *d = m + s * (med + f * (z / k - med));
+                    }
                 }
             }
         }

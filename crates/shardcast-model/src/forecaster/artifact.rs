@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::{ModelConfig, TrainConfig};
-use super::{Model, SeriesMeta};
+use super::{Calibration, Model, SeriesMeta};
 use crate::error::{Error, Result};
 
 /// Version of the directory format this build reads and writes.
@@ -28,6 +28,7 @@ struct ArtifactConfig {
     features: Vec<String>,
     series: Vec<SeriesMeta>,
     shard_types: Vec<String>,
+    calibration: Calibration,
     /// First and last training timestamp over all series (ms).
     training_range: [i64; 2],
 }
@@ -66,6 +67,7 @@ impl Model {
             features: self.config.feature_names(),
             series: self.series.clone(),
             shard_types: self.shard_types.clone(),
+            calibration: self.calibration,
             training_range: range,
         };
         let write = || -> Result<()> {
@@ -118,6 +120,10 @@ impl Model {
             cfg.shard_types,
         )
         .map_err(|e| artifact_err(&path, e))?;
+        if !(cfg.calibration.lower > 0.0 && cfg.calibration.upper > 0.0) {
+            return Err(artifact_err(&path, "calibration factors must be positive"));
+        }
+        model.calibration = cfg.calibration;
         let weights = dir.join(WEIGHTS);
         model
             .varmap

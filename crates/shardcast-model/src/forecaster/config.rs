@@ -55,6 +55,9 @@ pub struct ModelConfig {
     pub shard_type_embedding: usize,
     /// Width of the hidden layer of the per-step output head.
     pub head_hidden: usize,
+    /// Whether time-of-day and day-of-week features are inputs.
+    #[serde(default = "yes")]
+    pub calendar: bool,
     /// Whether an event indicator is an input.
     pub events: bool,
     /// Ensemble members, each trained from its own seed; their quantiles are
@@ -76,6 +79,7 @@ impl Default for ModelConfig {
             series_embedding: 8,
             shard_type_embedding: 4,
             head_hidden: 64,
+            calendar: true,
             events: true,
             members: 1,
         }
@@ -88,12 +92,16 @@ pub(crate) const CALENDAR: usize = 4;
 impl ModelConfig {
     /// Features per context step fed to the recurrent encoder.
     pub fn input_size(&self) -> usize {
-        1 + self.lags.len() + CALENDAR + usize::from(self.events)
+        1 + self.lags.len() + self.calendar_size() + usize::from(self.events)
+    }
+
+    pub(crate) fn calendar_size(&self) -> usize {
+        if self.calendar { CALENDAR } else { 0 }
     }
 
     /// Known features per horizon step fed to the head.
     pub fn future_size(&self) -> usize {
-        self.lags.len() + CALENDAR + usize::from(self.events) + 1
+        self.lags.len() + self.calendar_size() + usize::from(self.events) + 1
     }
 
     /// Names of the input features, in order, for `config.json`.
@@ -170,6 +178,10 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How to fit: optimiser, schedule, stopping and data split.

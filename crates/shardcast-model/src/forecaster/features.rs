@@ -6,7 +6,7 @@
 //! deviation. The window's level and scale relative to the series' training
 //! range are static inputs, so the network still sees absolute levels.
 
-use super::config::{CALENDAR, ModelConfig};
+use super::config::ModelConfig;
 use crate::error::{Error, Result};
 
 /// Normalised inputs beyond this magnitude are clipped (spikes would
@@ -16,7 +16,7 @@ const INPUT_CLIP: f32 = 10.0;
 /// dominating a batch.
 const TARGET_CLIP: f32 = 50.0;
 /// Static features per window.
-pub(crate) const STATIC: usize = 2;
+pub(crate) const STATIC: usize = 1;
 
 /// One series as the model sees it: a regular grid of values.
 #[derive(Debug, Clone, Copy)]
@@ -128,10 +128,12 @@ pub(crate) fn push_window(
     batch: &mut Batch,
 ) -> Result<()> {
     let need = cfg.history_needed().max(1);
-    if origin < need || origin > input.values.len() {
+    if origin == 0 || origin > input.values.len() || (target && origin < need) {
         return Err(Error::Invalid(format!(
-            "a forecast from point {origin} needs {need} points of history and at most {} exist",
-            input.values.len()
+            "a {} window at point {origin} needs {} points of history and {} exist",
+            if target { "training" } else { "forecast" },
+            if target { need } else { 1 },
+            input.values.len().min(origin)
         )));
     }
     if target && origin + cfg.horizon > input.values.len() {
@@ -145,21 +147,47 @@ pub(crate) fn push_window(
     let m = (win.iter().map(|&x| f64::from(x)).sum::<f64>() / n) as f32;
     let dev = (win.iter().map(|&x| (f64::from(x - m)).abs()).sum::<f64>() / n) as f32;
     let s = floor_scale(dev.max(0.1 * scale.deviation), scale.mean);
-    let z = |i: usize| ((v[i] - m) / s).clamp(-INPUT_CLIP, INPUT_CLIP);
-    let event = |i: usize| input.events.and_then(|e| e.get(i).copied()).unwrap_or(0.0);
-    let ts = |i: usize| input.start + input.step * i as i64;
-    for i in origin - cfg.context..origin {
+    // History before the first point (only when forecasting a short series)
+    // is filled from the same phase of the earliest observed season, or the
+    // first value.
+    let at = |i: isize| -> f32 {
+        if i >= 0 {
+            return v[i as usize];
+        }
+        if cfg.season > 0 {
+            let p = cfg.season as isize;
+            let j = i + p * ((-i + p - 1) / p);
+            if (j as usize) < origin {
+                return v[j as usize];
+            }
+        }
+        v[0]
+    };
+    let z = |i: isize| ((at(i) - m) / s).clamp(-INPUT_CLIP, INPUT_CLIP);
+    let event = |i: isize| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| input.events.and_then(|e| e.get(i).copied()))
+            .unwrap_or(0.0)
+    };
+    let ts = |i: isize| input.start + input.step * i as i64;
+    let o = origin as isize;
+    for i in o - cfg.context as isize..o {
         batch.context.push(z(i));
-        batch.context.extend(cfg.lags.iter().map(|&l| z(i - l)));
-        calendar(ts(i), &mut batch.context);
+        batch.context.extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
+        if cfg.calendar {
+            calendar(ts(i), &mut batch.context);
+        }
         if cfg.events {
             batch.context.push(event(i));
         }
     }
-    let last = z(origin - 1);
-    for i in origin..origin + cfg.horizon {
-        batch.future.extend(cfg.lags.iter().map(|&l| z(i - l)));
-        calendar(ts(i), &mut batch.future);
+    let last = z(o - 1);
+    for i in o..o + cfg.horizon as isize {
+        batch.future.extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
+        if cfg.calendar {
+            calendar(ts(i), &mut batch.future);
+        }
         if cfg.events {
             batch.future.push(event(i));
         }
@@ -172,16 +200,13 @@ pub(crate) fn push_window(
                 .map(|&x| ((x - m) / s).clamp(-TARGET_CLIP, TARGET_CLIP)),
         );
     }
-    batch.statics.extend([
-        ((m - scale.mean) / scale.deviation).clamp(-INPUT_CLIP, INPUT_CLIP),
-        (s / scale.deviation).ln().clamp(-INPUT_CLIP, INPUT_CLIP),
-    ]);
+    batch.statics
+        .push((s / scale.deviation).ln().clamp(-INPUT_CLIP, INPUT_CLIP));
     batch.series.push(input.series as u32);
     batch.shard_types.push(input.shard_type as u32);
     batch.loc.push(m);
     batch.scale.push(s);
     batch.n += 1;
-    debug_assert_eq!(CALENDAR, 4);
     Ok(())
 }
 
@@ -232,7 +257,9 @@ mod tests {
         assert_eq!(b.future[6], 1.5);
         assert_eq!(b.target, vec![2.5, 3.5]);
         // not enough history, and a target past the end
-        assert!(push_window(&c, &scale, &input, 6, false, &mut b).is_err());
+        assert!(push_window(&c, &scale, &input, 6, true, &mut b).is_err());
+        assert!(push_window(&c, &scale, &input, 0, false, &mut b).is_err());
+        assert!(push_window(&c, &scale, &input, 2, false, &mut b).is_ok());
         assert!(push_window(&c, &scale, &input, 9, true, &mut b).is_err());
         assert!(push_window(&c, &scale, &input, 10, false, &mut b).is_ok());
     }

@@ -65,6 +65,8 @@ pub struct FitReport {
     pub val_windows: usize,
     /// One entry per ensemble member.
     pub members: Vec<MemberReport>,
+    /// Quantile widening fitted on the validation windows.
+    pub calibration: super::Calibration,
     /// Wall time of the whole fit in seconds.
     pub seconds: f64,
 }
