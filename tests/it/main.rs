@@ -3,6 +3,7 @@
 //! reason when it is absent.
 
 mod cli;
+mod model;
 mod nab;
 
 use std::path::{Path, PathBuf};

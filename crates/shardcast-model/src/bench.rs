@@ -1,10 +1,11 @@
 //! Protocol T (`shared/bench/PROTOCOL.md`): training and inference speed of
-//! the recurrent model, ours against candle-nn's `LSTM` in the same process.
+//! the recurrent model, ours against candle-nn's `LSTM` in the same process,
+//! and the same work with a GRU layer against candle-nn's `GRU`.
 //!
-//! Work: one LSTM layer, 8 input features, hidden 64, sequence 96, batch 64,
-//! a linear head of 24 outputs on the last hidden state, MSE loss, AdamW,
-//! f32. Figures: median milliseconds per training step, median forward
-//! latency at batch 1 and batch 256. Run it on one thread
+//! Work: one LSTM (or GRU) layer, 8 input features, hidden 64, sequence 96,
+//! batch 64, a linear head of 24 outputs on the last hidden state, MSE loss,
+//! AdamW, f32. Figures: median milliseconds per training step, median
+//! forward latency at batch 1 and batch 256. Run it on one thread
 //! (`RAYON_NUM_THREADS=1`) to compare with the recorded references.
 
 use std::fmt;
@@ -15,6 +16,7 @@ use candle_nn::rnn::RNN;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use crate::error::Result;
+use crate::gru::{Gru, GruConfig};
 use crate::lstm::{Lstm, LstmConfig};
 
 /// Sizes and repetition counts of a protocol T run.
@@ -36,8 +38,11 @@ pub struct ProtocolT {
     pub steps: usize,
     /// Timed forward passes per batch size.
     pub forward_runs: usize,
-    /// Whether to also time candle-nn's `LSTM` (off only for profiling).
+    /// Whether to also time candle-nn's `LSTM` and `GRU` (off only for
+    /// profiling).
     pub reference: bool,
+    /// Whether to also run the work with a GRU layer.
+    pub gru: bool,
 }
 
 impl Default for ProtocolT {
@@ -52,6 +57,7 @@ impl Default for ProtocolT {
             steps: 20,
             forward_runs: 20,
             reference: true,
+            gru: true,
         }
     }
 }
@@ -67,18 +73,27 @@ pub struct Timings {
     pub forward_b256_ms: f64,
 }
 
-/// Both sides of a run, plus the final training losses as a sanity check
-/// that both actually trained the same model.
+/// Both sides of one recurrent layer kind, plus the final training losses
+/// as a sanity check that both actually trained the same model.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    /// The run's settings.
-    pub threads: usize,
-    /// The fused ops of this crate.
+pub struct Comparison {
+    /// The fused op of this crate.
     pub fused: Timings,
-    /// candle-nn's `LSTM`, unless the run left it out.
+    /// candle-nn's layer of the same kind, unless the run left it out.
     pub candle_nn: Option<Timings>,
     /// Loss after the last timed step (fused, candle-nn).
     pub final_loss: (f32, Option<f32>),
+}
+
+/// A whole protocol T run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Rayon threads the run had.
+    pub threads: usize,
+    /// The LSTM: the protocol's own figures.
+    pub lstm: Comparison,
+    /// The same work with a GRU layer, unless the run left it out.
+    pub gru: Option<Comparison>,
 }
 
 impl fmt::Display for Report {
@@ -90,46 +105,56 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "| figure               | shardcast fused | candle-nn LSTM | speed-up |"
+            "| model | figure               | shardcast fused | candle-nn | speed-up |"
         )?;
         writeln!(
             f,
-            "|----------------------|-----------------|----------------|----------|"
+            "|-------|----------------------|-----------------|-----------|----------|"
         )?;
-        let rows = [
-            (
-                "train step (b=64)",
-                self.fused.train_step_ms,
-                self.candle_nn.map(|t| t.train_step_ms),
-            ),
-            (
-                "forward b=1",
-                self.fused.forward_b1_ms,
-                self.candle_nn.map(|t| t.forward_b1_ms),
-            ),
-            (
-                "forward b=256",
-                self.fused.forward_b256_ms,
-                self.candle_nn.map(|t| t.forward_b256_ms),
-            ),
-        ];
-        for (name, ours, theirs) in rows {
-            match theirs {
-                Some(theirs) => writeln!(
-                    f,
-                    "| {name:<20} | {ours:>15.3} | {theirs:>14.3} | {:>7.1}x |",
-                    theirs / ours
-                )?,
-                None => writeln!(
-                    f,
-                    "| {name:<20} | {ours:>15.3} | {:>14} | {:>8} |",
-                    "-", "-"
-                )?,
+        let models: Vec<(&str, &Comparison)> = std::iter::once(("LSTM", &self.lstm))
+            .chain(self.gru.as_ref().map(|c| ("GRU", c)))
+            .collect();
+        for &(model, c) in &models {
+            let rows = [
+                (
+                    "train step (b=64)",
+                    c.fused.train_step_ms,
+                    c.candle_nn.map(|t| t.train_step_ms),
+                ),
+                (
+                    "forward b=1",
+                    c.fused.forward_b1_ms,
+                    c.candle_nn.map(|t| t.forward_b1_ms),
+                ),
+                (
+                    "forward b=256",
+                    c.fused.forward_b256_ms,
+                    c.candle_nn.map(|t| t.forward_b256_ms),
+                ),
+            ];
+            for (name, ours, theirs) in rows {
+                match theirs {
+                    Some(theirs) => writeln!(
+                        f,
+                        "| {model:<5} | {name:<20} | {ours:>15.3} | {theirs:>9.3} | {:>7.1}x |",
+                        theirs / ours
+                    )?,
+                    None => writeln!(
+                        f,
+                        "| {model:<5} | {name:<20} | {ours:>15.3} | {:>9} | {:>8} |",
+                        "-", "-"
+                    )?,
+                }
             }
         }
-        write!(f, "final loss: fused {:.5}", self.final_loss.0)?;
-        if let Some(l) = self.final_loss.1 {
-            write!(f, ", candle-nn {l:.5}")?;
+        write!(f, "final loss:")?;
+        let mut sep = " ";
+        for &(model, c) in &models {
+            write!(f, "{sep}{model} fused {:.5}", c.final_loss.0)?;
+            if let Some(l) = c.final_loss.1 {
+                write!(f, ", candle-nn {l:.5}")?;
+            }
+            sep = "; ";
         }
         Ok(())
     }
@@ -157,6 +182,27 @@ impl Model for Lstm {
 }
 
 impl Model for candle_nn::LSTM {
+    fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        let states = self.seq(x)?;
+        let last = states
+            .last()
+            .ok_or(candle_core::Error::Msg("empty sequence".to_owned()))?;
+        Ok(last.h.clone())
+    }
+}
+
+impl Model for Gru {
+    fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.forward(x)?;
+        Ok(out.states[0].clone())
+    }
+    fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.infer(x, None)?;
+        Ok(out.states[0].clone())
+    }
+}
+
+impl Model for candle_nn::GRU {
     fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
         let states = self.seq(x)?;
         let last = states
@@ -202,7 +248,7 @@ fn run_side<M: Model>(
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-    let model = build(vb.pp("lstm"))?;
+    let model = build(vb.pp("rnn"))?;
     let head = candle_nn::linear(p.hidden, p.outputs, vb.pp("head"))?;
     let mut opt = AdamW::new(vm.all_vars(), ParamsAdamW::default())?;
     let x = inputs(&[p.batch, p.seq, p.input], 1)?;
@@ -249,26 +295,59 @@ fn run_side<M: Model>(
     Ok((timings, loss))
 }
 
-/// Runs protocol T for the fused layer and for candle-nn's `LSTM`.
+/// Runs protocol T for the fused LSTM and candle-nn's `LSTM`, then (unless
+/// `p.gru` is off) the same work for the fused GRU and candle-nn's `GRU`.
 pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
-    let (fused, fused_loss) = run_side(p, |vb| Lstm::new(LstmConfig::new(p.input, p.hidden), vb))?;
-    let reference = if p.reference {
-        Some(run_side(p, |vb| {
+    let lstm = compare(
+        p,
+        |vb| Lstm::new(LstmConfig::new(p.input, p.hidden), vb),
+        |vb| {
             Ok(candle_nn::rnn::lstm(
                 p.input,
                 p.hidden,
                 candle_nn::rnn::LSTMConfig::default(),
                 vb,
             )?)
-        })?)
+        },
+    )?;
+    let gru = if p.gru {
+        Some(compare(
+            p,
+            |vb| Gru::new(GruConfig::new(p.input, p.hidden), vb),
+            |vb| {
+                Ok(candle_nn::rnn::gru(
+                    p.input,
+                    p.hidden,
+                    candle_nn::rnn::GRUConfig::default(),
+                    vb,
+                )?)
+            },
+        )?)
     } else {
         None
     };
-    let (candle_nn, candle_loss) = (reference.map(|r| r.0), reference.map(|r| r.1));
     Ok(Report {
         threads: rayon::current_num_threads(),
+        lstm,
+        gru,
+    })
+}
+
+/// Times the fused layer and, unless `p.reference` is off, candle-nn's.
+fn compare<F: Model, R: Model>(
+    p: &ProtocolT,
+    fused: impl FnOnce(VarBuilder<'_>) -> Result<F>,
+    reference: impl FnOnce(VarBuilder<'_>) -> Result<R>,
+) -> Result<Comparison> {
+    let (fused, fused_loss) = run_side(p, fused)?;
+    let reference = if p.reference {
+        Some(run_side(p, reference)?)
+    } else {
+        None
+    };
+    Ok(Comparison {
         fused,
-        candle_nn,
-        final_loss: (fused_loss, candle_loss),
+        candle_nn: reference.map(|r| r.0),
+        final_loss: (fused_loss, reference.map(|r| r.1)),
     })
 }

@@ -1,0 +1,140 @@
+//! `shardcast train` and `shardcast backtest` on the bundled sample.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::repo;
+
+fn shardcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = shardcast(args);
+    assert!(
+        out.status.success(),
+        "shardcast {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn sample_store(dir: &Path) -> String {
+    let store = dir.join("store").to_string_lossy().into_owned();
+    ok(&[
+        "ingest",
+        "--store",
+        &store,
+        "data/sample/nab/*.csv",
+        "--app",
+        "aws",
+        "--series-from",
+        "file-stem",
+    ]);
+    store
+}
+
+/// The figure printed for `metric` in the backtest's summary table.
+fn figure(stdout: &str, metric: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(metric))
+        .unwrap_or_else(|| panic!("no {metric} in:\n{stdout}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn backtest_beats_seasonal_naive_and_writes_the_protocol_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sample_store(dir.path());
+    let csv = dir.path().join("out.csv");
+    let model = dir.path().join("model");
+    let out = ok(&[
+        "backtest",
+        "--store",
+        &store,
+        "--grid",
+        "5m",
+        "--horizon",
+        "12",
+        "--test-points",
+        "288",
+        "--max-steps",
+        "300",
+        "--out",
+        csv.to_str().unwrap(),
+        "--save-model",
+        model.to_str().unwrap(),
+    ]);
+    let rel = figure(&out, "relWQL_vs_seasonal_naive_gmean");
+    assert!(rel < 0.8, "relative WQL {rel}:\n{out}");
+    assert_eq!(figure(&out, "quantile_crossings"), 0.0);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "series,ts,step,q0.025,q0.05,q0.1,q0.2,q0.3,q0.4,q0.5,q0.6,q0.7,q0.8,q0.9,q0.95,q0.975"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4 * 288);
+    for r in &rows {
+        let q: Vec<f64> = r[3..].iter().map(|v| v.parse().unwrap()).collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{r:?}");
+        assert!(r[1].ends_with('Z'));
+    }
+    // The last held-out point of the NAB sample files.
+    assert!(rows.iter().any(|r| r[0] == "elb_request_count_8c0756" && r[2] == "12"));
+    assert!(model.join("config.json").is_file() && model.join("model.safetensors").is_file());
+}
+
+#[test]
+fn train_is_reproducible_and_refuses_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sample_store(dir.path());
+    let models = dir.path().join("models");
+    let m = models.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train", "--store", &store, "--models-dir", m, "--max-steps", "30", "--seed", "7",
+        ];
+        args.extend_from_slice(extra);
+        shardcast(&args)
+    };
+    for _ in 0..2 {
+        let out = train(&[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let a = std::fs::read(models.join("default/1/model.safetensors")).unwrap();
+    let b = std::fs::read(models.join("default/2/model.safetensors")).unwrap();
+    assert_eq!(a, b, "same seed and data must give the same weights");
+    let config = std::fs::read_to_string(models.join("default/1/config.json")).unwrap();
+    for field in ["\"format_version\": 1", "\"features\"", "\"series\"", "\"training_range\""] {
+        assert!(config.contains(field), "{field} missing from config.json");
+    }
+    // Warm start from version 1 writes version 3.
+    let v1 = models.join("default/1");
+    let out = train(&["--from", v1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(models.join("default/3/config.json").is_file());
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"model": {"hiden_size": 8}}"#).unwrap();
+    let out = train(&["--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("model.hiden_size"), "{err}");
+    std::fs::write(&bad, r#"{"train": {"batchsize": 8}}"#).unwrap();
+    let out = train(&["--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("batchsize"), "{err}");
+    std::fs::write(&bad, r#"{"model": {"lags": [3]}, "train": {}}"#).unwrap();
+    let out = train(&["--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lags"), "{err}");
+    let out = train(&["--from", dir.path().join("nope").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!models.join("default/4").exists());
+}
