@@ -323,8 +323,8 @@ fn demo_runs_on_the_bundled_data() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&["demo", "--out", dir.path().to_str().unwrap()]);
     for want in [
-        "[1/4]",
-        "[4/4]",
+        "[1/5]",
+        "[5/5]",
         "nyc_taxi",
         "avg_cpu",
         "elb_request_count_8c0756",

@@ -87,7 +87,10 @@ fn backtest_beats_seasonal_naive_and_writes_the_protocol_csv() {
         assert!(r[1].ends_with('Z'));
     }
     // The last held-out point of the NAB sample files.
-    assert!(rows.iter().any(|r| r[0] == "elb_request_count_8c0756" && r[2] == "12"));
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "elb_request_count_8c0756" && r[2] == "12")
+    );
     assert!(model.join("config.json").is_file() && model.join("model.safetensors").is_file());
 }
 
@@ -99,33 +102,57 @@ fn train_is_reproducible_and_refuses_bad_configs() {
     let m = models.to_str().unwrap();
     let train = |extra: &[&str]| {
         let mut args = vec![
-            "train", "--store", &store, "--models-dir", m, "--max-steps", "30", "--seed", "7",
+            "train",
+            "--store",
+            &store,
+            "--models-dir",
+            m,
+            "--max-steps",
+            "30",
+            "--seed",
+            "7",
         ];
         args.extend_from_slice(extra);
         shardcast(&args)
     };
     for _ in 0..2 {
         let out = train(&[]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let a = std::fs::read(models.join("default/1/model.safetensors")).unwrap();
     let b = std::fs::read(models.join("default/2/model.safetensors")).unwrap();
     assert_eq!(a, b, "same seed and data must give the same weights");
     let config = std::fs::read_to_string(models.join("default/1/config.json")).unwrap();
-    for field in ["\"format_version\": 1", "\"features\"", "\"series\"", "\"training_range\""] {
+    for field in [
+        "\"format_version\": 1",
+        "\"features\"",
+        "\"series\"",
+        "\"training_range\"",
+    ] {
         assert!(config.contains(field), "{field} missing from config.json");
     }
     // Warm start from version 1 writes version 3.
     let v1 = models.join("default/1");
     let out = train(&["--from", v1.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(models.join("default/3/config.json").is_file());
 
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"model": {"hiden_size": 8}}"#).unwrap();
     let out = train(&["--config", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("model.hiden_size"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("model.hiden_size"),
+        "{err}"
+    );
     std::fs::write(&bad, r#"{"train": {"batchsize": 8}}"#).unwrap();
     let out = train(&["--config", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -245,11 +245,7 @@ impl Model {
     }
 
     /// Fits the [`Calibration`] on the validation windows.
-    fn calibrate(
-        &self,
-        inputs: &[SeriesInput<'_>],
-        val: &[(usize, usize)],
-    ) -> Result<Calibration> {
+    fn calibrate(&self, inputs: &[SeriesInput<'_>], val: &[(usize, usize)]) -> Result<Calibration> {
         let cfg = &self.config;
         let (h, q) = (cfg.horizon, cfg.quantiles.len());
         let level = |tau: f64| cfg.quantiles.iter().position(|&l| (l - tau).abs() < 1e-9);

@@ -225,6 +225,9 @@ pub(crate) struct DemoArgs {
     /// Where the demo writes its store and outputs (emptied first).
     #[arg(long, default_value = "out/demo")]
     pub(crate) out: PathBuf,
+    /// Directory of models; the newest version of `default` is used.
+    #[arg(long, default_value = "models")]
+    pub(crate) models: PathBuf,
 }
 
 /// Aggregation of raw points into grid bins.
@@ -240,7 +243,7 @@ pub(crate) enum AggArg {
 pub(crate) struct GridArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
-    /// Only series of this app.
+    /// Only series of this app (comma-separated for several).
     #[arg(long)]
     pub(crate) app: Option<String>,
     /// Only series of this shard type.

@@ -68,7 +68,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            cell: CellKind::Lstm,
+            cell: CellKind::Gru,
             hidden_size: 64,
             num_layers: 1,
             context: 48,
@@ -255,7 +255,10 @@ impl TrainConfig {
                 "learning_rate and clip_norm must be positive".into(),
             ));
         }
-        if !(0.0..1.0).contains(&self.warmup) || !(self.weight_decay >= 0.0) {
+        if !(0.0..1.0).contains(&self.warmup)
+            || self.weight_decay.is_nan()
+            || self.weight_decay < 0.0
+        {
             return Err(Error::Invalid(
                 "warmup must be in [0, 1) and weight_decay non-negative".into(),
             ));

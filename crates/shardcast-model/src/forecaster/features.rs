@@ -174,7 +174,9 @@ pub(crate) fn push_window(
     let o = origin as isize;
     for i in o - cfg.context as isize..o {
         batch.context.push(z(i));
-        batch.context.extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
+        batch
+            .context
+            .extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
         if cfg.calendar {
             calendar(ts(i), &mut batch.context);
         }
@@ -184,7 +186,9 @@ pub(crate) fn push_window(
     }
     let last = z(o - 1);
     for i in o..o + cfg.horizon as isize {
-        batch.future.extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
+        batch
+            .future
+            .extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
         if cfg.calendar {
             calendar(ts(i), &mut batch.future);
         }
@@ -200,7 +204,8 @@ pub(crate) fn push_window(
                 .map(|&x| ((x - m) / s).clamp(-TARGET_CLIP, TARGET_CLIP)),
         );
     }
-    batch.statics
+    batch
+        .statics
         .push((s / scale.deviation).ln().clamp(-INPUT_CLIP, INPUT_CLIP));
     batch.series.push(input.series as u32);
     batch.shard_types.push(input.shard_type as u32);

@@ -17,13 +17,15 @@ use candle_nn::{Embedding, Linear, Module, VarBuilder};
 
 use super::config::{CellKind, ModelConfig};
 use super::features::{Batch, STATIC};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::gru::{Gru, GruConfig};
 use crate::lstm::{Lstm, LstmConfig};
 
 /// The recurrent encoder.
 #[derive(Debug, Clone)]
 enum Encoder {
     Lstm(Lstm),
+    Gru(Gru),
 }
 
 /// One member's network.
@@ -64,11 +66,15 @@ impl Network {
                 },
                 vb.pp("rnn"),
             )?),
-            CellKind::Gru => {
-                return Err(Error::Invalid(
-                    "the GRU cell is not available in this build".into(),
-                ));
-            }
+            CellKind::Gru => Encoder::Gru(Gru::new(
+                GruConfig {
+                    input_size: cfg.input_size(),
+                    hidden_size: cfg.hidden_size,
+                    num_layers: cfg.num_layers,
+                    bias: true,
+                },
+                vb.pp("rnn"),
+            )?),
         };
         let d = cfg.head_hidden;
         let static_width =
@@ -122,6 +128,14 @@ impl Network {
                     .last()
                     .map(|s| s.h.clone())
                     .expect("at least one layer")
+            }
+            Encoder::Gru(gru) => {
+                let out = if train {
+                    gru.forward(&ctx)?
+                } else {
+                    gru.infer(&ctx, None)?
+                };
+                out.states.last().cloned().expect("at least one layer")
             }
         };
         let sid = Tensor::from_slice(&b.series, n, &dev)?;

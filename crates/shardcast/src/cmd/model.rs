@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use shardcast_core::{GridStep, Timestamp};
 use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
-use shardcast_model::forecaster::{Model, ModelConfig, Progress, TrainConfig, TrainSeries};
+use shardcast_model::forecaster::{
+    Model, ModelConfig, Progress, SeriesInput, TrainConfig, TrainSeries,
+};
 use shardcast_store::ingest::Event;
 use shardcast_store::query::SeriesFilter;
 use shardcast_store::resample::{Agg, GapFill, resample};
@@ -17,19 +19,23 @@ use shardcast_store::resample::{Agg, GapFill, resample};
 use crate::cli::{AggArg, BacktestArgs, GridArgs, ModelArgs, TrainArgs};
 
 /// One series on the grid, with its event indicator.
-struct GridSeries {
-    name: String,
-    shard_type: String,
-    start: i64,
-    values: Vec<f32>,
-    events: Vec<f32>,
+pub(crate) struct GridSeries {
+    /// The full key (`app/shard_type/metric/series`): the model's series id.
+    pub(crate) name: String,
+    /// The series id alone, as protocol F's CSV names series.
+    pub(crate) label: String,
+    pub(crate) shard_type: String,
+    pub(crate) start: i64,
+    pub(crate) values: Vec<f32>,
+    pub(crate) events: Vec<f32>,
 }
 
 /// Loads the selected series and puts each on the grid.
-async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
+pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
     let store = super::open(&args.store.store)?;
+    let apps: Vec<&str> = args.app.iter().flat_map(|a| a.split(',')).collect();
     let filter = SeriesFilter {
-        app: args.app.clone(),
+        app: (apps.len() == 1).then(|| apps[0].to_owned()),
         shard_type: args.shard_type.clone(),
         metric: args.metric.clone(),
         ..SeriesFilter::default()
@@ -52,6 +58,9 @@ async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
         if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(&s.key.series)) {
             continue;
         }
+        if !apps.is_empty() && !apps.contains(&s.key.app.as_str()) {
+            continue;
+        }
         let grid = match args.base_grid {
             Some(base) => {
                 resample(&s.ts, &s.value, base, agg, GapFill::Linear)?.coarsen(args.grid, agg)?
@@ -62,7 +71,8 @@ async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
         let step = args.grid.millis();
         let ind = event_indicator(&events, &s.key, start, step, grid.values.len());
         out.push(GridSeries {
-            name: s.key.series.clone(),
+            name: s.key.to_string(),
+            label: s.key.series.clone(),
             shard_type: s.key.shard_type.clone(),
             start,
             values: grid.to_f32(),
@@ -206,7 +216,7 @@ fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
         if tty {
             let _ = write!(err, "\r{line}\x1b[K");
             let _ = err.flush();
-        } else if p.step % eval_every == 0 {
+        } else if p.step.is_multiple_of(eval_every) {
             let _ = writeln!(err, "{line}");
         }
     }
@@ -229,6 +239,7 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
         test_points: args.test_points,
         season: config.season,
     };
+    let labels: Vec<String> = grids.iter().map(|g| g.label.clone()).collect();
     let data: Vec<BacktestSeries> = grids
         .into_iter()
         .map(|g| BacktestSeries {
@@ -257,9 +268,9 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
     let (bt, data) = bt;
     let wall = started.elapsed().as_secs_f64();
     if let Some(out) = &args.out {
-        write_forecasts(out, &bt, &data, spec.step_ms)?;
+        write_forecasts(out, &bt, &data, &labels, spec.step_ms)?;
     }
-    print_backtest(&bt, wall);
+    print_backtest(&bt, &labels, wall);
     if let Some(dir) = &args.save_model {
         let metrics = serde_json::json!({
             "fit": bt.fit,
@@ -275,17 +286,23 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
 }
 
 /// Writes protocol F's CSV: one row per held-out point.
-fn write_forecasts(path: &Path, bt: &Backtest, data: &[BacktestSeries], step: i64) -> Result<()> {
+fn write_forecasts(
+    path: &Path,
+    bt: &Backtest,
+    data: &[BacktestSeries],
+    labels: &[String],
+    step: i64,
+) -> Result<()> {
     let levels = &bt.model.config().quantiles;
     let mut text = String::from("series,ts,step");
     for q in levels {
         text.push_str(&format!(",q{q}"));
     }
     text.push('\n');
-    for (r, s) in bt.series.iter().zip(data) {
+    for ((r, s), label) in bt.series.iter().zip(data).zip(labels) {
         for (i, st) in r.steps.iter().enumerate() {
             let ts = Timestamp(s.start + step * (r.first + i) as i64);
-            text.push_str(&format!("{},{ts},{st}", r.name));
+            text.push_str(&format!("{label},{ts},{st}"));
             for v in &r.forecasts[i * levels.len()..][..levels.len()] {
                 text.push_str(&format!(",{v}"));
             }
@@ -301,15 +318,15 @@ fn write_forecasts(path: &Path, bt: &Backtest, data: &[BacktestSeries], step: i6
     Ok(())
 }
 
-fn print_backtest(bt: &Backtest, wall: f64) {
+fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
     println!(
         "{:<34} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} {:>7}",
         "series", "WQL", "MASE", "cov80", "cov95", "sn WQL", "sn MASE", "sn cov80"
     );
-    for r in &bt.series {
+    for (r, label) in bt.series.iter().zip(labels) {
         println!(
             "{:<34} {:>8.4} {:>8.4} {:>7.3} {:>7.3} | {:>8.4} {:>8.4} {:>7.3}",
-            r.name,
+            label,
             r.model.wql,
             r.model.mase,
             r.model.cov80,
@@ -436,4 +453,47 @@ fn next_version(dir: &Path) -> Result<String> {
         }
     }
     Ok((max + 1).to_string())
+}
+
+/// The newest version directory under `models_dir/name` (the largest numeric
+/// version, else the last in name order), if any.
+pub(crate) fn newest_model(models_dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let dir = models_dir.join(name);
+    let mut versions: Vec<(Option<u64>, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("config.json").is_file())
+        .map(|e| {
+            (
+                e.file_name().to_str().and_then(|n| n.parse().ok()),
+                e.path(),
+            )
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+/// Forecasts the horizon after the last point of each series. Returns, per
+/// series, `[horizon, quantiles]` values.
+pub(crate) fn forecast_latest(model: &Model, grids: &[GridSeries]) -> Result<Vec<Vec<f32>>> {
+    let windows: Vec<_> = grids
+        .iter()
+        .map(|g| {
+            (
+                SeriesInput {
+                    series: model.series_row(&g.name),
+                    shard_type: model.shard_type_row(&g.shard_type),
+                    start: g.start,
+                    step: model.step_ms(),
+                    values: &g.values,
+                    events: Some(&g.events),
+                },
+                g.values.len(),
+            )
+        })
+        .collect();
+    let all = model.forecast(&windows)?;
+    let per = model.config().horizon * model.config().quantiles.len();
+    Ok(all.chunks(per).map(<[f32]>::to_vec).collect())
 }
