@@ -2,27 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use super::repo;
-
-fn shardcast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardcast"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = shardcast(args);
-    assert!(
-        out.status.success(),
-        "shardcast {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use super::{ok, shardcast};
 
 fn fails(args: &[&str]) -> String {
     let out = shardcast(args);

@@ -7,6 +7,7 @@ mod model;
 mod nab;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// The repository root.
 pub(crate) fn repo() -> PathBuf {
@@ -25,4 +26,24 @@ pub(crate) fn shared_data() -> Option<PathBuf> {
         eprintln!("skipped: {} is absent", p.display());
         None
     }
+}
+
+/// Runs the built binary from the repository root.
+pub(crate) fn shardcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+/// Runs the binary, asserts success and returns its stdout.
+pub(crate) fn ok(args: &[&str]) -> String {
+    let out = shardcast(args);
+    assert!(
+        out.status.success(),
+        "shardcast {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
