@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
-use super::{ok, shardcast};
+use super::{ok, repo, shardcast};
 
 fn fails(args: &[&str]) -> String {
     let out = shardcast(args);
