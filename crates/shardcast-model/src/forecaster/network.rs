@@ -12,7 +12,7 @@
 //! are the median plus cumulative gaps outwards (one matmul with a fixed
 //! signed triangular matrix).
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, Device, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
 
 use super::config::{CellKind, ModelConfig};
@@ -183,5 +183,8 @@ pub(crate) fn pinball_loss(q: &Tensor, target: &Tensor, levels: &Tensor) -> Resu
 
 /// The levels as a tensor for [`pinball_loss`].
 pub(crate) fn levels_tensor(levels: &[f64]) -> Result<Tensor> {
-    Ok(Tensor::from_iter(levels.iter().map(|&x| x as f32), &Device::Cpu)?.to_dtype(DType::F32)?)
+    Ok(Tensor::from_iter(
+        levels.iter().map(|&x| x as f32),
+        &Device::Cpu,
+    )?)
 }

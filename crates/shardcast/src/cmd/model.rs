@@ -52,7 +52,7 @@ pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, Grid
         AggArg::Sum => Agg::Sum,
         AggArg::Max => Agg::Max,
     };
-    let events = store.load_events().await.unwrap_or_default();
+    let events = store.load_events().await?;
     let mut out = Vec::new();
     for s in store.load_series(&filter).await? {
         if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(&s.key.series)) {
