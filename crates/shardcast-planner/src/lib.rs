@@ -11,6 +11,8 @@
 //!   with a seeded generator;
 //! - [`migration`]: the fewest moves that restore constraints and balance
 //!   when usage leaves the forecast;
+//! - [`demand`]: the distribution of shards a forecast needs over a
+//!   look-ahead window;
 //! - [`traffic`]: per-shard weights and consistent hashing with bounded
 //!   loads for session affinity;
 //! - [`provider`]: prices, reliability and the bill a plan implies;
@@ -27,6 +29,7 @@
 //! acts on the decisions; the binary's `plan` and `simulate` subcommands
 //! wire it to files.
 
+pub mod demand;
 mod error;
 pub mod migration;
 pub mod placement;

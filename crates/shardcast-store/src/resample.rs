@@ -282,5 +282,30 @@ pub fn windows(values: &[f32], context: usize, horizon: usize, stride: usize) ->
     w
 }
 
+/// The event covariate of a series on a grid of `len` bins starting at
+/// `start` (ms) with spacing `step` (ms): 1 for bins that overlap an event
+/// whose scope covers the series (`*`, its app, or `app/shard_type`), else 0.
+pub fn event_indicator(
+    events: &[crate::ingest::Event],
+    key: &shardcast_core::SeriesKey,
+    start: i64,
+    step: i64,
+    len: usize,
+) -> Vec<f32> {
+    let mut ind = vec![0f32; len];
+    let scoped = format!("{}/{}", key.app, key.shard_type);
+    for e in events {
+        if e.scope != "*" && e.scope != key.app && e.scope != scoped {
+            continue;
+        }
+        let first = (e.start - start).div_euclid(step).max(0);
+        let last = (e.end - start).div_euclid(step).min(len as i64 - 1);
+        for i in first..=last {
+            ind[i as usize] = 1.0;
+        }
+    }
+    ind
+}
+
 #[cfg(test)]
 mod tests;

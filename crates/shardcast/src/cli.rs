@@ -34,6 +34,9 @@ pub(crate) enum Command {
     /// Protocol F rolling-origin backtest: fit before the held-out points,
     /// forecast them, score against seasonal naive, write the forecast CSV.
     Backtest(Box<BacktestArgs>),
+    /// Serve forecasts of the store's series over gRPC (forecast, ingest
+    /// and model services, health, reflection, Prometheus metrics).
+    Serve(Box<ServeArgs>),
 }
 
 /// Where the store lives.
@@ -346,4 +349,60 @@ pub(crate) struct BacktestArgs {
     /// Also save the fitted model to this (new) directory.
     #[arg(long)]
     pub(crate) save_model: Option<PathBuf>,
+}
+
+/// Settings of the inference server.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Address to serve gRPC on (port 0 picks a free port; the bound address
+    /// is printed).
+    #[arg(long, env = "SHARDCAST_LISTEN", default_value = "127.0.0.1:50051")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Address to serve Prometheus `GET /metrics` on; off when unset.
+    #[arg(long, env = "SHARDCAST_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Directory holding `<name>/<version>/` model directories.
+    #[arg(long, env = "SHARDCAST_MODELS_DIR", default_value = "models")]
+    pub(crate) models_dir: PathBuf,
+    /// Model to serve: its newest loadable version, following new versions.
+    #[arg(long, env = "SHARDCAST_MODEL", default_value = "default")]
+    pub(crate) model: String,
+    /// Aggregation that puts stored points on the model's grid (as in training).
+    #[arg(long, env = "SHARDCAST_AGG", value_enum, default_value = "mean")]
+    pub(crate) agg: AggArg,
+    /// Most forecasts in one inference batch.
+    #[arg(long, env = "SHARDCAST_MAX_BATCH", default_value_t = 64)]
+    pub(crate) max_batch: usize,
+    /// Longest a forecast waits for others to join its batch, microseconds.
+    #[arg(long, env = "SHARDCAST_MAX_WAIT_US", default_value_t = 100)]
+    pub(crate) max_wait_us: u64,
+    /// Most forecasts queued; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHARDCAST_QUEUE", default_value_t = 1024)]
+    pub(crate) queue: usize,
+    /// Inference threads.
+    #[arg(long, env = "SHARDCAST_WORKERS", default_value_t = 1)]
+    pub(crate) workers: usize,
+    /// Most series in one batch, shard type or stream request.
+    #[arg(long, env = "SHARDCAST_MAX_SERIES", default_value_t = 1024)]
+    pub(crate) max_series: usize,
+    /// Largest request message, bytes.
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub(crate) max_message_bytes: usize,
+    /// How often to look for new model versions, milliseconds.
+    #[arg(long, env = "SHARDCAST_MODEL_POLL_MS", default_value_t = 2000)]
+    pub(crate) model_poll_ms: u64,
+    /// How often to look for new data in the store, milliseconds.
+    #[arg(long, env = "SHARDCAST_STORE_POLL_MS", default_value_t = 1000)]
+    pub(crate) store_poll_ms: u64,
+    /// Bearer token every call but health must carry (`authorization: Bearer …`).
+    #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// PEM certificate chain: serve TLS (needs --tls-key).
+    #[arg(long, env = "SHARDCAST_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SHARDCAST_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
 }

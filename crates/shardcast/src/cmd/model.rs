@@ -12,9 +12,8 @@ use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
 use shardcast_model::forecaster::{
     Model, ModelConfig, Progress, SeriesInput, TrainConfig, TrainSeries,
 };
-use shardcast_store::ingest::Event;
 use shardcast_store::query::SeriesFilter;
-use shardcast_store::resample::{Agg, GapFill, resample};
+use shardcast_store::resample::{Agg, GapFill, event_indicator, resample};
 
 use crate::cli::{AggArg, BacktestArgs, GridArgs, ModelArgs, TrainArgs};
 
@@ -83,30 +82,6 @@ pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, Grid
         bail!("no series in the store match the selection");
     }
     Ok((out, args.grid))
-}
-
-/// 1 for grid bins that overlap an event whose scope covers the series
-/// (`*`, its app, or `app/shard_type`), else 0.
-fn event_indicator(
-    events: &[Event],
-    key: &shardcast_core::SeriesKey,
-    start: i64,
-    step: i64,
-    len: usize,
-) -> Vec<f32> {
-    let mut ind = vec![0f32; len];
-    let scoped = format!("{}/{}", key.app, key.shard_type);
-    for e in events {
-        if e.scope != "*" && e.scope != key.app && e.scope != scoped {
-            continue;
-        }
-        let first = (e.start - start).div_euclid(step).max(0);
-        let last = (e.end - start).div_euclid(step).min(len as i64 - 1);
-        for i in first..=last {
-            ind[i as usize] = 1.0;
-        }
-    }
-    ind
 }
 
 #[derive(serde::Deserialize)]

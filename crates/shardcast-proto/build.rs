@@ -1,0 +1,31 @@
+//! Compiles `proto/shardcast/*/v1/*.proto` with protox (a pure-Rust protobuf
+//! compiler, so no `protoc` is needed) and generates the tonic services. The
+//! encoded descriptor set is kept for gRPC reflection.
+
+use std::path::PathBuf;
+
+const PROTOS: [&str; 3] = [
+    "shardcast/forecast/v1/forecast.proto",
+    "shardcast/ingest/v1/ingest.proto",
+    "shardcast/model/v1/model.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_source_info(true).include_imports(true);
+    compiler.open_files(PROTOS)?;
+    std::fs::write(
+        out.join("shardcast_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! Micro-batching of concurrent forecasts onto inference threads.
+//!
+//! Requests enqueue a [`Job`] on a bounded queue and await its answer; a
+//! full queue answers [`Error::Overloaded`] at once instead of growing.
+//! Worker threads (inference is synchronous CPU work, so it runs off the
+//! async threads) take the first waiting job, gather more until the batch
+//! is full or `max_wait` has passed, and run one forward pass per model
+//! version in the batch. Jobs whose caller went away (deadline passed,
+//! client cancelled) are dropped unrun. Inputs are validated before they
+//! are queued; should a batch still fail, each of its jobs is rerun alone
+//! so one bad input cannot fail the others.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shardcast_model::forecaster::SeriesInput;
+use tokio::sync::oneshot;
+
+use crate::context::GridTail;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::registry::Served;
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most forecasts in one forward pass.
+    pub max_batch: usize,
+    /// Longest a job waits for others to join its batch.
+    pub max_wait: Duration,
+    /// Most jobs waiting; more are refused.
+    pub queue: usize,
+    /// Inference threads.
+    pub workers: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 64,
+            max_wait: Duration::from_micros(100),
+            queue: 1024,
+            workers: 1,
+        }
+    }
+}
+
+/// One forecast to run: a series' history and its embedding rows.
+#[derive(Debug)]
+pub struct Job {
+    /// The model version to run (the one current when the request arrived).
+    pub served: Arc<Served>,
+    /// Embedding row of the series (0 for a series the model never saw).
+    pub series: usize,
+    /// Embedding row of the shard type.
+    pub shard_type: usize,
+    /// History and events.
+    pub tail: Arc<GridTail>,
+    reply: oneshot::Sender<Result<Vec<f32>>>,
+}
+
+/// Handle to the queue; clones share it.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// Starts `cfg.workers` inference threads. They stop when every
+    /// `Batcher` clone is dropped and the queue is drained.
+    pub fn start(cfg: BatchConfig, metrics: Arc<Metrics>) -> (Self, Vec<JoinHandle<()>>) {
+        let cfg = BatchConfig {
+            max_batch: cfg.max_batch.max(1),
+            queue: cfg.queue.max(1),
+            workers: cfg.workers.max(1),
+            ..cfg
+        };
+        let (tx, rx) = sync_channel(cfg.queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let handles = (0..cfg.workers)
+            .map(|i| {
+                let (rx, depth, metrics) =
+                    (Arc::clone(&rx), Arc::clone(&depth), Arc::clone(&metrics));
+                std::thread::Builder::new()
+                    .name(format!("shardcast-infer-{i}"))
+                    .spawn(move || worker(&rx, cfg, &depth, &metrics))
+                    .expect("spawning an inference thread")
+            })
+            .collect();
+        let batcher = Self {
+            tx,
+            depth,
+            limit: cfg.queue,
+            metrics,
+        };
+        (batcher, handles)
+    }
+
+    /// Queues one forecast and waits for its `[horizon, quantiles]` values.
+    pub async fn forecast(
+        &self,
+        served: Arc<Served>,
+        series: usize,
+        shard_type: usize,
+        tail: Arc<GridTail>,
+    ) -> Result<Vec<f32>> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            served,
+            series,
+            shard_type,
+            tail,
+            reply,
+        };
+        let queued = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics.queue_depth.set(queued as i64);
+        if let Err(e) = self.tx.try_send(job) {
+            let now = self.depth.fetch_sub(1, Ordering::SeqCst) - 1;
+            self.metrics.queue_depth.set(now as i64);
+            return Err(match e {
+                TrySendError::Full(_) => Error::Overloaded {
+                    queued: now,
+                    limit: self.limit,
+                },
+                TrySendError::Disconnected(_) => Error::ShuttingDown,
+            });
+        }
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, cfg: BatchConfig, depth: &AtomicUsize, metrics: &Metrics) {
+    let mut batch = Vec::with_capacity(cfg.max_batch);
+    loop {
+        {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(first) = rx.recv() else { return };
+            batch.push(first);
+            let until = Instant::now() + cfg.max_wait;
+            while batch.len() < cfg.max_batch {
+                // Take what is already queued, then wait out max_wait.
+                match rx.try_recv() {
+                    Ok(job) => {
+                        batch.push(job);
+                        continue;
+                    }
+                    Err(_) if cfg.max_wait.is_zero() => break,
+                    Err(_) => {}
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        let now = depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
+        metrics.queue_depth.set(now as i64);
+        batch.retain(|j| !j.reply.is_closed());
+        metrics.batch_size.observe(batch.len() as f64);
+        run(&mut batch);
+    }
+}
+
+/// Runs a batch, one forward pass per model version, answering every job.
+fn run(batch: &mut Vec<Job>) {
+    while let Some(first) = batch.first() {
+        let served = Arc::clone(&first.served);
+        let (group, rest): (Vec<Job>, Vec<Job>) = std::mem::take(batch)
+            .into_iter()
+            .partition(|j| Arc::ptr_eq(&j.served, &served));
+        *batch = rest;
+        let per = served.model.config().horizon * served.model.config().quantiles.len();
+        match forward(&served, &group) {
+            Ok(out) => {
+                for (job, vals) in group.into_iter().zip(out.chunks(per)) {
+                    let _ = job.reply.send(Ok(vals.to_vec()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = group.len(), "batched forecast failed; running its jobs one by one");
+                for job in group {
+                    let one = forward(&served, std::slice::from_ref(&job));
+                    let _ = job.reply.send(one.map_err(Error::from));
+                }
+            }
+        }
+    }
+}
+
+fn forward(served: &Served, jobs: &[Job]) -> shardcast_model::Result<Vec<f32>> {
+    let windows: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            (
+                SeriesInput {
+                    series: j.series,
+                    shard_type: j.shard_type,
+                    start: j.tail.start,
+                    step: j.tail.step,
+                    values: &j.tail.values,
+                    events: Some(&j.tail.events),
+                },
+                j.tail.values.len(),
+            )
+        })
+        .collect();
+    served.model.forecast(&windows)
+}

@@ -1,0 +1,558 @@
+//! `shardcast.forecast.v1.ForecastService`: forecasts from the served model
+//! with context read from the store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::try_join_all;
+use shardcast_core::{GridStep, QuantileForecast, QuantileSet, SeriesKey, Timestamp};
+use shardcast_planner::demand::shard_demand;
+use shardcast_proto::forecast::v1 as pb;
+use shardcast_proto::forecast::v1::forecast_service_server::ForecastService;
+use shardcast_proto::{Provenance, forecast_to_pb, key_from_pb, key_to_pb};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::State;
+use crate::context::GridTail;
+use crate::error::{Error, Result};
+use crate::registry::Served;
+
+/// Most quantile levels one request may ask for.
+const MAX_LEVELS: usize = 99;
+
+/// A forecast with where it came from.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The series.
+    pub key: SeriesKey,
+    /// The forecast at the requested levels and horizon.
+    pub forecast: QuantileForecast,
+    /// Time of the newest observed value (ms).
+    pub last_observed: i64,
+    /// The model version that made it.
+    pub served: Arc<Served>,
+}
+
+impl Answer {
+    /// The wire message.
+    pub fn to_pb(&self) -> pb::Forecast {
+        forecast_to_pb(
+            key_to_pb(&self.key),
+            &self.forecast,
+            Provenance {
+                model: &self.served.name,
+                version: self.served.version,
+                last_observed: self.last_observed,
+            },
+        )
+    }
+}
+
+/// What to forecast, validated.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Steps to return.
+    pub horizon: usize,
+    /// Levels to return; `None` for the model's own.
+    pub levels: Option<QuantileSet>,
+}
+
+impl State {
+    /// Validates horizon and levels against the served model.
+    pub(crate) fn query(
+        &self,
+        served: &Served,
+        horizon: u32,
+        levels: &[f64],
+        field: &str,
+    ) -> Result<Query> {
+        let max = served.model.config().horizon;
+        let horizon = match horizon as usize {
+            0 => max,
+            h if h > max => {
+                return Err(Error::invalid(
+                    format!("{field}horizon"),
+                    format!(
+                        "{h} steps asked, model {} v{} forecasts at most {max}",
+                        served.name, served.version
+                    ),
+                ));
+            }
+            h => h,
+        };
+        let levels = if levels.is_empty() {
+            None
+        } else {
+            if levels.len() > MAX_LEVELS {
+                return Err(Error::invalid(
+                    format!("{field}quantiles"),
+                    format!("{} levels asked, at most {MAX_LEVELS}", levels.len()),
+                ));
+            }
+            Some(
+                QuantileSet::new(levels)
+                    .map_err(|e| Error::invalid(format!("{field}quantiles"), e.to_string()))?,
+            )
+        };
+        Ok(Query { horizon, levels })
+    }
+
+    /// The history to forecast `key` from: the store's, or a validated
+    /// override.
+    async fn history(
+        &self,
+        served: &Served,
+        key: &SeriesKey,
+        context: Option<&pb::ContextOverride>,
+        field: &str,
+    ) -> Result<Arc<GridTail>> {
+        let cfg = served.model.config();
+        let step = served.model.step_ms();
+        let Some(ctx) = context else {
+            let need = cfg.history_needed().max(cfg.context.max(cfg.season)).max(1);
+            let grid = GridStep::from_millis(step)?;
+            return self.context.tail(key, grid, need, cfg.horizon).await;
+        };
+        let field = format!("{field}context.values");
+        if ctx.values.is_empty() {
+            return Err(Error::invalid(field, "empty: give at least one value"));
+        }
+        if ctx.values.len() > self.limits.max_context_points {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} values, at most {}",
+                    ctx.values.len(),
+                    self.limits.max_context_points
+                ),
+            ));
+        }
+        if let Some(i) = ctx.values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(
+                format!("{field}[{i}]"),
+                format!("{} is not a finite number", ctx.values[i]),
+            ));
+        }
+        let n = ctx.values.len();
+        Ok(Arc::new(GridTail {
+            start: ctx.start_unix_ms,
+            step,
+            values: ctx.values.clone(),
+            events: self
+                .context
+                .events_for(key, ctx.start_unix_ms, step, n + cfg.horizon),
+        }))
+    }
+
+    /// Forecasts one series.
+    pub(crate) async fn forecast_key(
+        &self,
+        served: &Arc<Served>,
+        key: SeriesKey,
+        query: &Query,
+        context: Option<&pb::ContextOverride>,
+        field: &str,
+    ) -> Result<Answer> {
+        let tail = self.history(served, &key, context, field).await?;
+        let model = &served.model;
+        let series = model.series_row(&key.to_string());
+        let shard_type = model.shard_type_row(&key.shard_type);
+        let values = self
+            .batcher
+            .forecast(Arc::clone(served), series, shard_type, Arc::clone(&tail))
+            .await?;
+        let step = GridStep::from_millis(tail.step)?;
+        let last_observed = tail.last_observed();
+        let start = Timestamp(last_observed + tail.step);
+        let own = QuantileSet::new(&model.config().quantiles)?;
+        let nq = own.len();
+        let full = QuantileForecast::new(own, start, step, values)?;
+        let forecast = match &query.levels {
+            None => QuantileForecast::new(
+                full.levels().clone(),
+                start,
+                step,
+                full.values()[..query.horizon * nq].to_vec(),
+            )?,
+            Some(levels) => {
+                let vals = (0..query.horizon)
+                    .flat_map(|i| levels.levels().iter().map(move |l| (i, l.get())))
+                    .map(|(i, l)| full.interpolate(i, l))
+                    .collect();
+                QuantileForecast::new(levels.clone(), start, step, vals)?
+            }
+        };
+        Ok(Answer {
+            key,
+            forecast,
+            last_observed,
+            served: Arc::clone(served),
+        })
+    }
+
+    /// Forecasts one wire request; `field` prefixes error fields.
+    pub(crate) async fn forecast_request(
+        &self,
+        served: &Arc<Served>,
+        req: &pb::ForecastRequest,
+        field: &str,
+    ) -> Result<Answer> {
+        let key = required_key(req.key.as_ref(), field)?;
+        let query = self.query(served, req.horizon, &req.quantiles, field)?;
+        self.forecast_key(served, key, &query, req.context.as_ref(), field)
+            .await
+    }
+
+    /// Forecasts every series of a shard type and their level-by-level sum.
+    pub(crate) async fn forecast_shard_type(
+        &self,
+        served: &Arc<Served>,
+        app: &str,
+        shard_type: &str,
+        metric: Option<&str>,
+        query: &Query,
+    ) -> Result<(Answer, Vec<Answer>)> {
+        let keys = self
+            .context
+            .view()
+            .shard_type_series(app, shard_type, metric);
+        if keys.is_empty() {
+            return Err(Error::UnknownShardType {
+                app: app.to_owned(),
+                shard_type: shard_type.to_owned(),
+            });
+        }
+        if keys.len() > self.limits.max_series {
+            return Err(Error::invalid(
+                "shard_type",
+                format!(
+                    "{} series, more than the limit of {} per request",
+                    keys.len(),
+                    self.limits.max_series
+                ),
+            ));
+        }
+        let parts = try_join_all(
+            keys.into_iter()
+                .map(|k| self.forecast_key(served, k, query, None, "")),
+        )
+        .await?;
+        let total = sum(&parts, app, shard_type, metric)?;
+        Ok((total, parts))
+    }
+}
+
+/// The level-by-level sum of forecasts, aligned by horizon step; its time
+/// axis is that of the series observed most recently.
+fn sum(parts: &[Answer], app: &str, shard_type: &str, metric: Option<&str>) -> Result<Answer> {
+    let newest = parts
+        .iter()
+        .max_by_key(|a| a.last_observed)
+        .expect("at least one series");
+    let mut vals = vec![0f32; newest.forecast.values().len()];
+    for p in parts {
+        vals.iter_mut()
+            .zip(p.forecast.values())
+            .for_each(|(s, v)| *s += v);
+    }
+    let forecast = QuantileForecast::new(
+        newest.forecast.levels().clone(),
+        newest.forecast.start(),
+        newest.forecast.step(),
+        vals,
+    )?;
+    Ok(Answer {
+        key: SeriesKey {
+            app: app.to_owned(),
+            shard_type: shard_type.to_owned(),
+            metric: metric.unwrap_or("*").to_owned(),
+            series: "*".to_owned(),
+        },
+        forecast,
+        last_observed: newest.last_observed,
+        served: Arc::clone(&newest.served),
+    })
+}
+
+/// A required key, validated.
+fn required_key(key: Option<&pb::SeriesKey>, field: &str) -> Result<SeriesKey> {
+    key_from_pb(key)
+        .map_err(|e| Error::invalid(format!("{field}key"), e.to_string()))?
+        .ok_or_else(|| Error::invalid(format!("{field}key"), "missing"))
+}
+
+/// "in the next 1 h 30 min".
+fn span(ms: i64) -> String {
+    let min = ms / 60_000;
+    match (min / 60, min % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
+/// The gRPC service over a shared [`State`].
+#[derive(Debug, Clone)]
+pub struct ForecastApi {
+    state: Arc<State>,
+}
+
+impl ForecastApi {
+    /// A service over `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+type ForecastStream = Pin<Box<dyn Stream<Item = Result<pb::Forecast, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ForecastService for ForecastApi {
+    async fn forecast(
+        &self,
+        request: Request<pb::ForecastRequest>,
+    ) -> Result<Response<pb::ForecastResponse>, Status> {
+        let t = Instant::now();
+        let s = &self.state;
+        let served = s.registry.current();
+        let out = s
+            .forecast_request(&served, request.get_ref(), "")
+            .await
+            .map(|a| pb::ForecastResponse {
+                forecast: Some(a.to_pb()),
+            });
+        s.finish("Forecast", t, out)
+    }
+
+    async fn forecast_shard_type(
+        &self,
+        request: Request<pb::ForecastShardTypeRequest>,
+    ) -> Result<Response<pb::ForecastShardTypeResponse>, Status> {
+        let t = Instant::now();
+        let s = &self.state;
+        let req = request.get_ref();
+        let served = s.registry.current();
+        let out = async {
+            let query = s.query(&served, req.horizon, &req.quantiles, "")?;
+            let metric = (!req.metric.is_empty()).then_some(req.metric.as_str());
+            let (total, parts) = s
+                .forecast_shard_type(&served, &req.app, &req.shard_type, metric, &query)
+                .await?;
+            Ok(pb::ForecastShardTypeResponse {
+                total: Some(total.to_pb()),
+                series: if req.per_series {
+                    parts.iter().map(Answer::to_pb).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        }
+        .await;
+        s.finish("ForecastShardType", t, out)
+    }
+
+    async fn forecast_batch(
+        &self,
+        request: Request<pb::ForecastBatchRequest>,
+    ) -> Result<Response<pb::ForecastBatchResponse>, Status> {
+        let t = Instant::now();
+        let s = &self.state;
+        let reqs = &request.get_ref().requests;
+        let served = s.registry.current();
+        let out = async {
+            if reqs.is_empty() {
+                return Err(Error::invalid("requests", "empty batch"));
+            }
+            if reqs.len() > s.limits.max_series {
+                return Err(Error::invalid(
+                    "requests",
+                    format!(
+                        "{} requests, at most {} per batch",
+                        reqs.len(),
+                        s.limits.max_series
+                    ),
+                ));
+            }
+            let fields: Vec<String> = (0..reqs.len()).map(|i| format!("requests[{i}].")).collect();
+            let answers = try_join_all(
+                reqs.iter()
+                    .zip(&fields)
+                    .map(|(r, f)| s.forecast_request(&served, r, f)),
+            )
+            .await?;
+            Ok(pb::ForecastBatchResponse {
+                forecasts: answers.iter().map(Answer::to_pb).collect(),
+            })
+        }
+        .await;
+        s.finish("ForecastBatch", t, out)
+    }
+
+    type StreamForecastsStream = ForecastStream;
+
+    async fn stream_forecasts(
+        &self,
+        request: Request<pb::StreamForecastsRequest>,
+    ) -> Result<Response<Self::StreamForecastsStream>, Status> {
+        let t = Instant::now();
+        let s = Arc::clone(&self.state);
+        let req = request.into_inner();
+        let checked = (|| {
+            if req.keys.is_empty() {
+                return Err(Error::invalid("keys", "no series to stream"));
+            }
+            if req.keys.len() > s.limits.max_series {
+                return Err(Error::invalid(
+                    "keys",
+                    format!("{} keys, at most {}", req.keys.len(), s.limits.max_series),
+                ));
+            }
+            let keys = req
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| required_key(Some(k), &format!("keys[{i}].")))
+                .collect::<Result<Vec<_>>>()?;
+            // Validate horizon and levels now, against the current model.
+            s.query(&s.registry.current(), req.horizon, &req.quantiles, "")?;
+            Ok(keys)
+        })();
+        let keys = match checked {
+            Ok(k) => k,
+            Err(e) => return s.finish("StreamForecasts", t, Err(e)),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let state = Arc::clone(&s);
+        tokio::spawn(async move {
+            let mut changes = state.context.changes();
+            let mut models = state.models.subscribe();
+            let mut sent: Vec<Option<(i64, u32)>> = vec![None; keys.len()];
+            loop {
+                let served = state.registry.current();
+                for (key, last) in keys.iter().zip(sent.iter_mut()) {
+                    let answer = async {
+                        let query = state.query(&served, req.horizon, &req.quantiles, "")?;
+                        state
+                            .forecast_key(&served, key.clone(), &query, None, "")
+                            .await
+                    }
+                    .await;
+                    let item = match answer {
+                        Ok(a) => {
+                            let id = (a.last_observed, a.served.version);
+                            if *last == Some(id) {
+                                continue;
+                            }
+                            *last = Some(id);
+                            Ok(a.to_pb())
+                        }
+                        Err(e) => Err(Status::from(e)),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    changed = models.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        s.finish(
+            "StreamForecasts",
+            t,
+            Ok(Box::pin(ReceiverStream::new(rx)) as ForecastStream),
+        )
+    }
+
+    async fn shard_demand(
+        &self,
+        request: Request<pb::ShardDemandRequest>,
+    ) -> Result<Response<pb::ShardDemandResponse>, Status> {
+        let t = Instant::now();
+        let s = &self.state;
+        let req = request.get_ref();
+        let served = s.registry.current();
+        let out = async {
+            let key = req
+                .key
+                .as_ref()
+                .ok_or_else(|| Error::invalid("key", "missing"))?;
+            if !(req.shard_capacity.is_finite() && req.shard_capacity > 0.0) {
+                return Err(Error::invalid(
+                    "shard_capacity",
+                    format!("{} is not a positive number", req.shard_capacity),
+                ));
+            }
+            let h = served.model.config().horizon;
+            if req.lookahead_steps as usize > h {
+                return Err(Error::invalid(
+                    "lookahead_steps",
+                    format!("{} steps asked, the model forecasts at most {h}", req.lookahead_steps),
+                ));
+            }
+            let query = s.query(&served, req.lookahead_steps, &[], "")?;
+            let answer = if key.series.is_empty() {
+                let metric = (!key.metric.is_empty()).then_some(key.metric.as_str());
+                s.forecast_shard_type(&served, &key.app, &key.shard_type, metric, &query)
+                    .await?
+                    .0
+            } else {
+                let key = required_key(Some(key), "")?;
+                s.forecast_key(&served, key, &query, None, "").await?
+            };
+            let d = shard_demand(
+                &answer.forecast,
+                req.shard_capacity,
+                query.horizon,
+                req.current_shards,
+            )
+            .map_err(|e| Error::invalid("shard_capacity", e.to_string()))?;
+            let window = answer.forecast.step().millis() * d.steps as i64;
+            let p80 = d.shards_at(0.8);
+            let summary = if p80 > req.current_shards {
+                format!(
+                    "80% probability of needing {} more shards ({p80} in all) within the next {}; {:.0}% probability that the {} running are not enough",
+                    p80 - req.current_shards,
+                    span(window),
+                    100.0 * d.probability_more(),
+                    req.current_shards
+                )
+            } else {
+                format!(
+                    "the {} running shards cover the next {} with {:.0}% probability (80% level: {p80} needed)",
+                    req.current_shards,
+                    span(window),
+                    100.0 * (1.0 - d.probability_more())
+                )
+            };
+            Ok(pb::ShardDemandResponse {
+                model: served.name.clone(),
+                model_version: served.version,
+                current_shards: req.current_shards,
+                lookahead_steps: d.steps as u32,
+                step_ms: answer.forecast.step().millis(),
+                cdf: d
+                    .cdf
+                    .iter()
+                    .map(|&(shards, probability)| pb::ShardProbability { shards, probability })
+                    .collect(),
+                probability_more: d.probability_more(),
+                shards_p50: d.shards_at(0.5),
+                shards_p80: p80,
+                shards_p90: d.shards_at(0.9),
+                shards_p95: d.shards_at(0.95),
+                shards_p99: d.shards_at(0.99),
+                summary,
+            })
+        }
+        .await;
+        s.finish("ShardDemand", t, out)
+    }
+}

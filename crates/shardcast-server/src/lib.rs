@@ -1,0 +1,385 @@
+//! The shardcast inference server: probabilistic forecasts of the series in
+//! a store, from the newest trained model, over gRPC.
+//!
+//! It owns the services of `proto/` — `ForecastService` (one series, a shard
+//! type's sum, batches, streams, shard demand), `IngestService` (atomic
+//! client-streamed writes into the store) and `ModelService` (list, reload,
+//! roll back versions) — plus gRPC health and reflection, bearer-token
+//! auth, optional TLS and a Prometheus `/metrics` endpoint.
+//!
+//! How a forecast is served: the request is validated; the recent history
+//! of the series is read from the store (cached per store version, see
+//! [`context`]); the job joins a micro-batch on an inference thread
+//! ([`batcher`]) and runs through the model version that was current when
+//! it arrived ([`registry`]); the answer is cut to the requested horizon and
+//! levels. New model versions written by `shardcast train` and new data
+//! written to the store are picked up by background polls without a
+//! restart.
+//!
+//! It must not train models or parse files: the store crate owns stored
+//! data, the model crate owns inference. Neighbours: `shardcast-proto` (wire
+//! types), `shardcast-planner` (shard-demand distribution), and the binary's
+//! `serve` subcommand, which parses flags into [`ServerConfig`] and calls
+//! [`run`].
+
+pub mod batcher;
+pub mod context;
+mod error;
+pub mod forecast;
+mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardcast_proto::forecast::v1::forecast_service_server::ForecastServiceServer;
+use shardcast_proto::ingest::v1::ingest_service_server::IngestServiceServer;
+use shardcast_proto::model::v1::model_service_server::ModelServiceServer;
+use shardcast_store::Store;
+use shardcast_store::resample::Agg;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Response, Status};
+
+pub use error::{Error, Result};
+
+use batcher::{BatchConfig, Batcher};
+use context::StoreContext;
+use metrics::Metrics;
+use registry::ModelRegistry;
+
+/// Limits on what one request may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most series in one batch, shard type or stream.
+    pub max_series: usize,
+    /// Most values in a context override.
+    pub max_context_points: usize,
+    /// Most points in one `Write` stream.
+    pub max_write_points: usize,
+    /// Largest encoded request message, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_series: 1024,
+            max_context_points: 100_000,
+            max_write_points: 10_000_000,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Everything [`run`] needs besides its listeners.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Store location (directory or URL).
+    pub store: String,
+    /// Directory holding `<name>/<version>/` model directories.
+    pub models_dir: PathBuf,
+    /// The model to serve.
+    pub model: String,
+    /// Aggregation used to put stored points on the model's grid.
+    pub agg: Agg,
+    /// Micro-batching.
+    pub batch: BatchConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// How often to look for new model versions.
+    pub model_poll: Duration,
+    /// How often to look for new data in the store.
+    pub store_poll: Duration,
+    /// Bearer token every call (but health) must carry, if set.
+    pub token: Option<String>,
+    /// Serve TLS with these files, if set.
+    pub tls: Option<TlsFiles>,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the store and the models directory.
+    pub fn new(store: impl Into<String>, models_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            store: store.into(),
+            models_dir: models_dir.into(),
+            model: "default".into(),
+            agg: Agg::Mean,
+            batch: BatchConfig::default(),
+            limits: Limits::default(),
+            model_poll: Duration::from_secs(2),
+            store_poll: Duration::from_secs(1),
+            token: None,
+            tls: None,
+        }
+    }
+}
+
+/// What every service shares.
+#[derive(Debug)]
+pub struct State {
+    /// The served model's versions.
+    pub registry: Arc<ModelRegistry>,
+    /// The store as forecasts read it.
+    pub context: Arc<StoreContext>,
+    /// The inference queue.
+    pub batcher: Batcher,
+    /// Exported metrics.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: Limits,
+    /// The served model version, for streams to follow.
+    pub models: watch::Sender<u32>,
+}
+
+impl State {
+    /// Opens the store and the model and starts the inference threads.
+    pub async fn open(cfg: &ServerConfig) -> Result<Arc<Self>> {
+        let store = Store::open(&cfg.store)?;
+        let (models_dir, name) = (cfg.models_dir.clone(), cfg.model.clone());
+        let registry = tokio::task::spawn_blocking(move || ModelRegistry::open(&models_dir, &name))
+            .await
+            .map_err(|e| Error::Io {
+                context: "loading the model".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let context = StoreContext::new(store, cfg.agg);
+        context.refresh().await?;
+        let metrics = Arc::new(Metrics::default());
+        let (batcher, _workers) = Batcher::start(cfg.batch, Arc::clone(&metrics));
+        let version = registry.current().version;
+        metrics.model_version.set(i64::from(version));
+        Ok(Arc::new(Self {
+            registry: Arc::new(registry),
+            context: Arc::new(context),
+            batcher,
+            metrics,
+            limits: cfg.limits,
+            models: watch::channel(version).0,
+        }))
+    }
+
+    /// Tells metrics and streams which version is served now.
+    pub(crate) fn publish_model(&self) {
+        let v = self.registry.current().version;
+        self.metrics.model_version.set(i64::from(v));
+        self.metrics.models_refused.inner().store(
+            self.registry.refused().len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.models
+            .send_if_modified(|cur| std::mem::replace(cur, v) != v);
+    }
+
+    /// Records a finished call and turns its result into a gRPC answer.
+    pub(crate) fn finish<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        out: Result<T>,
+    ) -> Result<Response<T>, Status> {
+        let out = out.map(Response::new).map_err(|e| {
+            let status = Status::from(e);
+            if status.code() == tonic::Code::Internal {
+                tracing::error!(method, error = %status.message(), "request failed");
+            } else {
+                tracing::debug!(method, code = ?status.code(), error = %status.message(), "request refused");
+            }
+            status
+        });
+        let code = out.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics
+            .observe(method, code, started.elapsed().as_secs_f64());
+        out
+    }
+}
+
+/// Checks the `authorization: Bearer <token>` metadata.
+#[derive(Debug, Clone)]
+struct Auth(Option<Arc<str>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let Some(token) = &self.0 else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <token>` metadata",
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves gRPC on `listener` (and Prometheus text on `metrics`, if given)
+/// until `shutdown` resolves, then stops taking calls and lets the calls in
+/// flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    state: Arc<State>,
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let pollers = spawn_pollers(&state, cfg, stop_rx.clone());
+    if let Some(l) = metrics {
+        let (m, rx) = (Arc::clone(&state.metrics), stop_rx.clone());
+        tokio::spawn(http::serve_metrics(l, m, async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ForecastServiceServer<forecast::ForecastApi>>()
+        .await;
+    health
+        .set_serving::<IngestServiceServer<ingest::IngestApi>>()
+        .await;
+    health
+        .set_serving::<ModelServiceServer<model::ModelApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(shardcast_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Io {
+            context: "building the reflection service".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+
+    let auth = Auth(cfg.token.as_deref().map(Arc::from));
+    let max = cfg.limits.max_message_bytes;
+    let forecast = ForecastServiceServer::new(forecast::ForecastApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(max);
+    let ingest = IngestServiceServer::new(ingest::IngestApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(max);
+    let models = ModelServiceServer::new(model::ModelApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(max);
+
+    let mut server = Server::builder();
+    if let Some(tls) = &cfg.tls {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| Error::Io {
+                context: format!("reading {}", p.display()),
+                source,
+            })
+        };
+        let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(
+        ?addr,
+        tls = cfg.tls.is_some(),
+        auth = cfg.token.is_some(),
+        "serving gRPC"
+    );
+    let result = server
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(forecast, auth.clone()))
+        .add_service(InterceptedService::new(ingest, auth.clone()))
+        .add_service(InterceptedService::new(models, auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+        .await;
+    health
+        .set_not_serving::<ForecastServiceServer<forecast::ForecastApi>>()
+        .await;
+    for p in pollers {
+        p.abort();
+    }
+    tracing::info!("server stopped");
+    Ok(result?)
+}
+
+/// Background polls for new model versions and new store data.
+fn spawn_pollers(
+    state: &Arc<State>,
+    cfg: &ServerConfig,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let model = {
+        let (state, every, mut stop) = (Arc::clone(state), cfg.model_poll, stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let s = Arc::clone(&state);
+                if let Ok(Some(v)) = tokio::task::spawn_blocking(move || s.registry.poll()).await {
+                    tracing::info!(version = v, "new model version serving");
+                }
+                state.publish_model();
+            }
+        })
+    };
+    let store = {
+        let (state, every, mut stop) = (Arc::clone(state), cfg.store_poll, stop);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = state.context.refresh().await {
+                    tracing::warn!(error = %e, "store refresh failed; serving the previous view");
+                }
+            }
+        })
+    };
+    vec![model, store]
+}
+
+/// Opens everything in `cfg` and serves until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let state = State::open(&cfg).await?;
+    serve(listener, metrics, state, &cfg, shutdown).await
+}

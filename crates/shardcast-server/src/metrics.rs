@@ -1,0 +1,109 @@
+//! Prometheus metrics of the server, served as text on `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by `method` and gRPC `code`.
+    pub requests: Family<Labels, Counter>,
+    /// Request latency in seconds by `method`.
+    pub latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Forecasts per inference batch.
+    pub batch_size: Histogram,
+    /// Forecasts waiting for an inference thread.
+    pub queue_depth: Gauge,
+    /// The version of the model being served.
+    pub model_version: Gauge,
+    /// Model versions refused at load.
+    pub models_refused: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 3.3 s.
+    Histogram::new([
+        5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("shardcast");
+        let requests = Family::<Labels, Counter>::default();
+        let latency =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        let queue_depth = Gauge::default();
+        let model_version = Gauge::default();
+        let models_refused = Counter::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC request latency by method",
+            latency.clone(),
+        );
+        registry.register(
+            "inference_batch_size",
+            "Forecasts per inference batch",
+            batch_size.clone(),
+        );
+        registry.register(
+            "inference_queue_depth",
+            "Forecasts waiting for an inference thread",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "model_version",
+            "Version of the model being served",
+            model_version.clone(),
+        );
+        registry.register(
+            "models_refused",
+            "Model versions refused at load",
+            models_refused.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            batch_size,
+            queue_depth,
+            model_version,
+            models_refused,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(&self, method: &'static str, code: tonic::Code, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("method", method.to_owned()),
+                ("code", format!("{code:?}")),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("method", method.to_owned())])
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

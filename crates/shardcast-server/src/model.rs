@@ -1,0 +1,157 @@
+//! `shardcast.model.v1.ModelService`: list, reload and roll back the served
+//! model's versions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardcast_proto::model::v1 as pb;
+use shardcast_proto::model::v1::model_service_server::ModelService;
+use tonic::{Request, Response, Status};
+
+use crate::State;
+use crate::error::{Error, Result};
+use crate::registry::{Served, versions};
+
+/// The gRPC service over a shared [`State`].
+#[derive(Debug, Clone)]
+pub struct ModelApi {
+    state: Arc<State>,
+}
+
+impl ModelApi {
+    /// A service over `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+fn describe(s: &Served, serving: bool) -> pb::ModelVersion {
+    let cfg = s.model.config();
+    pb::ModelVersion {
+        name: s.name.clone(),
+        version: s.version,
+        serving,
+        cell: format!("{:?}", cfg.cell).to_lowercase(),
+        horizon: cfg.horizon as u32,
+        step_ms: s.model.step_ms(),
+        series: s.model.series().len() as u32,
+        validation_loss: s.validation_loss,
+    }
+}
+
+/// A version on disk described from its `config.json` without loading the
+/// weights; `None` when the file does not parse.
+fn describe_on_disk(name: &str, version: u32, dir: &std::path::Path) -> Option<pb::ModelVersion> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let c: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let validation_loss = std::fs::read_to_string(dir.join("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|m| {
+            m.pointer("/fit/members")?
+                .as_array()?
+                .iter()
+                .filter_map(|x| x.get("best_val_loss")?.as_f64())
+                .reduce(f64::min)
+        });
+    Some(pb::ModelVersion {
+        name: name.to_owned(),
+        version,
+        serving: false,
+        cell: c.pointer("/model/cell")?.as_str()?.to_owned(),
+        horizon: c.pointer("/model/horizon")?.as_u64()? as u32,
+        step_ms: c.get("step_ms")?.as_i64()?,
+        series: c.get("series")?.as_array()?.len() as u32,
+        validation_loss,
+    })
+}
+
+impl State {
+    fn status(&self) -> pb::ModelStatus {
+        pb::ModelStatus {
+            serving: Some(describe(&self.registry.current(), true)),
+            refused: self.registry.refused(),
+        }
+    }
+
+    /// Runs blocking registry work off the async threads, then publishes
+    /// the served version.
+    async fn registry_op<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&State) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let state = Arc::clone(self);
+        let out = tokio::task::spawn_blocking(move || op(&state))
+            .await
+            .map_err(|e| Error::Io {
+                context: "model registry task".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        self.publish_model();
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for ModelApi {
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let t = Instant::now();
+        let s = &self.state;
+        let out = self
+            .state
+            .registry_op(|s| {
+                let current = s.registry.current();
+                let dir = s.registry.dir();
+                Ok(versions(dir)
+                    .into_iter()
+                    .filter_map(|v| {
+                        if v == current.version {
+                            Some(describe(&current, true))
+                        } else {
+                            describe_on_disk(s.registry.name(), v, &dir.join(v.to_string()))
+                        }
+                    })
+                    .collect())
+            })
+            .await
+            .map(|versions| pb::ListModelsResponse { versions });
+        s.finish("ListModels", t, out)
+    }
+
+    async fn reload(
+        &self,
+        _request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        let t = Instant::now();
+        let out = self
+            .state
+            .registry_op(|s| {
+                s.registry.reload();
+                Ok(s.status())
+            })
+            .await;
+        self.state.finish("Reload", t, out)
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        let t = Instant::now();
+        let version = match request.get_ref().version {
+            0 => None,
+            v => Some(v),
+        };
+        let out = self
+            .state
+            .registry_op(move |s| {
+                s.registry.rollback(version)?;
+                Ok(s.status())
+            })
+            .await;
+        self.state.finish("Rollback", t, out)
+    }
+}

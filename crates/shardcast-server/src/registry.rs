@@ -1,0 +1,235 @@
+//! The model versions a server can serve, and which one it serves.
+//!
+//! Versions live in `<models_dir>/<name>/<version>/` as `shardcast train`
+//! writes them: each directory appears complete (written aside, then
+//! renamed), so a version that is visible can be loaded. The registry
+//! serves the newest version that loads; [`ModelRegistry::poll`] picks up a
+//! newer one without a restart, and a version that fails to load (corrupt,
+//! incompatible) is remembered as refused while the current one keeps
+//! serving. [`ModelRegistry::rollback`] serves an older version and pins it
+//! until [`ModelRegistry::reload`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use shardcast_model::forecaster::Model;
+
+use crate::error::{Error, Result};
+
+/// A loaded model version.
+#[derive(Debug)]
+pub struct Served {
+    /// The model's name (its directory under the models directory).
+    pub name: String,
+    /// Its version number.
+    pub version: u32,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The model.
+    pub model: Model,
+    /// Validation loss of the best member, from `metrics.json`, if recorded.
+    pub validation_loss: Option<f64>,
+}
+
+impl Served {
+    /// Loads version `version` of `name` from `dir`.
+    pub fn load(name: &str, version: u32, dir: &Path) -> Result<Self> {
+        let model = Model::load(dir).map_err(|e| Error::ModelUnavailable {
+            name: name.to_owned(),
+            version,
+            reason: crate::error::chain(&e),
+        })?;
+        let validation_loss = Model::load_metrics(dir).ok().and_then(|m| {
+            m.pointer("/fit/members")?
+                .as_array()?
+                .iter()
+                .filter_map(|x| x.get("best_val_loss")?.as_f64())
+                .reduce(f64::min)
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            version,
+            dir: dir.to_owned(),
+            model,
+            validation_loss,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct History {
+    /// Versions served before the current one, oldest first.
+    previous: Vec<u32>,
+    /// Set by a rollback: do not follow newer versions until a reload.
+    pinned: bool,
+    /// Versions that failed to load, with the reason.
+    refused: BTreeMap<u32, String>,
+}
+
+/// The served model of one name, swappable while requests run.
+#[derive(Debug)]
+pub struct ModelRegistry {
+    name: String,
+    dir: PathBuf,
+    current: RwLock<Arc<Served>>,
+    history: Mutex<History>,
+}
+
+/// The version numbers under `dir`, ascending: subdirectories with a
+/// numeric name and a `config.json`.
+pub fn versions(dir: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("config.json").is_file())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+impl ModelRegistry {
+    /// Opens `<models_dir>/<name>` and loads its newest loadable version.
+    pub fn open(models_dir: &Path, name: &str) -> Result<Self> {
+        let dir = models_dir.join(name);
+        let mut history = History::default();
+        let mut served = None;
+        for v in versions(&dir).into_iter().rev() {
+            match Served::load(name, v, &dir.join(v.to_string())) {
+                Ok(s) => {
+                    served = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(model = name, version = v, error = %e, "refusing model version");
+                    history.refused.insert(v, e.to_string());
+                }
+            }
+        }
+        let Some(served) = served else {
+            let reason = if history.refused.is_empty() {
+                format!("no version directories under {}", dir.display())
+            } else {
+                format!("every version was refused: {:?}", history.refused)
+            };
+            return Err(Error::NoModel { dir, reason });
+        };
+        tracing::info!(model = name, version = served.version, "serving model");
+        Ok(Self {
+            name: name.to_owned(),
+            dir,
+            current: RwLock::new(Arc::new(served)),
+            history: Mutex::new(history),
+        })
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory holding the versions.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The version being served. Requests hold the `Arc` for their whole
+    /// life, so a swap never changes the model under a running request.
+    pub fn current(&self) -> Arc<Served> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Versions refused since the last reload, with the reason.
+    pub fn refused(&self) -> Vec<String> {
+        self.lock()
+            .refused
+            .iter()
+            .map(|(v, r)| format!("version {v}: {r}"))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn swap(&self, served: Served, history: &mut History) {
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(model = %self.name, from = cur.version, to = served.version, "switching model version");
+        history.previous.push(cur.version);
+        *cur = Arc::new(served);
+    }
+
+    /// Serves the newest version newer than the current one that loads,
+    /// unless pinned by a rollback. Returns the version switched to.
+    /// Blocking (reads files); call it off the async threads.
+    pub fn poll(&self) -> Option<u32> {
+        let mut history = self.lock();
+        if history.pinned {
+            return None;
+        }
+        let current = self.current().version;
+        for v in versions(&self.dir).into_iter().rev() {
+            if v <= current {
+                break;
+            }
+            if history.refused.contains_key(&v) {
+                continue;
+            }
+            match Served::load(&self.name, v, &self.dir.join(v.to_string())) {
+                Ok(s) => {
+                    self.swap(s, &mut history);
+                    return Some(v);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %self.name, version = v, error = %e, "refusing model version; the current one keeps serving");
+                    history.refused.insert(v, e.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    /// Forgets refusals and any rollback pin, then [`poll`](Self::poll)s.
+    pub fn reload(&self) -> Arc<Served> {
+        {
+            let mut history = self.lock();
+            history.pinned = false;
+            history.refused.clear();
+        }
+        self.poll();
+        self.current()
+    }
+
+    /// Serves `version` (or, for `None`, the version served before the
+    /// current one) and pins it. The current version keeps serving when the
+    /// target cannot be loaded.
+    pub fn rollback(&self, version: Option<u32>) -> Result<Arc<Served>> {
+        let mut history = self.lock();
+        let current = self.current().version;
+        let target = match version {
+            Some(v) => v,
+            None => *history
+                .previous
+                .iter()
+                .rev()
+                .find(|&&v| v != current)
+                .ok_or_else(|| Error::ModelUnavailable {
+                    name: self.name.clone(),
+                    version: 0,
+                    reason: "no version was served before the current one".into(),
+                })?,
+        };
+        if target != current {
+            let served = Served::load(&self.name, target, &self.dir.join(target.to_string()))?;
+            self.swap(served, &mut history);
+        }
+        history.pinned = true;
+        drop(history);
+        Ok(self.current())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! `shardcast serve`: flags into a server config, sockets bound, serve until
+//! Ctrl-C or SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shardcast_server::batcher::BatchConfig;
+use shardcast_server::{Limits, ServerConfig, TlsFiles};
+use shardcast_store::resample::Agg;
+use tokio::net::TcpListener;
+
+use crate::cli::{AggArg, ServeArgs};
+
+/// The server config the flags describe.
+pub(crate) fn config(args: &ServeArgs) -> ServerConfig {
+    let mut cfg = ServerConfig::new(args.store.store.clone(), args.models_dir.clone());
+    cfg.model = args.model.clone();
+    cfg.agg = match args.agg {
+        AggArg::Mean => Agg::Mean,
+        AggArg::Sum => Agg::Sum,
+        AggArg::Max => Agg::Max,
+    };
+    cfg.batch = BatchConfig {
+        max_batch: args.max_batch,
+        max_wait: Duration::from_micros(args.max_wait_us),
+        queue: args.queue,
+        workers: args.workers,
+    };
+    cfg.limits = Limits {
+        max_series: args.max_series,
+        max_message_bytes: args.max_message_bytes,
+        ..Limits::default()
+    };
+    cfg.model_poll = Duration::from_millis(args.model_poll_ms.max(10));
+    cfg.store_poll = Duration::from_millis(args.store_poll_ms.max(10));
+    cfg.token = args.token.clone().filter(|t| !t.is_empty());
+    cfg.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    cfg
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs) -> Result<()> {
+    let cfg = config(&args);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} for metrics"))?,
+        ),
+        None => None,
+    };
+    let state = shardcast_server::State::open(&cfg)
+        .await
+        .context("cannot start the server")?;
+    let served = state.registry.current();
+    println!(
+        "serving model {} v{} ({} series known) from {}",
+        served.name,
+        served.version,
+        served.model.series().len(),
+        served.dir.display()
+    );
+    println!("listening on {}", listener.local_addr()?);
+    if let Some(m) = &metrics {
+        println!("metrics on http://{}/metrics", m.local_addr()?);
+    }
+    shardcast_server::serve(listener, metrics, state, &cfg, shutdown_signal())
+        .await
+        .context("server failed")?;
+    println!("stopped");
+    Ok(())
+}
