@@ -131,6 +131,13 @@ pub fn shard_demand(
         lo = lo.min(a);
         hi = hi.max(b);
     }
+    if hi / per_shard >= f64::from(u32::MAX) {
+        return Err(Error::InvalidValue {
+            field: "shard_capacity",
+            value: per_shard,
+            reason: "too small: the demand needs more shards than can be counted",
+        });
+    }
     // Shards that surely do not suffice for the step with the lowest demand,
     // up to the count that covers every step's upper support.
     let first = (lo.max(0.0) / per_shard).floor().max(0.0) as u32;
@@ -226,5 +233,9 @@ mod tests {
         assert!(shard_demand(&f, 1e-9, 0, 1).is_err());
         let d = shard_demand(&f, 4.0, 0, 1).unwrap();
         assert_eq!(d.shards_at(0.999), 3);
+        // A wide distribution over a tiny capacity spans too many counts.
+        let wide = forecast(&[0.1, 0.9], &[&[0.0, 1000.0]]);
+        let err = shard_demand(&wide, 0.01, 0, 1).unwrap_err().to_string();
+        assert!(err.contains("10000"), "{err}");
     }
 }
