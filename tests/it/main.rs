@@ -5,6 +5,7 @@
 mod cli;
 mod model;
 mod nab;
+mod onnx;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -34,6 +34,8 @@ pub(crate) enum Command {
     /// Protocol F rolling-origin backtest: fit before the held-out points,
     /// forecast them, score against seasonal naive, write the forecast CSV.
     Backtest(Box<BacktestArgs>),
+    /// Write a trained model as a standard ONNX file with its input contract.
+    ExportOnnx(crate::cmd::onnx::ExportOnnxArgs),
 }
 
 /// Where the store lives.

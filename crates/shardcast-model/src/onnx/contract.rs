@@ -163,7 +163,7 @@ fn spec(name: &str, dtype: &str, shape: Vec<Dim>, description: &str) -> TensorSp
 
 impl Contract {
     /// The contract of `model`'s export.
-    pub fn of(model: &Model, opset: i64) -> Self {
+    pub fn of(model: &Model) -> Self {
         let cfg = model.config();
         let max_lag = cfg.lags.iter().copied().max().unwrap_or(0);
         let window = (cfg.context + max_lag).max(cfg.norm_len());
@@ -236,7 +236,7 @@ impl Contract {
         Self {
             format: CONTRACT_FORMAT.to_owned(),
             format_version: CONTRACT_VERSION,
-            opset,
+            opset: super::OPSET,
             step_ms: model.step_ms(),
             window,
             context: c,

@@ -180,7 +180,10 @@ fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| invalid(format!("negative dimension {d}"))))
         .collect::<Result<Vec<_>>>()?;
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| invalid(format!("dims {dims:?} overflow")))?;
     let dev = Device::Cpu;
     let raw = |width: usize| -> Result<Option<&[u8]>> {
         if t.raw_data.is_empty() {
@@ -1004,6 +1007,15 @@ impl OnnxModel {
                 "input `{extra}` is not an input of the model (it takes {names:?})"
             )));
         }
+        if let Some((dup, _)) = inputs
+            .tensors
+            .iter()
+            .enumerate()
+            .find(|(i, (n, _))| inputs.tensors[..*i].iter().any(|(m, _)| m == n))
+            .map(|(_, t)| t)
+        {
+            return Err(err(format!("input `{dup}` is given twice")));
+        }
         let mut values: Vec<Option<Tensor>> = vec![None; self.slots];
         for (slot, t) in &self.consts {
             values[*slot] = Some(t.clone());
@@ -1045,6 +1057,14 @@ impl OnnxModel {
             }
             self.check_range(&spec.name, t)?;
             values[spec.slot] = Some(t.to_device(&Device::Cpu)?);
+        }
+        if batch == Some(0) {
+            let c = &self.contract;
+            return Ok(Tensor::zeros(
+                (0, c.horizon, c.quantiles.len()),
+                DType::F32,
+                &Device::Cpu,
+            )?);
         }
         for step in &self.steps {
             let args = step

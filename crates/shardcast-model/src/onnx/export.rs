@@ -43,7 +43,7 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
 /// place, so a reader sees a whole file or the previous one.
 pub fn export(model: &Model, path: &Path) -> Result<()> {
     let bytes = to_bytes(model)?;
-    let contract = Contract::of(model, OPSET);
+    let contract = Contract::of(model);
     let json = serde_json::to_vec_pretty(&contract).map_err(|e| onnx_err(path, e))?;
     write_atomic(path, &bytes)?;
     write_atomic(&contract_path(path), &json)
@@ -87,7 +87,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn model_proto(model: &Model) -> Result<ModelProto> {
-    let contract = Contract::of(model, OPSET);
+    let contract = Contract::of(model);
     let mut g = Graph::default();
     let out = build(model, &contract, &mut g)?;
     debug_assert_eq!(out, QUANTILES);

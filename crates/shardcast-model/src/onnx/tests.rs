@@ -180,7 +180,7 @@ fn models_without_events_calendar_or_lags_and_ensembles_match_forecast() {
 #[test]
 fn contract_inputs_follow_the_documented_layout() {
     let m = model(&config(CellKind::Gru, 1), true);
-    let c = Contract::of(&m, OPSET);
+    let c = Contract::of(&m);
     // window = max(context + largest lag, max(context, season)) = 36
     assert_eq!(c.window, 36);
     let d = data(true);
@@ -465,8 +465,15 @@ fn bad_inputs_are_refused_naming_the_file_and_input() {
         assert!(e.contains("bad-inputs.onnx"), "{e}");
         e
     };
+    // An empty batch gives an empty forecast, as Model::forecast does.
+    let empty = onnx.contract().inputs(&[]).unwrap();
+    assert_eq!(onnx.run(&empty).unwrap().dims(), &[0, 6, 13]);
     let e = run(&|x| x.tensors.retain(|(n, _)| n != EVENTS));
     assert!(e.contains("input `events` is missing"), "{e}");
+    let e = run(&|x| x.tensors[0].0 = "valus".into());
+    assert!(e.contains("input `valus` is not an input"), "{e}");
+    let e = run(&|x| x.tensors[1].0 = VALUES.into());
+    assert!(e.contains("input `values` is given twice"), "{e}");
     let e = run(&|x| x.tensors[0].0 = "valus".into());
     assert!(e.contains("input `valus` is not an input"), "{e}");
     let e = run(&|x| x.tensors[0].1 = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap());
