@@ -5,6 +5,7 @@
 mod cli;
 mod model;
 mod nab;
+mod onnx;
 mod serve;
 
 use std::path::{Path, PathBuf};

@@ -311,6 +311,26 @@ impl Model {
         &self.series
     }
 
+    /// The shard types it knows; row `i + 1` of its shard-type embedding is
+    /// `shard_types()[i]` (row 0 is "unknown").
+    pub fn shard_types(&self) -> &[String] {
+        &self.shard_types
+    }
+
+    /// A weight by its name in `model.safetensors` (`m0.rnn.weight_ih_l0`, …).
+    pub(crate) fn weight(&self, name: &str) -> Result<candle_core::Tensor> {
+        let data = self.varmap.data().lock().expect("var map lock");
+        data.get(name)
+            .map(|v| v.as_tensor().clone())
+            .ok_or_else(|| Error::Invalid(format!("the model has no weight `{name}`")))
+    }
+
+    /// Replaces the calibration (tests exercise non-trivial factors).
+    #[cfg(test)]
+    pub(crate) fn set_calibration(&mut self, calibration: Calibration) {
+        self.calibration = calibration;
+    }
+
     /// The embedding row of series `name` (0 when the model does not know it).
     pub fn series_row(&self, name: &str) -> usize {
         self.index.get(name).copied().unwrap_or(0)

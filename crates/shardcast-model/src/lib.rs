@@ -6,7 +6,8 @@
 //! (so `loss.backward()` and candle-nn optimizers work unchanged), the CPU
 //! kernels behind them, the global quantile forecaster with its training
 //! loop and model directories ([`forecaster`]), protocol F's backtest and
-//! metrics ([`backtest`], [`metrics`]) and the protocol T benchmark. It takes
+//! metrics ([`backtest`], [`metrics`]), ONNX export and an evaluator of the
+//! exported graphs ([`onnx`]) and the protocol T benchmark. It takes
 //! series as plain `f32` grids; it never reads the store. Of the workspace
 //! crates it may use `shardcast-core` only.
 //!
@@ -21,6 +22,7 @@ pub mod gru;
 mod kernel;
 pub mod lstm;
 pub mod metrics;
+pub mod onnx;
 mod rng;
 mod storage;
 #[cfg(test)]

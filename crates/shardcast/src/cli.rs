@@ -37,6 +37,8 @@ pub(crate) enum Command {
     /// Serve forecasts of the store's series over gRPC (forecast, ingest
     /// and model services, health, reflection, Prometheus metrics).
     Serve(Box<ServeArgs>),
+    /// Write a trained model as a standard ONNX file with its input contract.
+    ExportOnnx(crate::cmd::onnx::ExportOnnxArgs),
 }
 
 /// Where the store lives.

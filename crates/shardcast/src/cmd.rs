@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod ingest;
 mod model;
+pub(crate) mod onnx;
 mod serve;
 
 use anyhow::{Context, Result};
@@ -39,6 +40,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => model::train(*args).await,
         Command::Backtest(args) => model::backtest(*args).await,
         Command::Serve(args) => serve::run(*args).await,
+        Command::ExportOnnx(args) => onnx::export(args).await,
     }
 }
 

@@ -1,0 +1,76 @@
+//! ONNX export of a trained forecaster, and an evaluator that loads and runs
+//! the exported graphs on Candle.
+//!
+//! [`export`] writes a standard ONNX file (opset 17, IR 8, default domain
+//! only) that computes exactly what [`Model::forecast`](crate::forecaster::Model::forecast)
+//! does, from inputs close to the raw series: the window normalisation,
+//! history fill, lag gathering, calendar features, every ensemble member's
+//! GRU or LSTM encoder and quantile head, the ensemble mean, the calibration
+//! and the de-normalisation all live in the graph. The protobuf is written
+//! with hand-written prost messages (no `protoc`); the file goes to a temp
+//! name and is renamed into place. Beside `model.onnx`, the same contract is
+//! written as `model.onnx.json` (see [`contract_path`]) for clients that do
+//! not read ONNX metadata.
+//!
+//! # Input contract
+//!
+//! With `L` = [`Contract::window`] (`max(context + largest lag,
+//! max(context, season))`), `C` = context, `H` = horizon, `Q` = quantile
+//! levels and `B` the batch:
+//!
+//! | input | dtype | shape | meaning |
+//! |---|---|---|---|
+//! | `values` | float32 | `[B, L]` | the last `L` grid values before the origin, oldest first; a shorter history is right-aligned and the entries before it are ignored |
+//! | `history_len` | int64 | `[B]` | observed points at the end of `values`: `min(points before the origin, L)`, at least 1 |
+//! | `origin_ts` | int64 | `[B]` | time of the first forecast point, ms since the epoch, UTC (only when the model uses calendar features) |
+//! | `events` | float32 | `[B, C + H]` | event indicator of the `C` steps before the origin, then of the `H` forecast steps (only when the model uses events) |
+//! | `series_id` | int64 | `[B]` | the series' row in the contract's `series` table, 0 for an unknown series |
+//! | `shard_type_id` | int64 | `[B]` | the shard type's row in `shard_types`, 0 when unknown |
+//! | `series_scale` | float32 | `[B, 2]` | `(mean, deviation)` of the series' training range from `series`; for row 0, the mean and mean absolute deviation of the whole observed history |
+//!
+//! The one output is `quantiles`, float32 `[B, H, Q]`: the calibrated
+//! forecast quantiles in the series' units, ascending along the last axis at
+//! the levels of [`Contract::quantiles`]. [`Contract::inputs`] builds these
+//! tensors from `(SeriesInput, origin)` windows, so a Rust server and the
+//! tests fill them the same way; a Python client follows the table above
+//! with the `series` and `shard_types` tables of the contract JSON (the
+//! file's `shardcast.contract` metadata, also in `<file>.json`).
+//!
+//! Computed inside the graph from those inputs: the fill of history before
+//! the first point (the same phase of the earliest observed season, else the
+//! first value), the window mean and mean absolute deviation over the last
+//! `max(context, season)` observed points (in float64, as the Rust code
+//! accumulates them), the scale floor, the clipped normalised values and
+//! lags, time of day and day of week as sine/cosine from `origin_ts` and the
+//! grid step, the per-member networks, the ensemble mean, the calibration
+//! and the map back to the series' units. What stays outside is looking up
+//! the series and shard-type rows and scalers, and the event indicator.
+//!
+//! # Evaluator
+//!
+//! [`OnnxModel`] reads such a file with the same prost messages and runs it
+//! on Candle tensors. It implements the operators the exporter writes —
+//! `Add Sub Mul Div Mod Neg Abs Exp Log Sin Cos Relu Softplus Identity Max
+//! Min Where Clip Cast Less LessOrEqual Greater GreaterOrEqual Equal Concat
+//! Gather GatherElements Transpose Reshape Squeeze Unsqueeze Slice ReduceSum
+//! MatMul Gemm GRU LSTM` (forward, default activations, GRU with
+//! `linear_before_reset = 1`, weights as initializers) — and refuses
+//! anything else at load time with the file, node and reason. GRU and LSTM
+//! nodes run on this crate's fused kernels and return the whole `Y`
+//! sequence correctly for any batch. candle-onnx is not used: its build
+//! script needs a system `protoc`.
+
+mod contract;
+mod eval;
+mod export;
+mod proto;
+#[cfg(test)]
+mod tests;
+
+pub use contract::{
+    BATCH, CONTRACT_FORMAT, CONTRACT_VERSION, Contract, ContractSeries, ContractShardType, Dim,
+    EVENTS, HISTORY_LEN, METADATA_KEY, ORIGIN_TS, OnnxInputs, QUANTILES, SERIES_ID, SERIES_SCALE,
+    SHARD_TYPE_ID, TensorSpec, VALUES,
+};
+pub use eval::OnnxModel;
+pub use export::{OPSET, contract_path, export, to_bytes};

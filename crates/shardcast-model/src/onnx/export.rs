@@ -1,0 +1,643 @@
+//! Writing a [`Model`] as an ONNX graph: the window normalisation, lag
+//! gathering, calendar features, every ensemble member's encoder and head,
+//! the ensemble mean, calibration and de-normalisation, all in standard
+//! opset-17 operators.
+//!
+//! The arithmetic follows [`Model::forecast`] operation by operation (the
+//! window statistics in float64, as the Rust code accumulates them), so the
+//! two agree to float32 rounding.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use super::contract::{
+    self, Contract, EVENTS, HISTORY_LEN, METADATA_KEY, ORIGIN_TS, QUANTILES, SERIES_ID,
+    SERIES_SCALE, SHARD_TYPE_ID, VALUES,
+};
+use super::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_type, data_type,
+    tensor_shape_proto, type_proto,
+};
+use crate::error::{Error, Result};
+use crate::forecaster::{CellKind, Model};
+
+/// The opset of the default domain the exported graph declares.
+pub const OPSET: i64 = 17;
+/// ONNX IR version matching [`OPSET`].
+const IR_VERSION: i64 = 8;
+
+const DAY_MS: i64 = 86_400_000;
+/// Normalised inputs are clipped to this magnitude (as in `features`).
+const INPUT_CLIP: f32 = 10.0;
+
+/// The ONNX file of `model`, as bytes.
+pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
+    Ok(model_proto(model)?.encode_to_vec())
+}
+
+/// Writes `model` as an ONNX file at `path` and its input contract as JSON
+/// beside it (`<path>.json`). Each file is written aside and renamed into
+/// place, so a reader sees a whole file or the previous one.
+pub fn export(model: &Model, path: &Path) -> Result<()> {
+    let bytes = to_bytes(model)?;
+    let contract = Contract::of(model);
+    let json = serde_json::to_vec_pretty(&contract).map_err(|e| onnx_err(path, e))?;
+    write_atomic(path, &bytes)?;
+    write_atomic(&contract_path(path), &json)
+}
+
+/// Where [`export`] writes the contract of the ONNX file at `path`.
+pub fn contract_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".json");
+    path.with_file_name(name)
+}
+
+fn onnx_err(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Onnx {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| onnx_err(parent, e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| onnx_err(path, "is not a file path"))?
+        .to_string_lossy();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        onnx_err(path, e)
+    })
+}
+
+fn model_proto(model: &Model) -> Result<ModelProto> {
+    let contract = Contract::of(model);
+    let mut g = Graph::default();
+    let out = build(model, &contract, &mut g)?;
+    debug_assert_eq!(out, QUANTILES);
+    let input = contract.inputs.iter().map(value_info).collect::<Vec<_>>();
+    let output = contract.outputs.iter().map(value_info).collect();
+    let meta = serde_json::to_string(&contract).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "shardcast".to_owned(),
+        producer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        domain: "shardcast".to_owned(),
+        model_version: 1,
+        doc_string: format!(
+            "shardcast demand forecaster ({:?} encoder, {} layer(s), {} member(s)): \
+             quantiles [batch, {}, {}] in the series' units",
+            model.config().cell,
+            model.config().num_layers,
+            model.config().members,
+            contract.horizon,
+            contract.quantiles.len()
+        ),
+        graph: Some(GraphProto {
+            node: g.nodes,
+            name: "shardcast_forecaster".to_owned(),
+            initializer: g.inits,
+            doc_string: String::new(),
+            input,
+            output,
+            value_info: Vec::new(),
+        }),
+        metadata_props: vec![StringStringEntryProto {
+            key: METADATA_KEY.to_owned(),
+            value: meta,
+        }],
+    })
+}
+
+fn value_info(spec: &contract::TensorSpec) -> ValueInfoProto {
+    let elem_type = match spec.dtype.as_str() {
+        "int64" => data_type::INT64,
+        _ => data_type::FLOAT,
+    };
+    let dim = spec
+        .shape
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            value: Some(match d {
+                contract::Dim::Fixed(n) => {
+                    tensor_shape_proto::dimension::Value::DimValue(*n as i64)
+                }
+                contract::Dim::Named(s) => {
+                    tensor_shape_proto::dimension::Value::DimParam(s.clone())
+                }
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: spec.name.clone(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        doc_string: spec.description.clone(),
+    }
+}
+
+/// Nodes and initializers under construction.
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: attribute_type::INT,
+        i,
+        ..AttributeProto::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: attribute_type::INTS,
+        ints: ints.to_vec(),
+        ..AttributeProto::default()
+    }
+}
+
+fn attr_string(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: attribute_type::STRING,
+        s: s.as_bytes().to_vec(),
+        ..AttributeProto::default()
+    }
+}
+
+impl Graph {
+    /// Adds a node with one output named `out`; returns `out`.
+    fn op(&mut self, op: &str, out: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.op_n(op, &[out], inputs, attrs);
+        out.to_owned()
+    }
+
+    /// Adds a node with several outputs (`""` for an omitted optional one).
+    fn op_n(&mut self, op: &str, outs: &[&str], inputs: &[&str], attrs: Vec<AttributeProto>) {
+        let name = outs.iter().find(|o| !o.is_empty()).copied().unwrap_or(op);
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: outs.iter().map(|s| (*s).to_owned()).collect(),
+            name: format!("{op}:{name}"),
+            op_type: op.to_owned(),
+            ..NodeProto::default()
+        });
+        self.nodes.last_mut().expect("just pushed").attribute = attrs;
+    }
+
+    fn init(&mut self, name: &str, dims: &[usize], data_type: i32, raw: Vec<u8>) -> String {
+        self.inits.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type,
+            name: name.to_owned(),
+            raw_data: raw,
+            ..TensorProto::default()
+        });
+        name.to_owned()
+    }
+
+    fn f32s(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init(name, dims, data_type::FLOAT, raw)
+    }
+
+    fn f64s(&mut self, name: &str, dims: &[usize], data: &[f64]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init(name, dims, data_type::DOUBLE, raw)
+    }
+
+    fn i64s(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init(name, dims, data_type::INT64, raw)
+    }
+
+    /// A model weight as an initializer, optionally transposed (2-D only).
+    fn weight(&mut self, model: &Model, name: &str, transpose: bool) -> Result<String> {
+        let mut t = model.weight(name)?;
+        if transpose {
+            t = t.t()?.contiguous()?;
+        }
+        let dims = t.dims().to_vec();
+        let data = t.flatten_all()?.to_vec1::<f32>()?;
+        Ok(self.f32s(name, &dims, &data))
+    }
+
+    fn cast(&mut self, out: &str, x: &str, to: i32) -> String {
+        self.op("Cast", out, &[x], vec![attr_int("to", i64::from(to))])
+    }
+
+    fn unsqueeze(&mut self, out: &str, x: &str, axes: &str) -> String {
+        self.op("Unsqueeze", out, &[x, axes], vec![])
+    }
+
+    /// `x[..., start:end]` along `axis` (constant bounds).
+    fn slice(&mut self, out: &str, x: &str, axis: i64, start: usize, end: usize) -> String {
+        let s = self.i64s(&format!("{out}.starts"), &[1], &[start as i64]);
+        let e = self.i64s(&format!("{out}.ends"), &[1], &[end as i64]);
+        let a = self.i64s(&format!("{out}.axes"), &[1], &[axis]);
+        self.op("Slice", out, &[x, &s, &e, &a], vec![])
+    }
+}
+
+/// Reorders the gate blocks of a `[gates * h, …]` (or `[gates * h]`) tensor
+/// from PyTorch's order to ONNX's: block `k` of the result is block
+/// `order[k]` of `data`.
+fn reorder_gates(data: &[f32], h: usize, order: &[usize]) -> Vec<f32> {
+    let block = data.len() / order.len();
+    debug_assert_eq!(block % h, 0);
+    order
+        .iter()
+        .flat_map(|&k| data[k * block..(k + 1) * block].iter().copied())
+        .collect()
+}
+
+/// Builds the whole graph; returns the name of the output.
+fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
+    let cfg = model.config();
+    let (l, c, h) = (contract.window, contract.context, contract.horizon);
+    let q = cfg.quantiles.len();
+    let mid = cfg.median_index();
+    let nl = cfg.lags.len();
+
+    let ax0 = g.i64s("axes0", &[1], &[0]);
+    let ax1 = g.i64s("axes1", &[1], &[1]);
+    let ax2 = g.i64s("axes2", &[1], &[2]);
+
+    // Fill the history: window index w holds point w - first; points before
+    // the first observed one read the same phase of the earliest observed
+    // season, or the first value (as `features::push_window`).
+    let n = g.unsqueeze("hist", HISTORY_LEN, &ax1); // [B, 1]
+    let l_c = g.i64s("L", &[], &[l as i64]);
+    let first = g.op("Sub", "first", &[&l_c, &n], vec![]);
+    let pos_data: Vec<i64> = (0..l as i64).collect();
+    let pos = g.i64s("positions", &[l], &pos_data);
+    let rel = g.op("Sub", "rel", &[&pos, &first], vec![]); // [B, L]
+    let back = if cfg.season > 0 {
+        let p = cfg.season as i64;
+        let p_c = g.i64s("season", &[], &[p]);
+        let pm1 = g.i64s("season_minus_1", &[], &[p - 1]);
+        let neg = g.op("Neg", "rel_neg", &[&rel], vec![]);
+        let num = g.op("Add", "fill_num", &[&neg, &pm1], vec![]);
+        let seasons = g.op("Div", "fill_seasons", &[&num, &p_c], vec![]);
+        let shift = g.op("Mul", "fill_shift", &[&seasons, &p_c], vec![]);
+        let j = g.op("Add", "fill_phase", &[&rel, &shift], vec![]);
+        let ok = g.op("Less", "fill_phase_ok", &[&j, &n], vec![]);
+        let at = g.op("Add", "fill_at", &[&first, &j], vec![]);
+        g.op("Where", "fill_src", &[&ok, &at, &first], vec![])
+    } else {
+        first.clone()
+    };
+    let zero_i = g.i64s("zero_i64", &[], &[0]);
+    let observed = g.op("GreaterOrEqual", "observed", &[&rel, &zero_i], vec![]);
+    let src = g.op("Where", "src", &[&observed, &pos, &back], vec![]);
+    let x = g.op(
+        "GatherElements",
+        "x",
+        &[VALUES, &src],
+        vec![attr_int("axis", 1)],
+    );
+
+    // Window statistics over the last min(norm_len, observed) points, in f64.
+    let lo_c = g.i64s("norm_start", &[], &[(l - contract.norm_len) as i64]);
+    let lo = g.op("Max", "norm_lo", &[&first, &lo_c], vec![]);
+    let mask = g.op("GreaterOrEqual", "norm_mask", &[&pos, &lo], vec![]);
+    let maskd = g.cast("norm_mask_f64", &mask, data_type::DOUBLE);
+    let cnt = g.op(
+        "ReduceSum",
+        "norm_count",
+        &[&maskd, &ax1],
+        vec![attr_int("keepdims", 1)],
+    );
+    let zero_d = g.f64s("zero_f64", &[], &[0.0]);
+    let xd = g.cast("x_f64", &x, data_type::DOUBLE);
+    let xw = g.op("Where", "x_norm", &[&mask, &xd, &zero_d], vec![]);
+    let sum = g.op(
+        "ReduceSum",
+        "norm_sum",
+        &[&xw, &ax1],
+        vec![attr_int("keepdims", 1)],
+    );
+    let mean_d = g.op("Div", "loc_f64", &[&sum, &cnt], vec![]);
+    let loc = g.cast("loc", &mean_d, data_type::FLOAT); // [B, 1]
+    let d = g.op("Sub", "x_centred", &[&x, &loc], vec![]);
+    let ad = g.op("Abs", "x_abs_dev", &[&d], vec![]);
+    let add = g.cast("x_abs_dev_f64", &ad, data_type::DOUBLE);
+    let adw = g.op("Where", "x_abs_dev_norm", &[&mask, &add, &zero_d], vec![]);
+    let dsum = g.op(
+        "ReduceSum",
+        "norm_dev_sum",
+        &[&adw, &ax1],
+        vec![attr_int("keepdims", 1)],
+    );
+    let dev_d = g.op("Div", "dev_f64", &[&dsum, &cnt], vec![]);
+    let dev = g.cast("dev", &dev_d, data_type::FLOAT);
+
+    // Scale: max(dev, 0.1 * training deviation), floored above zero.
+    let tmean = g.slice("train_mean", SERIES_SCALE, 1, 0, 1);
+    let tdev = g.slice("train_dev", SERIES_SCALE, 1, 1, 2);
+    let tenth = g.f32s("tenth", &[], &[0.1]);
+    let one = g.f32s("one", &[], &[1.0]);
+    let tiny = g.f32s("tiny", &[], &[1e-6]);
+    let tdev10 = g.op("Mul", "train_dev_tenth", &[&tdev, &tenth], vec![]);
+    let s1 = g.op("Max", "scale_raw", &[&dev, &tdev10], vec![]);
+    let level = g.op("Abs", "train_level", &[&tmean], vec![]);
+    let level = g.op("Max", "train_level_1", &[&level, &one], vec![]);
+    let floor = g.op("Mul", "scale_floor", &[&level, &tiny], vec![]);
+    let scale = g.op("Max", "scale", &[&s1, &floor], vec![]); // [B, 1]
+
+    let lo_clip = g.f32s("clip_lo", &[], &[-INPUT_CLIP]);
+    let hi_clip = g.f32s("clip_hi", &[], &[INPUT_CLIP]);
+    let zr = g.op("Div", "z_raw", &[&d, &scale], vec![]);
+    let z = g.op("Clip", "z", &[&zr, &lo_clip, &hi_clip], vec![]); // [B, L]
+    let ratio = g.op("Div", "scale_ratio", &[&scale, &tdev], vec![]);
+    let lratio = g.op("Log", "scale_ratio_log", &[&ratio], vec![]);
+    let stat = g.op("Clip", "static", &[&lratio, &lo_clip, &hi_clip], vec![]); // [B, 1]
+
+    // Context step j is point origin - C + j, window index L - C + j.
+    let mut ctx_idx = Vec::with_capacity(c * (1 + nl));
+    for j in 0..c {
+        let w = l - c + j;
+        ctx_idx.push(w as i64);
+        ctx_idx.extend(cfg.lags.iter().map(|&lag| (w - lag) as i64));
+    }
+    let ctx_idx = g.i64s("context_index", &[c, 1 + nl], &ctx_idx);
+    let zc = g.op(
+        "Gather",
+        "context_values",
+        &[&z, &ctx_idx],
+        vec![attr_int("axis", 1)],
+    );
+    let mut ctx_parts = vec![zc];
+    // Horizon step k is point origin + k, window index L + k.
+    let mut fut_parts = Vec::new();
+    if nl > 0 {
+        let idx: Vec<i64> = (0..h)
+            .flat_map(|k| cfg.lags.iter().map(move |&lag| (l + k - lag) as i64))
+            .collect();
+        let idx = g.i64s("horizon_lag_index", &[h, nl], &idx);
+        fut_parts.push(g.op(
+            "Gather",
+            "horizon_lags",
+            &[&z, &idx],
+            vec![attr_int("axis", 1)],
+        ));
+    }
+    if cfg.calendar {
+        let offsets: Vec<i64> = (0..c + h)
+            .map(|k| (k as i64 - c as i64) * model.step_ms())
+            .collect();
+        let offsets = g.i64s("step_offsets", &[c + h], &offsets);
+        let o = g.unsqueeze("origin_ts_col", ORIGIN_TS, &ax1);
+        let ts = g.op("Add", "ts", &[&o, &offsets], vec![]); // [B, C+H]
+        let day = g.i64s("day_ms", &[], &[DAY_MS]);
+        let three = g.i64s("three", &[], &[3]);
+        let seven = g.i64s("seven", &[], &[7]);
+        let rem = g.op("Mod", "ts_in_day", &[&ts, &day], vec![attr_int("fmod", 0)]);
+        let whole = g.op("Sub", "ts_day_start", &[&ts, &rem], vec![]);
+        let days = g.op("Div", "days", &[&whole, &day], vec![]);
+        let shifted = g.op("Add", "days_from_monday", &[&days, &three], vec![]);
+        let dow_i = g.op(
+            "Mod",
+            "day_of_week",
+            &[&shifted, &seven],
+            vec![attr_int("fmod", 0)],
+        );
+        let day_d = g.f64s("day_ms_f64", &[], &[DAY_MS as f64]);
+        let seven_d = g.f64s("seven_f64", &[], &[7.0]);
+        let tau = g.f64s("tau", &[], &[std::f64::consts::TAU]);
+        let rem_d = g.cast("ts_in_day_f64", &rem, data_type::DOUBLE);
+        let tod = g.op("Div", "time_of_day", &[&rem_d, &day_d], vec![]);
+        let dow_d = g.cast("day_of_week_f64", &dow_i, data_type::DOUBLE);
+        let dow_t = g.op("Add", "week_days", &[&dow_d, &tod], vec![]);
+        let dow = g.op("Div", "time_of_week", &[&dow_t, &seven_d], vec![]);
+        let a_day = g.op("Mul", "angle_day", &[&tau, &tod], vec![]);
+        let a_week = g.op("Mul", "angle_week", &[&tau, &dow], vec![]);
+        let mut feats = Vec::new();
+        for (op, a, name) in [
+            ("Sin", &a_day, "tod_sin"),
+            ("Cos", &a_day, "tod_cos"),
+            ("Sin", &a_week, "dow_sin"),
+            ("Cos", &a_week, "dow_cos"),
+        ] {
+            let v = g.op(op, name, &[a], vec![]);
+            feats.push(g.unsqueeze(&format!("{name}_col"), &v, &ax2));
+        }
+        let refs: Vec<&str> = feats.iter().map(String::as_str).collect();
+        let cal_d = g.op("Concat", "calendar_f64", &refs, vec![attr_int("axis", 2)]);
+        let cal = g.cast("calendar", &cal_d, data_type::FLOAT); // [B, C+H, 4]
+        ctx_parts.push(g.slice("calendar_context", &cal, 1, 0, c));
+        fut_parts.push(g.slice("calendar_horizon", &cal, 1, c, c + h));
+    }
+    if cfg.events {
+        let ev = g.unsqueeze("events_col", EVENTS, &ax2); // [B, C+H, 1]
+        ctx_parts.push(g.slice("events_context", &ev, 1, 0, c));
+        fut_parts.push(g.slice("events_horizon", &ev, 1, c, c + h));
+    }
+    let last_idx = g.i64s("last_index", &[h, 1], &vec![(l - 1) as i64; h]);
+    fut_parts.push(g.op(
+        "Gather",
+        "last_value",
+        &[&z, &last_idx],
+        vec![attr_int("axis", 1)],
+    ));
+    let refs: Vec<&str> = ctx_parts.iter().map(String::as_str).collect();
+    let ctx = g.op("Concat", "context", &refs, vec![attr_int("axis", 2)]); // [B, C, I]
+    let refs: Vec<&str> = fut_parts.iter().map(String::as_str).collect();
+    let fut = g.op("Concat", "future", &refs, vec![attr_int("axis", 2)]); // [B, H, F]
+    let seq = g.op(
+        "Transpose",
+        "context_seq",
+        &[&ctx],
+        vec![attr_ints("perm", &[1, 0, 2])],
+    );
+
+    let mut acc: Option<String> = None;
+    for k in 0..cfg.members {
+        let p = format!("m{k}");
+        let hidden = encoder(model, g, &p, &seq, &ax0, &ax1)?; // [B, hidden]
+        let se_w = g.weight(model, &format!("{p}.series.weight"), false)?;
+        let te_w = g.weight(model, &format!("{p}.type.weight"), false)?;
+        let se = g.op(
+            "Gather",
+            &format!("{p}/series_emb"),
+            &[&se_w, SERIES_ID],
+            vec![],
+        );
+        let te = g.op(
+            "Gather",
+            &format!("{p}/type_emb"),
+            &[&te_w, SHARD_TYPE_ID],
+            vec![],
+        );
+        let whole = g.op(
+            "Concat",
+            &format!("{p}/static_features"),
+            &[&hidden, &stat, &se, &te],
+            vec![attr_int("axis", 1)],
+        );
+        let sw = g.weight(model, &format!("{p}.head.static.weight"), false)?;
+        let sb = g.weight(model, &format!("{p}.head.static.bias"), false)?;
+        let a = g.op(
+            "Gemm",
+            &format!("{p}/static_hidden"),
+            &[&whole, &sw, &sb],
+            vec![attr_int("transB", 1)],
+        );
+        let a3 = g.unsqueeze(&format!("{p}/static_hidden_row"), &a, &ax1); // [B, 1, d]
+        let fw = g.weight(model, &format!("{p}.head.future.weight"), true)?;
+        let f = g.op(
+            "MatMul",
+            &format!("{p}/future_hidden"),
+            &[&fut, &fw],
+            vec![],
+        );
+        let sum = g.op("Add", &format!("{p}/hidden_sum"), &[&f, &a3], vec![]);
+        let bias = g.weight(model, &format!("{p}.head.step_bias"), false)?;
+        let pre = g.op("Add", &format!("{p}/hidden_pre"), &[&sum, &bias], vec![]);
+        let u = g.op("Relu", &format!("{p}/hidden"), &[&pre], vec![]);
+        let ow = g.weight(model, &format!("{p}.head.out.weight"), true)?;
+        let ob = g.weight(model, &format!("{p}.head.out.bias"), false)?;
+        let raw0 = g.op("MatMul", &format!("{p}/raw_mm"), &[&u, &ow], vec![]);
+        let raw = g.op("Add", &format!("{p}/raw"), &[&raw0, &ob], vec![]); // [B, H, Q]
+        let kw = g.weight(model, &format!("{p}.head.skip.weight"), true)?;
+        let skip = g.op("MatMul", &format!("{p}/skip"), &[&fut, &kw], vec![]);
+        let raw_mid = g.slice(&format!("{p}/raw_median"), &raw, 2, mid, mid + 1);
+        let med = g.op("Add", &format!("{p}/median"), &[&raw_mid, &skip], vec![]);
+        let sp = g.op("Softplus", &format!("{p}/gaps_raw"), &[&raw], vec![]);
+        let mut gm = vec![0f32; q * q];
+        for r in 0..q {
+            for col in 0..q {
+                if mid < r && r <= col {
+                    gm[r * q + col] = 1.0;
+                } else if col <= r && r < mid {
+                    gm[r * q + col] = -1.0;
+                }
+            }
+        }
+        let gmat = g.f32s(&format!("{p}.gap_matrix"), &[q, q], &gm);
+        let gaps = g.op("MatMul", &format!("{p}/gaps"), &[&sp, &gmat], vec![]);
+        let out = g.op("Add", &format!("{p}/quantiles"), &[&gaps, &med], vec![]);
+        acc = Some(match acc {
+            None => out,
+            Some(prev) => g.op("Add", &format!("{p}/ensemble_sum"), &[&prev, &out], vec![]),
+        });
+    }
+    let acc = acc.ok_or_else(|| Error::Invalid("the model has no ensemble members".into()))?;
+    let k_c = g.f32s("members", &[], &[cfg.members as f32]);
+    let zk = g.op("Div", "ensemble_mean", &[&acc, &k_c], vec![]);
+    let medk = g.slice("ensemble_median", &zk, 2, mid, mid + 1);
+    let diff = g.op("Sub", "spread", &[&zk, &medk], vec![]);
+    let cal = model.calibration();
+    let factors: Vec<f32> = (0..q)
+        .map(|j| if j < mid { cal.lower } else { cal.upper })
+        .collect();
+    let fac = g.f32s("calibration", &[q], &factors);
+    let wide = g.op("Mul", "spread_calibrated", &[&fac, &diff], vec![]);
+    let zq = g.op("Add", "normalised_quantiles", &[&medk, &wide], vec![]);
+    let s3 = g.unsqueeze("scale_3d", &scale, &ax2);
+    let m3 = g.unsqueeze("loc_3d", &loc, &ax2);
+    let scaled = g.op("Mul", "scaled_quantiles", &[&s3, &zq], vec![]);
+    Ok(g.op("Add", QUANTILES, &[&m3, &scaled], vec![]))
+}
+
+/// One member's recurrent encoder over `seq` `[C, B, I]`; returns the last
+/// layer's final hidden state `[B, hidden]`.
+fn encoder(
+    model: &Model,
+    g: &mut Graph,
+    p: &str,
+    seq: &str,
+    ax0: &str,
+    ax1: &str,
+) -> Result<String> {
+    let cfg = model.config();
+    let hs = cfg.hidden_size;
+    // ONNX gate orders: GRU z, r, h (PyTorch r, z, n); LSTM i, o, f, c
+    // (PyTorch i, f, g, o).
+    let (op, order): (&str, &[usize]) = match cfg.cell {
+        CellKind::Gru => ("GRU", &[1, 0, 2]),
+        CellKind::Lstm => ("LSTM", &[0, 3, 1, 2]),
+    };
+    let mut x = seq.to_owned();
+    let mut last = String::new();
+    for layer in 0..cfg.num_layers {
+        let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+            let t = model.weight(&format!("{p}.rnn.{name}_l{layer}"))?;
+            Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))
+        };
+        let (wd, w) = get("weight_ih")?;
+        let (rd, r) = get("weight_hh")?;
+        let (_, bi) = get("bias_ih")?;
+        let (_, bh) = get("bias_hh")?;
+        let w = g.f32s(
+            &format!("{p}.{op}.W_l{layer}"),
+            &[1, wd[0], wd[1]],
+            &reorder_gates(&w, hs, order),
+        );
+        let r = g.f32s(
+            &format!("{p}.{op}.R_l{layer}"),
+            &[1, rd[0], rd[1]],
+            &reorder_gates(&r, hs, order),
+        );
+        let mut b = reorder_gates(&bi, hs, order);
+        b.extend(reorder_gates(&bh, hs, order));
+        let b = g.f32s(&format!("{p}.{op}.B_l{layer}"), &[1, b.len()], &b);
+        let mut attrs = vec![
+            attr_int("hidden_size", hs as i64),
+            attr_string("direction", "forward"),
+        ];
+        if cfg.cell == CellKind::Gru {
+            // PyTorch applies the reset gate after the recurrent matmul.
+            attrs.push(attr_int("linear_before_reset", 1));
+        }
+        let top = layer + 1 == cfg.num_layers;
+        let y = format!("{p}/rnn_y_l{layer}");
+        let yh = format!("{p}/rnn_h_l{layer}");
+        if top {
+            g.op_n(op, &["", &yh], &[&x, &w, &r, &b], attrs);
+        } else {
+            g.op_n(op, &[&y], &[&x, &w, &r, &b], attrs);
+            // Y is [C, 1, B, hidden]: drop the direction axis for the next layer.
+            x = g.op(
+                "Squeeze",
+                &format!("{p}/rnn_x_l{}", layer + 1),
+                &[&y, ax1],
+                vec![],
+            );
+        }
+        last = yh;
+    }
+    Ok(g.op("Squeeze", &format!("{p}/encoding"), &[&last, ax0], vec![]))
+}

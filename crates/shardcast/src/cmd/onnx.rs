@@ -1,0 +1,74 @@
+//! `shardcast export-onnx`: a model directory to a standard ONNX file and
+//! its input contract, checked by loading it back.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use shardcast_model::forecaster::Model;
+use shardcast_model::onnx::{self, OnnxModel};
+
+/// Settings of `shardcast export-onnx`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportOnnxArgs {
+    /// Model directory (`models/<name>/<version>`), or `models/<name>` for
+    /// its newest version.
+    #[arg(long, env = "SHARDCAST_MODEL", default_value = "models/default")]
+    pub(crate) model: PathBuf,
+    /// Output file (default: `model.onnx` in the model directory). The input
+    /// contract is written beside it as `<file>.json`.
+    #[arg(long, env = "SHARDCAST_ONNX_OUT")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// The version directory `path` names: itself when it holds a model,
+/// else its newest version.
+fn model_dir(path: &Path) -> Result<PathBuf> {
+    if path.join("config.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let newest = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(parent), Some(name)) => super::model::newest_model(parent, name),
+        _ => None,
+    };
+    match newest {
+        Some(dir) => Ok(dir),
+        None => bail!(
+            "{} is neither a model directory (no config.json) nor a model with versions",
+            path.display()
+        ),
+    }
+}
+
+pub(crate) async fn export(args: ExportOnnxArgs) -> Result<()> {
+    let dir = model_dir(&args.model)?;
+    let out = args.out.unwrap_or_else(|| dir.join("model.onnx"));
+    let (contract, bytes) = tokio::task::spawn_blocking({
+        let (dir, out) = (dir.clone(), out.clone());
+        move || -> Result<_> {
+            let model = Model::load(&dir)
+                .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+            onnx::export(&model, &out)?;
+            // Loading it back checks every node against the evaluator.
+            let loaded = OnnxModel::load(&out)?;
+            let bytes = std::fs::metadata(&out)
+                .with_context(|| format!("cannot stat {}", out.display()))?
+                .len();
+            Ok((loaded.contract().clone(), bytes))
+        }
+    })
+    .await??;
+    println!(
+        "model {} -> {} ({:.1} KiB, opset {})",
+        dir.display(),
+        out.display(),
+        bytes as f64 / 1024.0,
+        contract.opset
+    );
+    println!("contract -> {}", onnx::contract_path(&out).display());
+    for i in contract.inputs.iter().chain(&contract.outputs) {
+        let shape: Vec<String> = i.shape.iter().map(ToString::to_string).collect();
+        println!("  {:<14} {:<8} [{}]", i.name, i.dtype, shape.join(", "));
+    }
+    Ok(())
+}

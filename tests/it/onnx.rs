@@ -1,0 +1,311 @@
+//! ONNX export: `shardcast export-onnx` on the bundled model, the
+//! evaluator of `shardcast-model` against `Model::forecast`, and
+//! onnxruntime (through `tests/onnx_parity.py`) against both.
+//!
+//! The Python interpreter is `$SHARDCAST_PYTHON`, else `.venv/bin/python`
+//! at the repository root; without onnxruntime the parity part is skipped
+//! with a printed reason, unless `SHARDCAST_REQUIRE_PYTHON=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shardcast_model::forecaster::{
+    CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
+};
+use shardcast_model::onnx::{self, OnnxInputs, OnnxModel};
+
+use super::{ok, repo, shardcast};
+
+/// Largest accepted `|onnx - candle| / max(1, |candle|)`.
+const TOLERANCE: f64 = 1e-4;
+
+/// The Python with onnxruntime and numpy, or `None` after printing why.
+fn python() -> Option<PathBuf> {
+    let required = std::env::var("SHARDCAST_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
+    let candidate = std::env::var_os("SHARDCAST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let reason = match Command::new(&candidate)
+        .args(["-c", "import onnxruntime, numpy"])
+        .output()
+    {
+        Ok(o) if o.status.success() => return Some(candidate),
+        Ok(o) => format!(
+            "{} cannot import onnxruntime and numpy: {}",
+            candidate.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("{} cannot be run: {e}", candidate.display()),
+    };
+    let hint = "(make it with `python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt`, or set SHARDCAST_PYTHON)";
+    assert!(!required, "SHARDCAST_REQUIRE_PYTHON=1 but {reason} {hint}");
+    eprintln!("skipped onnxruntime parity: {reason} {hint}");
+    None
+}
+
+/// Deterministic noise in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A daily pattern around `mean` with amplitude of about `dev`.
+fn daily(n: usize, per_day: usize, mean: f32, dev: f32, seed: u64) -> Vec<f32> {
+    let e = noise(n, seed);
+    (0..n)
+        .map(|i| {
+            let phase = std::f32::consts::TAU * (i % per_day) as f32 / per_day as f32;
+            mean + dev * (1.5 * phase.sin() + 0.3 * e[i])
+        })
+        .collect()
+}
+
+/// An event indicator with a block of ones every `every` points.
+fn events(n: usize, every: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| if i % every < every / 6 { 1.0 } else { 0.0 })
+        .collect()
+}
+
+struct Grid {
+    name: String,
+    shard_type: String,
+    start: i64,
+    values: Vec<f32>,
+    events: Vec<f32>,
+}
+
+/// Windows for every grid at `origins(len)`, plus an unknown series with a
+/// history shorter than the model's window.
+fn windows<'a>(
+    model: &Model,
+    grids: &'a [Grid],
+    origins: impl Fn(usize) -> Vec<usize>,
+) -> Vec<(SeriesInput<'a>, usize)> {
+    let mut out = Vec::new();
+    for g in grids {
+        let input = SeriesInput {
+            series: model.series_row(&g.name),
+            shard_type: model.shard_type_row(&g.shard_type),
+            start: g.start,
+            step: model.step_ms(),
+            values: &g.values,
+            events: Some(&g.events),
+        };
+        out.extend(origins(g.values.len()).into_iter().map(|o| (input, o)));
+    }
+    out
+}
+
+/// Compares the evaluator with `Model::forecast`, writes the parity case
+/// for onnxruntime, and returns the evaluator's largest absolute difference.
+fn case(
+    name: &str,
+    model: &Model,
+    path: &Path,
+    windows: &[(SeriesInput<'_>, usize)],
+    dir: &Path,
+) -> (PathBuf, f64) {
+    let want = model.forecast(windows).unwrap();
+    let loaded = OnnxModel::load(path).unwrap();
+    let inputs = loaded.contract().inputs(windows).unwrap();
+    let got = loaded
+        .run(&inputs)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let (mut abs, mut rel) = (0f64, 0f64);
+    for (g, w) in got.iter().zip(&want) {
+        let d = f64::from((g - w).abs());
+        abs = abs.max(d);
+        rel = rel.max(d / f64::from(w.abs()).max(1.0));
+    }
+    eprintln!("{name}: evaluator vs candle, max abs diff {abs:.3e}, max rel diff {rel:.3e}");
+    assert!(
+        rel <= TOLERANCE,
+        "{name}: evaluator off by {rel} (abs {abs})"
+    );
+
+    let (h, q) = (model.config().horizon, model.config().quantiles.len());
+    let json = serde_json::json!({
+        "name": name,
+        "model": path,
+        "inputs": inputs_json(loaded.contract(), &inputs),
+        "expected": want,
+        "expected_shape": [windows.len(), h, q],
+        "tolerance": TOLERANCE,
+    });
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+    (file, abs)
+}
+
+fn inputs_json(contract: &onnx::Contract, inputs: &OnnxInputs) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for spec in &contract.inputs {
+        let t = inputs.get(&spec.name).unwrap();
+        let flat = t.flatten_all().unwrap();
+        let data = match spec.dtype.as_str() {
+            "float32" => serde_json::json!(flat.to_vec1::<f32>().unwrap()),
+            _ => serde_json::json!(flat.to_vec1::<i64>().unwrap()),
+        };
+        map.insert(
+            spec.name.clone(),
+            serde_json::json!({ "dtype": spec.dtype, "shape": t.dims(), "data": data }),
+        );
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Runs the parity script on `cases`; returns its per-case JSON lines.
+fn onnxruntime_parity(py: &Path, cases: &[PathBuf]) -> Vec<serde_json::Value> {
+    let out = Command::new(py)
+        .arg(repo().join("tests/onnx_parity.py"))
+        .args(cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "onnxruntime parity failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), cases.len(), "{stdout}");
+    for l in &lines {
+        eprintln!("onnxruntime vs candle: {l}");
+        assert_eq!(l["ok"], true, "{l}");
+    }
+    lines
+}
+
+const HOUR: i64 = 3_600_000;
+
+fn small_model(cell: CellKind, layers: usize) -> (Model, Vec<Grid>) {
+    let grids: Vec<Grid> = (0..4)
+        .map(|i| Grid {
+            name: format!("shop/{}/rps/s{i}", ["api", "db"][i % 2]),
+            shard_type: ["api", "db"][i % 2].to_owned(),
+            start: 1_700_000_000_000 - 1_700_000_000_000 % HOUR,
+            values: daily(24 * 12, 24, 20.0 * (i + 1) as f32, 4.0, i as u64),
+            events: events(24 * 12 + 12, 37),
+        })
+        .collect();
+    let cfg = ModelConfig {
+        cell,
+        num_layers: layers,
+        hidden_size: 12,
+        context: 24,
+        horizon: 6,
+        season: 24,
+        lags: vec![24, 48],
+        head_hidden: 12,
+        ..ModelConfig::default()
+    };
+    let tc = TrainConfig {
+        batch_size: 32,
+        max_steps: 20,
+        eval_every: 10,
+        ..TrainConfig::default()
+    };
+    let data: Vec<TrainSeries> = grids
+        .iter()
+        .skip(1)
+        .map(|g| TrainSeries {
+            name: g.name.clone(),
+            shard_type: g.shard_type.clone(),
+            start: g.start,
+            values: g.values.clone(),
+            events: Some(g.events.clone()),
+        })
+        .collect();
+    let (model, _) = Model::fit(&cfg, &tc, HOUR, &data, |_| {}).unwrap();
+    (model, grids)
+}
+
+#[test]
+fn exported_models_match_candle_in_the_evaluator_and_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (cell, layers) in [
+        (CellKind::Gru, 1),
+        (CellKind::Gru, 2),
+        (CellKind::Lstm, 1),
+        (CellKind::Lstm, 2),
+    ] {
+        let name = format!("{cell:?}_{layers}").to_lowercase();
+        let (model, grids) = small_model(cell, layers);
+        let path = dir.path().join(&name).join("model.onnx");
+        onnx::export(&model, &path).unwrap();
+        // Whole histories, mid-series origins, and histories shorter than
+        // the window (72 points) and than a season.
+        let w = windows(&model, &grids, |n| vec![n, n - 7, 60, 30, 5]);
+        cases.push(case(&name, &model, &path, &w, dir.path()).0);
+    }
+
+    // The bundled model, exported by the CLI.
+    let out = dir.path().join("bundled").join("model.onnx");
+    let stdout = ok(&[
+        "export-onnx",
+        "--model",
+        "models/default/1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("values") && stdout.contains("quantiles"),
+        "{stdout}"
+    );
+    assert!(onnx::contract_path(&out).is_file());
+    let model = Model::load(&repo().join("models/default/1")).unwrap();
+    let start = 1_714_000_000_000 - 1_714_000_000_000 % 300_000;
+    let grids: Vec<Grid> = std::iter::once(Grid {
+        name: "unknown/series".into(),
+        shard_type: "unknown".into(),
+        start,
+        values: daily(900, 288, 55.0, 9.0, 99),
+        events: events(912, 500),
+    })
+    .chain(model.series().iter().enumerate().map(|(i, s)| Grid {
+        name: s.name.clone(),
+        shard_type: s.shard_type.clone(),
+        start,
+        values: daily(2600, 288, s.mean, s.deviation, i as u64),
+        events: events(2612, 700),
+    }))
+    .collect();
+    let w = windows(&model, &grids, |n| vec![n, n - 150, 400]);
+    let (file, abs) = case("bundled_gru", &model, &out, &w, dir.path());
+    cases.push(file);
+    eprintln!("bundled model: evaluator max abs diff {abs:.3e} (series up to ~2e6)");
+
+    if let Some(py) = python() {
+        onnxruntime_parity(&py, &cases);
+    }
+}
+
+#[test]
+fn export_onnx_refuses_a_missing_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing");
+    let out = shardcast(&["export-onnx", "--model", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing") && err.contains("no config.json"),
+        "{err}"
+    );
+}
