@@ -41,7 +41,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch: 64,
-            max_wait: Duration::from_micros(100),
+            max_wait: Duration::ZERO,
             queue: 1024,
             workers: 1,
         }

@@ -45,8 +45,8 @@ use shardcast_store::Store;
 use shardcast_store::resample::Agg;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Response, Status};
 
@@ -322,7 +322,10 @@ pub async fn serve(
         .add_service(InterceptedService::new(forecast, auth.clone()))
         .add_service(InterceptedService::new(ingest, auth.clone()))
         .add_service(InterceptedService::new(models, auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped,
+        )
         .await;
     health
         .set_not_serving::<ForecastServiceServer<forecast::ForecastApi>>()

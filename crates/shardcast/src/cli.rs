@@ -203,6 +203,44 @@ pub(crate) enum BenchCommand {
     /// Protocol I: generate a CSV, ingest it and run the resampling query,
     /// side by side with DuckDB.
     Ingest(BenchIngestArgs),
+    /// Protocol S: load-test `shardcast serve` at several client counts,
+    /// side by side with a Python grpcio + onnxruntime server on the same
+    /// model exported to ONNX.
+    Serve(Box<BenchServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchServeArgs {
+    /// Store to serve (default: the bundled NAB traces, ingested into
+    /// `<dir>/store`).
+    #[arg(long)]
+    pub(crate) store: Option<String>,
+    /// Directory holding `<name>/<version>/` model directories.
+    #[arg(long, default_value = "models")]
+    pub(crate) models_dir: PathBuf,
+    /// Model to serve (its newest version), also exported to ONNX for the
+    /// reference.
+    #[arg(long, default_value = "default")]
+    pub(crate) model: String,
+    /// Working directory (store, model copy, ONNX file).
+    #[arg(long, default_value = "out/bench-serve")]
+    pub(crate) dir: PathBuf,
+    /// Concurrent clients, comma-separated; each point is measured apart.
+    #[arg(long, default_value = "1,16,64")]
+    pub(crate) clients: String,
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) seconds: f64,
+    /// Seconds of warm-up before each point (not measured).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Python interpreter with grpcio and onnxruntime
+    /// (`benches/setup.sh` makes `benches/.venv`).
+    #[arg(long, env = "SHARDCAST_BENCH_PYTHON")]
+    pub(crate) python: Option<PathBuf>,
+    /// Skip the Python reference.
+    #[arg(long)]
+    pub(crate) no_reference: bool,
 }
 
 #[derive(Debug, Args)]
@@ -378,12 +416,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SHARDCAST_MAX_BATCH", default_value_t = 64)]
     pub(crate) max_batch: usize,
     /// Longest a forecast waits for others to join its batch, microseconds.
-    #[arg(long, env = "SHARDCAST_MAX_WAIT_US", default_value_t = 100)]
+    #[arg(long, env = "SHARDCAST_MAX_WAIT_US", default_value_t = 0)]
     pub(crate) max_wait_us: u64,
     /// Most forecasts queued; more are answered RESOURCE_EXHAUSTED.
     #[arg(long, env = "SHARDCAST_QUEUE", default_value_t = 1024)]
     pub(crate) queue: usize,
-    /// Inference threads.
+    /// Inference threads, each running its batches on one core (the server
+    /// sets `RAYON_NUM_THREADS=1` unless it is set).
     #[arg(long, env = "SHARDCAST_WORKERS", default_value_t = 1)]
     pub(crate) workers: usize,
     /// Most series in one batch, shard type or stream request.

@@ -1,6 +1,7 @@
 //! Subcommand implementations: settings in, library calls, tables out.
 
 mod bench;
+mod bench_serve;
 mod demo;
 mod ingest;
 mod model;
@@ -36,6 +37,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(crate::cli::BenchCommand::Ingest(args)) => bench::ingest(args).await,
+        Command::Bench(crate::cli::BenchCommand::Serve(args)) => bench_serve::serve(*args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Train(args) => model::train(*args).await,
         Command::Backtest(args) => model::backtest(*args).await,

@@ -12,6 +12,15 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    if matches!(cli.command, cli::Command::Serve(_))
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+    {
+        // Each inference thread of the server runs its batches alone:
+        // splitting small matrix products across threads costs more than it
+        // saves, and the server scales with `--workers` instead.
+        // SAFETY: no other thread exists yet to read the environment.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
