@@ -78,20 +78,11 @@ def load_stubs(proto_root):
 
     out = tempfile.mkdtemp(prefix="shardcast-pystubs-")
     try:
-        # protoc resolves a bare `Forecast` inside `service ForecastService`
-        # to the rpc of that name, not the message, and refuses the file
-        # (protox, which the Rust build uses, accepts it). Compile a copy
-        # with that type name fully qualified: the same schema on the wire.
-        src = (Path(proto_root) / FORECAST_PROTO).read_text()
-        src = re.sub(r"(returns\s*\(\s*(?:stream\s+)?)Forecast(\s*\))", r"\1.shardcast.forecast.v1.Forecast\2", src)
-        copy = Path(out) / "proto" / FORECAST_PROTO
-        copy.parent.mkdir(parents=True)
-        copy.write_text(src)
         include = str(importlib.resources.files("grpc_tools") / "_proto")
         rc = protoc.main(
             [
                 "grpc_tools.protoc",
-                f"-I{Path(out) / 'proto'}",
+                f"-I{proto_root}",
                 f"-I{include}",
                 f"--python_out={out}",
                 f"--grpc_python_out={out}",

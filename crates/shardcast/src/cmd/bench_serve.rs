@@ -201,7 +201,11 @@ pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
     let clients: Vec<usize> = args
         .clients
         .split(',')
-        .map(|c| c.trim().parse().with_context(|| format!("bad --clients entry `{c}`")))
+        .map(|c| {
+            c.trim()
+                .parse()
+                .with_context(|| format!("bad --clients entry `{c}`"))
+        })
         .collect::<Result<_>>()?;
     if clients.is_empty() || clients.contains(&0) {
         bail!("--clients needs positive counts, e.g. 1,16,64");
@@ -250,7 +254,11 @@ pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
         for s in &servers {
             drive(&s.addr, &keys, n, args.warmup).await?;
             let st = drive(&s.addr, &keys, n, args.seconds).await?;
-            eprintln!("  {:<20} {n:>3} clients: {:>9.0} forecasts/s", s.name, st.rps());
+            eprintln!(
+                "  {:<20} {n:>3} clients: {:>9.0} forecasts/s",
+                s.name,
+                st.rps()
+            );
             table.push((n, s.name, st));
         }
     }
@@ -271,7 +279,12 @@ pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
     if servers.len() == 2 {
         println!();
         for &n in &clients {
-            let get = |name: &str| table.iter().find(|(c, s, _)| *c == n && *s == name).map(|t| &t.2);
+            let get = |name: &str| {
+                table
+                    .iter()
+                    .find(|(c, s, _)| *c == n && *s == name)
+                    .map(|t| &t.2)
+            };
             if let (Some(a), Some(b)) = (get("shardcast"), get("python-onnxruntime")) {
                 println!(
                     "{n:>3} clients: shardcast {:.1}x the reference's throughput, p99 {:.3} ms vs {:.3} ms",
