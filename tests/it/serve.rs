@@ -403,6 +403,43 @@ async fn forecasts_equal_the_model_crate_and_bad_requests_are_refused() {
     assert!(server.metrics.is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_versions_serve_the_same_forecasts() {
+    let f = Fixture::new();
+    let dir = f.models().join("default/1");
+    ok(&["export-onnx", "--model", dir.to_str().unwrap()]);
+    let server = f.serve(&["--format", "onnx"]);
+    let mut c = server.forecasts().await;
+    for s in SERIES {
+        let fc = c
+            .forecast(request(s))
+            .await
+            .unwrap()
+            .into_inner()
+            .forecast
+            .unwrap();
+        assert_close(&flat(&fc), &direct(&f, s).await);
+    }
+    // A new version without model.onnx is passed over, not served.
+    f.add_version(2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let fc = c
+        .forecast(request(SERIES[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .forecast
+        .unwrap();
+    assert_eq!(fc.model_version, 1);
+    let mut m = ModelServiceClient::new(server.channel().await);
+    let list = m
+        .list_models(mpb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.versions[0].cell, "onnx");
+}
+
 fn point(series: &str, ts: i64, value: f64) -> ipb::Point {
     ipb::Point {
         key: Some(key(series)),

@@ -180,7 +180,7 @@ fn run(batch: &mut Vec<Job>) {
             .into_iter()
             .partition(|j| Arc::ptr_eq(&j.served, &served));
         *batch = rest;
-        let per = served.model.config().horizon * served.model.config().quantiles.len();
+        let per = served.model.horizon() * served.model.quantiles().len();
         match forward(&served, &group) {
             Ok(out) => {
                 for (job, vals) in group.into_iter().zip(out.chunks(per)) {

@@ -70,7 +70,7 @@ impl State {
         levels: &[f64],
         field: &str,
     ) -> Result<Query> {
-        let max = served.model.config().horizon;
+        let max = served.model.horizon();
         let horizon = match horizon as usize {
             0 => max,
             h if h > max => {
@@ -110,12 +110,12 @@ impl State {
         context: Option<&pb::ContextOverride>,
         field: &str,
     ) -> Result<Arc<GridTail>> {
-        let cfg = served.model.config();
+        let horizon = served.model.horizon();
         let step = served.model.step_ms();
         let Some(ctx) = context else {
-            let need = cfg.history_needed().max(cfg.context.max(cfg.season)).max(1);
+            let need = served.model.history_points();
             let grid = GridStep::from_millis(step)?;
-            return self.context.tail(key, grid, need, cfg.horizon).await;
+            return self.context.tail(key, grid, need, horizon).await;
         };
         let field = format!("{field}context.values");
         if ctx.values.is_empty() {
@@ -144,7 +144,7 @@ impl State {
             values: ctx.values.clone(),
             events: self
                 .context
-                .events_for(key, ctx.start_unix_ms, step, n + cfg.horizon),
+                .events_for(key, ctx.start_unix_ms, step, n + horizon),
         }))
     }
 
@@ -168,7 +168,7 @@ impl State {
         let step = GridStep::from_millis(tail.step)?;
         let last_observed = tail.last_observed();
         let start = Timestamp(last_observed + tail.step);
-        let own = QuantileSet::new(&model.config().quantiles)?;
+        let own = QuantileSet::new(model.quantiles())?;
         let nq = own.len();
         let full = QuantileForecast::new(own, start, step, values)?;
         let forecast = match &query.levels {
@@ -490,7 +490,7 @@ impl ForecastService for ForecastApi {
                     format!("{} is not a positive number", req.shard_capacity),
                 ));
             }
-            let h = served.model.config().horizon;
+            let h = served.model.horizon();
             if req.lookahead_steps as usize > h {
                 return Err(Error::invalid(
                     "lookahead_steps",

@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub models_dir: PathBuf,
     /// The model to serve.
     pub model: String,
+    /// Which artifact of each version runs the forecasts.
+    pub format: registry::ModelFormat,
     /// Aggregation used to put stored points on the model's grid.
     pub agg: Agg,
     /// Micro-batching.
@@ -122,6 +124,7 @@ impl ServerConfig {
             store: store.into(),
             models_dir: models_dir.into(),
             model: "default".into(),
+            format: registry::ModelFormat::Candle,
             agg: Agg::Mean,
             batch: BatchConfig::default(),
             limits: Limits::default(),
@@ -154,13 +157,14 @@ impl State {
     /// Opens the store and the model and starts the inference threads.
     pub async fn open(cfg: &ServerConfig) -> Result<Arc<Self>> {
         let store = Store::open(&cfg.store)?;
-        let (models_dir, name) = (cfg.models_dir.clone(), cfg.model.clone());
-        let registry = tokio::task::spawn_blocking(move || ModelRegistry::open(&models_dir, &name))
-            .await
-            .map_err(|e| Error::Io {
-                context: "loading the model".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let (models_dir, name, format) = (cfg.models_dir.clone(), cfg.model.clone(), cfg.format);
+        let registry =
+            tokio::task::spawn_blocking(move || ModelRegistry::open(&models_dir, &name, format))
+                .await
+                .map_err(|e| Error::Io {
+                    context: "loading the model".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
         let context = StoreContext::new(store, cfg.agg);
         context.refresh().await?;
         let metrics = Arc::new(Metrics::default());

@@ -26,15 +26,14 @@ impl ModelApi {
 }
 
 fn describe(s: &Served, serving: bool) -> pb::ModelVersion {
-    let cfg = s.model.config();
     pb::ModelVersion {
         name: s.name.clone(),
         version: s.version,
         serving,
-        cell: format!("{:?}", cfg.cell).to_lowercase(),
-        horizon: cfg.horizon as u32,
+        cell: s.model.kind(),
+        horizon: s.model.horizon() as u32,
         step_ms: s.model.step_ms(),
-        series: s.model.series().len() as u32,
+        series: s.model.series_count() as u32,
         validation_loss: s.validation_loss,
     }
 }

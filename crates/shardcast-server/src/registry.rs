@@ -13,9 +13,124 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use shardcast_model::forecaster::Model;
+use shardcast_model::forecaster::{Model, SeriesInput};
+use shardcast_model::onnx::OnnxModel;
 
 use crate::error::{Error, Result};
+
+/// Which artifact of a model version runs the forecasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelFormat {
+    /// `model.safetensors` with `config.json`, on Candle.
+    #[default]
+    Candle,
+    /// `model.onnx` (from `shardcast export-onnx`), on the model crate's
+    /// ONNX evaluator.
+    Onnx,
+}
+
+impl ModelFormat {
+    /// The file a version directory must hold for this format.
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Candle => "model.safetensors",
+            Self::Onnx => "model.onnx",
+        }
+    }
+}
+
+/// A loaded model, whichever its format: what the server asks of it.
+#[derive(Debug)]
+pub enum Engine {
+    /// A Candle model.
+    Candle(Model),
+    /// An ONNX graph and its input contract.
+    Onnx(OnnxModel),
+}
+
+impl Engine {
+    /// Steps forecast.
+    pub fn horizon(&self) -> usize {
+        match self {
+            Self::Candle(m) => m.config().horizon,
+            Self::Onnx(m) => m.contract().horizon,
+        }
+    }
+
+    /// The quantile levels forecast, increasing.
+    pub fn quantiles(&self) -> &[f64] {
+        match self {
+            Self::Candle(m) => &m.config().quantiles,
+            Self::Onnx(m) => &m.contract().quantiles,
+        }
+    }
+
+    /// Grid spacing (ms).
+    pub fn step_ms(&self) -> i64 {
+        match self {
+            Self::Candle(m) => m.step_ms(),
+            Self::Onnx(m) => m.contract().step_ms,
+        }
+    }
+
+    /// Points of history one forecast reads.
+    pub fn history_points(&self) -> usize {
+        match self {
+            Self::Candle(m) => {
+                let c = m.config();
+                c.history_needed().max(c.context.max(c.season)).max(1)
+            }
+            Self::Onnx(m) => m.contract().window.max(1),
+        }
+    }
+
+    /// Embedding row of a series by full key name (0: unknown).
+    pub fn series_row(&self, name: &str) -> usize {
+        match self {
+            Self::Candle(m) => m.series_row(name),
+            Self::Onnx(m) => m.contract().series_row(name),
+        }
+    }
+
+    /// Embedding row of a shard type (0: unknown).
+    pub fn shard_type_row(&self, name: &str) -> usize {
+        match self {
+            Self::Candle(m) => m.shard_type_row(name),
+            Self::Onnx(m) => m.contract().shard_type_row(name),
+        }
+    }
+
+    /// Series the model was trained on.
+    pub fn series_count(&self) -> usize {
+        match self {
+            Self::Candle(m) => m.series().len(),
+            Self::Onnx(m) => m.contract().series.len(),
+        }
+    }
+
+    /// A short description: the cell (`gru`, `lstm`) or `onnx`.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Candle(m) => format!("{:?}", m.config().cell).to_lowercase(),
+            Self::Onnx(_) => "onnx".into(),
+        }
+    }
+
+    /// Forecasts each `(series, origin)` window: `[windows, horizon,
+    /// quantiles]` in the series' units.
+    pub fn forecast(
+        &self,
+        windows: &[(SeriesInput<'_>, usize)],
+    ) -> shardcast_model::Result<Vec<f32>> {
+        match self {
+            Self::Candle(m) => m.forecast(windows),
+            Self::Onnx(m) => {
+                let inputs = m.contract().inputs(windows)?;
+                Ok(m.run(&inputs)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
+    }
+}
 
 /// A loaded model version.
 #[derive(Debug)]
@@ -27,19 +142,25 @@ pub struct Served {
     /// Its directory.
     pub dir: PathBuf,
     /// The model.
-    pub model: Model,
+    pub model: Engine,
     /// Validation loss of the best member, from `metrics.json`, if recorded.
     pub validation_loss: Option<f64>,
 }
 
 impl Served {
-    /// Loads version `version` of `name` from `dir`.
-    pub fn load(name: &str, version: u32, dir: &Path) -> Result<Self> {
-        let model = Model::load(dir).map_err(|e| Error::ModelUnavailable {
+    /// Loads version `version` of `name` from `dir` in `format`.
+    pub fn load(name: &str, version: u32, dir: &Path, format: ModelFormat) -> Result<Self> {
+        let unavailable = |e: shardcast_model::Error| Error::ModelUnavailable {
             name: name.to_owned(),
             version,
             reason: crate::error::chain(&e),
-        })?;
+        };
+        let model = match format {
+            ModelFormat::Candle => Engine::Candle(Model::load(dir).map_err(unavailable)?),
+            ModelFormat::Onnx => {
+                Engine::Onnx(OnnxModel::load(&dir.join(format.file())).map_err(unavailable)?)
+            }
+        };
         let validation_loss = Model::load_metrics(dir).ok().and_then(|m| {
             m.pointer("/fit/members")?
                 .as_array()?
@@ -72,6 +193,7 @@ struct History {
 pub struct ModelRegistry {
     name: String,
     dir: PathBuf,
+    format: ModelFormat,
     current: RwLock<Arc<Served>>,
     history: Mutex<History>,
 }
@@ -92,12 +214,12 @@ pub fn versions(dir: &Path) -> Vec<u32> {
 
 impl ModelRegistry {
     /// Opens `<models_dir>/<name>` and loads its newest loadable version.
-    pub fn open(models_dir: &Path, name: &str) -> Result<Self> {
+    pub fn open(models_dir: &Path, name: &str, format: ModelFormat) -> Result<Self> {
         let dir = models_dir.join(name);
         let mut history = History::default();
         let mut served = None;
         for v in versions(&dir).into_iter().rev() {
-            match Served::load(name, v, &dir.join(v.to_string())) {
+            match Served::load(name, v, &dir.join(v.to_string()), format) {
                 Ok(s) => {
                     served = Some(s);
                     break;
@@ -120,6 +242,7 @@ impl ModelRegistry {
         Ok(Self {
             name: name.to_owned(),
             dir,
+            format,
             current: RwLock::new(Arc::new(served)),
             history: Mutex::new(history),
         })
@@ -174,10 +297,13 @@ impl ModelRegistry {
             if v <= current {
                 break;
             }
-            if history.refused.contains_key(&v) {
+            let dir = self.dir.join(v.to_string());
+            // A version without this format's file yet (an ONNX export still
+            // to come) is passed over, not refused.
+            if history.refused.contains_key(&v) || !dir.join(self.format.file()).exists() {
                 continue;
             }
-            match Served::load(&self.name, v, &self.dir.join(v.to_string())) {
+            match Served::load(&self.name, v, &dir, self.format) {
                 Ok(s) => {
                     self.swap(s, &mut history);
                     return Some(v);
@@ -222,7 +348,12 @@ impl ModelRegistry {
                 })?,
         };
         if target != current {
-            let served = Served::load(&self.name, target, &self.dir.join(target.to_string()))?;
+            let served = Served::load(
+                &self.name,
+                target,
+                &self.dir.join(target.to_string()),
+                self.format,
+            )?;
             self.swap(served, &mut history);
         }
         history.pinned = true;

@@ -409,6 +409,16 @@ pub(crate) struct ServeArgs {
     /// Model to serve: its newest loadable version, following new versions.
     #[arg(long, env = "SHARDCAST_MODEL", default_value = "default")]
     pub(crate) model: String,
+    /// Which artifact runs the forecasts: the Candle weights, or the
+    /// version's `model.onnx` (from `shardcast export-onnx`) on the ONNX
+    /// evaluator. Versions without that file are passed over.
+    #[arg(
+        long,
+        env = "SHARDCAST_MODEL_FORMAT",
+        value_enum,
+        default_value = "candle"
+    )]
+    pub(crate) format: FormatChoice,
     /// Aggregation that puts stored points on the model's grid (as in training).
     #[arg(long, env = "SHARDCAST_AGG", value_enum, default_value = "mean")]
     pub(crate) agg: AggArg,
@@ -446,4 +456,13 @@ pub(crate) struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "SHARDCAST_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+}
+
+/// The artifact a server runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum FormatChoice {
+    /// `model.safetensors` on Candle.
+    Candle,
+    /// `model.onnx` on the ONNX evaluator.
+    Onnx,
 }

@@ -35,7 +35,7 @@ fn serves_the_newest_loadable_version_and_lists_versions() {
     let tmp = models(&[1, 2]);
     std::fs::create_dir_all(tmp.path().join("default/notes")).unwrap();
     assert_eq!(versions(&tmp.path().join("default")), vec![1, 2]);
-    let r = ModelRegistry::open(tmp.path(), "default").unwrap();
+    let r = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle).unwrap();
     assert_eq!(r.current().version, 2);
     assert!(r.current().validation_loss.is_some());
     assert!(r.refused().is_empty());
@@ -45,7 +45,7 @@ fn serves_the_newest_loadable_version_and_lists_versions() {
 fn a_corrupt_newest_version_is_refused_and_an_older_one_served() {
     let tmp = models(&[1, 2]);
     corrupt(&tmp.path().join("default/2"));
-    let r = ModelRegistry::open(tmp.path(), "default").unwrap();
+    let r = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle).unwrap();
     assert_eq!(r.current().version, 1);
     let refused = r.refused();
     assert_eq!(refused.len(), 1);
@@ -56,13 +56,13 @@ fn a_corrupt_newest_version_is_refused_and_an_older_one_served() {
 #[test]
 fn no_loadable_model_is_an_error_naming_the_directory() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = ModelRegistry::open(tmp.path(), "default")
+    let err = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle)
         .unwrap_err()
         .to_string();
     assert!(err.contains("no loadable model"), "{err}");
     let dir = copy_version(tmp.path(), 1);
     corrupt(&dir);
-    let err = ModelRegistry::open(tmp.path(), "default")
+    let err = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle)
         .unwrap_err()
         .to_string();
     assert!(err.contains("every version was refused"), "{err}");
@@ -71,7 +71,7 @@ fn no_loadable_model_is_an_error_naming_the_directory() {
 #[test]
 fn poll_follows_new_versions_and_skips_bad_ones() {
     let tmp = models(&[1]);
-    let r = ModelRegistry::open(tmp.path(), "default").unwrap();
+    let r = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle).unwrap();
     assert_eq!(r.poll(), None);
     let bad = copy_version(tmp.path(), 3);
     corrupt(&bad);
@@ -87,7 +87,7 @@ fn poll_follows_new_versions_and_skips_bad_ones() {
 #[test]
 fn rollback_pins_until_reload() {
     let tmp = models(&[1, 2]);
-    let r = ModelRegistry::open(tmp.path(), "default").unwrap();
+    let r = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle).unwrap();
     // Nothing served before: no previous version to go back to.
     let err = r.rollback(None).unwrap_err().to_string();
     assert!(err.contains("no version was served before"), "{err}");

@@ -5,16 +5,21 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use shardcast_server::batcher::BatchConfig;
+use shardcast_server::registry::ModelFormat;
 use shardcast_server::{Limits, ServerConfig, TlsFiles};
 use shardcast_store::resample::Agg;
 use tokio::net::TcpListener;
 
-use crate::cli::{AggArg, ServeArgs};
+use crate::cli::{AggArg, FormatChoice, ServeArgs};
 
 /// The server config the flags describe.
 pub(crate) fn config(args: &ServeArgs) -> ServerConfig {
     let mut cfg = ServerConfig::new(args.store.store.clone(), args.models_dir.clone());
     cfg.model = args.model.clone();
+    cfg.format = match args.format {
+        FormatChoice::Candle => ModelFormat::Candle,
+        FormatChoice::Onnx => ModelFormat::Onnx,
+    };
     cfg.agg = match args.agg {
         AggArg::Mean => Agg::Mean,
         AggArg::Sum => Agg::Sum,
@@ -84,10 +89,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
         .context("cannot start the server")?;
     let served = state.registry.current();
     println!(
-        "serving model {} v{} ({} series known) from {}",
+        "serving model {} v{} ({}, {} series known) from {}",
         served.name,
         served.version,
-        served.model.series().len(),
+        served.model.kind(),
+        served.model.series_count(),
         served.dir.display()
     );
     println!("listening on {}", listener.local_addr()?);
