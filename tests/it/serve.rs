@@ -707,6 +707,7 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
     assert!(e.message().contains("overloaded"), "{e}");
     c.forecast(request(SERIES[0])).await.unwrap();
+    c.forecast(request(SERIES[0])).await.unwrap();
     drop(server);
 
     // Bearer tokens.
@@ -720,6 +721,23 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     assert_eq!(
         c.forecast(r).await.unwrap_err().code(),
         Code::Unauthenticated
+    );
+    let mut r = tonic::Request::new(request(SERIES[0]));
+    r.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    c.forecast(r).await.unwrap();
+    // A thousand forecasts cannot be done in 2 ms: the deadline is answered
+    // with an error, not a late forecast, and the server goes on serving.
+    let mut r = tonic::Request::new(pb::ForecastBatchRequest {
+        requests: vec![request(SERIES[0]); 1000],
+    });
+    r.set_timeout(Duration::from_millis(2));
+    r.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let e = c.forecast_batch(r).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e}"
     );
     let mut r = tonic::Request::new(request(SERIES[0]));
     r.metadata_mut()
