@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::State;
 use crate::error::{Error, Result};
-use crate::registry::{Served, versions};
+use crate::registry::{Served, validation_loss, versions};
 
 /// The gRPC service over a shared [`State`].
 #[derive(Debug, Clone)]
@@ -43,16 +43,6 @@ fn describe(s: &Served, serving: bool) -> pb::ModelVersion {
 fn describe_on_disk(name: &str, version: u32, dir: &std::path::Path) -> Option<pb::ModelVersion> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let c: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let validation_loss = std::fs::read_to_string(dir.join("metrics.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|m| {
-            m.pointer("/fit/members")?
-                .as_array()?
-                .iter()
-                .filter_map(|x| x.get("best_val_loss")?.as_f64())
-                .reduce(f64::min)
-        });
     Some(pb::ModelVersion {
         name: name.to_owned(),
         version,
@@ -61,7 +51,7 @@ fn describe_on_disk(name: &str, version: u32, dir: &std::path::Path) -> Option<p
         horizon: c.pointer("/model/horizon")?.as_u64()? as u32,
         step_ms: c.get("step_ms")?.as_i64()?,
         series: c.get("series")?.as_array()?.len() as u32,
-        validation_loss,
+        validation_loss: validation_loss(dir),
     })
 }
 

@@ -161,13 +161,7 @@ impl Served {
                 Engine::Onnx(OnnxModel::load(&dir.join(format.file())).map_err(unavailable)?)
             }
         };
-        let validation_loss = Model::load_metrics(dir).ok().and_then(|m| {
-            m.pointer("/fit/members")?
-                .as_array()?
-                .iter()
-                .filter_map(|x| x.get("best_val_loss")?.as_f64())
-                .reduce(f64::min)
-        });
+        let validation_loss = validation_loss(dir);
         Ok(Self {
             name: name.to_owned(),
             version,
@@ -176,6 +170,18 @@ impl Served {
             validation_loss,
         })
     }
+}
+
+/// The best validation loss over a version's members, from its
+/// `metrics.json`, when recorded.
+pub fn validation_loss(dir: &Path) -> Option<f64> {
+    Model::load_metrics(dir).ok().and_then(|m| {
+        m.pointer("/fit/members")?
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.get("best_val_loss")?.as_f64())
+            .reduce(f64::min)
+    })
 }
 
 #[derive(Debug, Default)]
