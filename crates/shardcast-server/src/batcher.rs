@@ -119,11 +119,11 @@ impl Batcher {
             tail,
             reply,
         };
-        let queued = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
-        self.metrics.queue_depth.set(queued as i64);
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queue_depth.inc();
         if let Err(e) = self.tx.try_send(job) {
             let now = self.depth.fetch_sub(1, Ordering::SeqCst) - 1;
-            self.metrics.queue_depth.set(now as i64);
+            self.metrics.queue_depth.dec();
             return Err(match e {
                 TrySendError::Full(_) => Error::Overloaded {
                     queued: now,
@@ -164,41 +164,64 @@ fn worker(rx: &Mutex<Receiver<Job>>, cfg: BatchConfig, depth: &AtomicUsize, metr
                 }
             }
         }
-        let now = depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
-        metrics.queue_depth.set(now as i64);
+        depth.fetch_sub(batch.len(), Ordering::SeqCst);
+        metrics.queue_depth.dec_by(batch.len() as i64);
         batch.retain(|j| !j.reply.is_closed());
         metrics.batch_size.observe(batch.len() as f64);
-        run(&mut batch);
-    }
-}
-
-/// Runs a batch, one forward pass per model version, answering every job.
-fn run(batch: &mut Vec<Job>) {
-    while let Some(first) = batch.first() {
-        let served = Arc::clone(&first.served);
-        let (group, rest): (Vec<Job>, Vec<Job>) = std::mem::take(batch)
-            .into_iter()
-            .partition(|j| Arc::ptr_eq(&j.served, &served));
-        *batch = rest;
-        let per = served.model.horizon() * served.model.quantiles().len();
-        match forward(&served, &group) {
-            Ok(out) => {
-                for (job, vals) in group.into_iter().zip(out.chunks(per)) {
-                    let _ = job.reply.send(Ok(vals.to_vec()));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = group.len(), "batched forecast failed; running its jobs one by one");
-                for job in group {
-                    let one = forward(&served, std::slice::from_ref(&job));
-                    let _ = job.reply.send(one.map_err(Error::from));
-                }
-            }
+        // A panic in the model answers its batch with an error; the thread
+        // lives on, so the server keeps serving.
+        let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&batch)))
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    jobs = batch.len(),
+                    "inference panicked; its batch is answered with an error"
+                );
+                batch
+                    .iter()
+                    .map(|_| Err(Error::InferencePanicked))
+                    .collect()
+            });
+        for (job, answer) in batch.drain(..).zip(answers) {
+            let _ = job.reply.send(answer);
         }
     }
 }
 
-fn forward(served: &Served, jobs: &[Job]) -> shardcast_model::Result<Vec<f32>> {
+/// Runs a batch, one forward pass per model version; answers in job order.
+fn run(batch: &[Job]) -> Vec<Result<Vec<f32>>> {
+    let mut answers: Vec<Option<Result<Vec<f32>>>> = batch.iter().map(|_| None).collect();
+    for (i, job) in batch.iter().enumerate() {
+        if answers[i].is_some() {
+            continue;
+        }
+        let served = &job.served;
+        let group: Vec<usize> = (i..batch.len())
+            .filter(|&k| Arc::ptr_eq(&batch[k].served, served))
+            .collect();
+        let jobs: Vec<&Job> = group.iter().map(|&k| &batch[k]).collect();
+        let per = served.model.horizon() * served.model.quantiles().len();
+        match forward(served, &jobs, per) {
+            Ok(out) => {
+                for (&k, vals) in group.iter().zip(out.chunks(per)) {
+                    answers[k] = Some(Ok(vals.to_vec()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = group.len(), "batched forecast failed; running its jobs one by one");
+                for &k in &group {
+                    answers[k] = Some(forward(served, &[&batch[k]], per));
+                }
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.expect("every job answered"))
+        .collect()
+}
+
+/// One forward pass over `jobs`, checked to give `per` finite values each.
+fn forward(served: &Served, jobs: &[&Job], per: usize) -> Result<Vec<f32>> {
     let windows: Vec<_> = jobs
         .iter()
         .map(|j| {
@@ -215,5 +238,12 @@ fn forward(served: &Served, jobs: &[Job]) -> shardcast_model::Result<Vec<f32>> {
             )
         })
         .collect();
-    served.model.forecast(&windows)
+    let out = served.model.forecast(&windows)?;
+    if out.len() != jobs.len() * per {
+        return Err(Error::BadModelOutput {
+            version: served.version,
+            reason: format!("{} values for {} forecasts of {per}", out.len(), jobs.len()),
+        });
+    }
+    Ok(out)
 }

@@ -39,6 +39,14 @@ pub enum Error {
         /// Why it cannot be served.
         reason: String,
     },
+    /// A model version that does not exist.
+    #[error("model {name} has no version {version}")]
+    UnknownVersion {
+        /// The model name.
+        name: String,
+        /// The version asked for.
+        version: u32,
+    },
     /// No loadable model under the models directory.
     #[error("no loadable model under {}: {reason}", dir.display())]
     NoModel {
@@ -54,6 +62,18 @@ pub enum Error {
         queued: usize,
         /// The queue's bound.
         limit: usize,
+    },
+    /// The model panicked during inference: a bug.
+    #[error("inference failed unexpectedly; the request was not answered")]
+    InferencePanicked,
+    /// The model answered with the wrong number of values: a bug or an
+    /// incompatible model.
+    #[error("model version {version} gave a malformed answer: {reason}")]
+    BadModelOutput {
+        /// The model version.
+        version: u32,
+        /// What was wrong.
+        reason: String,
     },
     /// The server is stopping.
     #[error("server is shutting down")]
@@ -111,7 +131,9 @@ impl From<Error> for Status {
         let msg = chain(&e);
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(msg),
-            Error::UnknownSeries { .. } | Error::UnknownShardType { .. } => Status::not_found(msg),
+            Error::UnknownSeries { .. }
+            | Error::UnknownShardType { .. }
+            | Error::UnknownVersion { .. } => Status::not_found(msg),
             Error::ModelUnavailable { .. } | Error::NoModel { .. } => {
                 Status::failed_precondition(msg)
             }
@@ -120,6 +142,8 @@ impl From<Error> for Status {
             Error::Store(shardcast_store::Error::Row { .. }) => Status::invalid_argument(msg),
             Error::Store(shardcast_store::Error::UnknownSeries { .. }) => Status::not_found(msg),
             Error::Store(_)
+            | Error::InferencePanicked
+            | Error::BadModelOutput { .. }
             | Error::Model(_)
             | Error::Core(_)
             | Error::Io { .. }

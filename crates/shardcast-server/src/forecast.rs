@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::State;
 use crate::context::GridTail;
 use crate::error::{Error, Result};
+use crate::ingest::TS_RANGE;
 use crate::registry::Served;
 
 /// Most quantile levels one request may ask for.
@@ -117,6 +118,7 @@ impl State {
             let grid = GridStep::from_millis(step)?;
             return self.context.tail(key, grid, need, horizon).await;
         };
+        let field_prefix = field;
         let field = format!("{field}context.values");
         if ctx.values.is_empty() {
             return Err(Error::invalid(field, "empty: give at least one value"));
@@ -138,6 +140,20 @@ impl State {
             ));
         }
         let n = ctx.values.len();
+        // Every time the forecast touches must be a valid timestamp.
+        let end = (n + horizon) as i64;
+        let last = step
+            .checked_mul(end)
+            .and_then(|d| ctx.start_unix_ms.checked_add(d));
+        if !TS_RANGE.contains(&ctx.start_unix_ms) || !last.is_some_and(|t| TS_RANGE.contains(&t)) {
+            return Err(Error::invalid(
+                format!("{field_prefix}context.start_unix_ms"),
+                format!(
+                    "{} puts the context or the forecast outside years 1 to 9999",
+                    ctx.start_unix_ms
+                ),
+            ));
+        }
         Ok(Arc::new(GridTail {
             start: ctx.start_unix_ms,
             step,

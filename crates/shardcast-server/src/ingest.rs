@@ -15,7 +15,8 @@ use crate::State;
 use crate::error::{Error, Result};
 
 /// Timestamps accepted: years 0001 to 9999 (ms since the epoch).
-const TS_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+pub(crate) const TS_RANGE: std::ops::RangeInclusive<i64> =
+    -62_135_596_800_000..=253_402_300_799_999;
 
 /// The gRPC service over a shared [`State`].
 #[derive(Debug, Clone)]
@@ -74,7 +75,11 @@ impl State {
             return Err(Error::invalid("messages", "no points in the stream"));
         }
         let summary = self.context.store().write_points(batch).await?;
-        self.context.refresh().await?;
+        // The write is committed; a failed refresh only delays when
+        // forecasts see it (the background poll retries).
+        if let Err(e) = self.context.refresh().await {
+            tracing::warn!(error = %e, "store refresh after a write failed");
+        }
         Ok(pb::WriteResponse {
             rows: summary.rows,
             replaced: summary.replaced,

@@ -161,6 +161,11 @@ impl Served {
                 Engine::Onnx(OnnxModel::load(&dir.join(format.file())).map_err(unavailable)?)
             }
         };
+        probe(&model).map_err(|reason| Error::ModelUnavailable {
+            name: name.to_owned(),
+            version,
+            reason,
+        })?;
         let validation_loss = validation_loss(dir);
         Ok(Self {
             name: name.to_owned(),
@@ -170,6 +175,36 @@ impl Served {
             validation_loss,
         })
     }
+}
+
+/// Runs one synthetic forecast: a model that loads but cannot forecast, or
+/// answers with the wrong shape or non-finite values, is refused.
+fn probe(model: &Engine) -> std::result::Result<(), String> {
+    let n = model.history_points();
+    let values: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
+    let events = vec![0f32; n + model.horizon()];
+    let input = SeriesInput {
+        series: 0,
+        shard_type: 0,
+        start: 0,
+        step: model.step_ms(),
+        values: &values,
+        events: Some(&events),
+    };
+    let out = model
+        .forecast(&[(input, n)])
+        .map_err(|e| format!("a test forecast failed: {}", crate::error::chain(&e)))?;
+    let want = model.horizon() * model.quantiles().len();
+    if out.len() != want {
+        return Err(format!(
+            "a test forecast gave {} values, expected {want} (horizon × quantiles)",
+            out.len()
+        ));
+    }
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err("a test forecast gave non-finite values".into());
+    }
+    Ok(())
 }
 
 /// The best validation loss over a version's members, from its
@@ -283,10 +318,14 @@ impl ModelRegistry {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn swap(&self, served: Served, history: &mut History) {
+    /// Serves `served`; `remember` pushes the outgoing version on the
+    /// rollback stack (not done when rolling back).
+    fn swap(&self, served: Served, history: &mut History, remember: bool) {
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         tracing::info!(model = %self.name, from = cur.version, to = served.version, "switching model version");
-        history.previous.push(cur.version);
+        if remember {
+            history.previous.push(cur.version);
+        }
         *cur = Arc::new(served);
     }
 
@@ -311,7 +350,7 @@ impl ModelRegistry {
             }
             match Served::load(&self.name, v, &dir, self.format) {
                 Ok(s) => {
-                    self.swap(s, &mut history);
+                    self.swap(s, &mut history, true);
                     return Some(v);
                 }
                 Err(e) => {
@@ -342,17 +381,28 @@ impl ModelRegistry {
         let current = self.current().version;
         let target = match version {
             Some(v) => v,
-            None => *history
-                .previous
-                .iter()
-                .rev()
-                .find(|&&v| v != current)
-                .ok_or_else(|| Error::ModelUnavailable {
-                    name: self.name.clone(),
-                    version: 0,
-                    reason: "no version was served before the current one".into(),
-                })?,
+            None => {
+                // The rollback stack: the version served before, then the
+                // one before that, never forward again.
+                while history.previous.last() == Some(&current) {
+                    history.previous.pop();
+                }
+                *history
+                    .previous
+                    .last()
+                    .ok_or_else(|| Error::ModelUnavailable {
+                        name: self.name.clone(),
+                        version: 0,
+                        reason: "no version was served before the current one".into(),
+                    })?
+            }
         };
+        if !versions(&self.dir).contains(&target) {
+            return Err(Error::UnknownVersion {
+                name: self.name.clone(),
+                version: target,
+            });
+        }
         if target != current {
             let served = Served::load(
                 &self.name,
@@ -360,7 +410,10 @@ impl ModelRegistry {
                 &self.dir.join(target.to_string()),
                 self.format,
             )?;
-            self.swap(served, &mut history);
+            if version.is_none() {
+                history.previous.pop();
+            }
+            self.swap(served, &mut history, version.is_some());
         }
         history.pinned = true;
         drop(history);

@@ -103,5 +103,10 @@ fn rollback_pins_until_reload() {
         "a failed rollback keeps the current version"
     );
     assert_eq!(r.reload().version, 3);
+    // 2 -> 1 (rollback) -> 3 (reload): rolling back goes to 1, then 2,
+    // never forward to 3 again.
     assert_eq!(r.rollback(None).unwrap().version, 1);
+    assert_eq!(r.rollback(None).unwrap().version, 2);
+    assert!(r.rollback(None).is_err(), "nothing served before 2");
+    assert_eq!(r.current().version, 2);
 }
