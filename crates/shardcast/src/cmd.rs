@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod ingest;
 mod model;
+mod simulate;
 
 use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
@@ -37,6 +38,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Train(args) => model::train(*args).await,
         Command::Backtest(args) => model::backtest(*args).await,
+        Command::Simulate(args) => simulate::run(*args).await,
     }
 }
 

@@ -87,7 +87,7 @@ pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, Grid
 
 /// 1 for grid bins that overlap an event whose scope covers the series
 /// (`*`, its app, or `app/shard_type`), else 0.
-fn event_indicator(
+pub(crate) fn event_indicator(
     events: &[Event],
     key: &shardcast_core::SeriesKey,
     start: i64,
@@ -120,7 +120,7 @@ struct ConfigFile {
 
 /// The model and training configuration: defaults chosen from the grid and
 /// the shortest series, then the config file, then flags.
-fn configure(
+pub(crate) fn configure(
     args: &ModelArgs,
     step: GridStep,
     shortest: usize,
@@ -199,7 +199,7 @@ fn configure(
 
 /// Progress on stderr: a redrawn line on a terminal, a line per validation
 /// pass otherwise.
-fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
+pub(crate) fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
     let tty = std::io::stderr().is_terminal();
     move |p: &Progress| {
         let line = format!(
@@ -222,7 +222,7 @@ fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
     }
 }
 
-fn end_progress() {
+pub(crate) fn end_progress() {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
