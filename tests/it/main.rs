@@ -5,6 +5,7 @@
 mod cli;
 mod model;
 mod nab;
+mod simulate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -280,9 +280,10 @@ pub(crate) struct ModelArgs {
     /// fields are refused. Unset fields take defaults derived from the grid.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
-    /// Forecast horizon in grid steps.
-    #[arg(long, default_value_t = 12)]
-    pub(crate) horizon: usize,
+    /// Forecast horizon in grid steps (default: 12; for simulate, the steps
+    /// the planner reads: lead + hold + 1).
+    #[arg(long)]
+    pub(crate) horizon: Option<usize>,
     /// Seasonal period in steps (default: one day of the grid).
     #[arg(long)]
     pub(crate) season: Option<usize>,
@@ -363,15 +364,16 @@ The series is put on its own grid (--grid to override) and the simulated range
 is its last 7 days (at most its second half; --from/--to to choose). Demand is
 divided by the capacity of one shard, chosen so that the range's peak needs
 --peak-shards shards (or given with --capacity). A shard requested at step t
-serves from t + --lead. Policies:
+serves from t + --lead (default 10m). Policies:
 
   reactive   the Kubernetes HPA rule ceil(current x utilisation / target),
              tolerance 0.1, 5 min scale-down stabilisation; swept over
              --target-utilisations
   shardcast  the planner on the demand model's quantile forecasts, each made
              only from the points before its step, through the same
-             Model::forecast call the inference server makes; swept over
-             --service-levels
+             Model::forecast call the inference server makes; it covers the
+             forecast from t + lead to t + lead + --hold at the service level,
+             swept over --service-levels
   oracle     perfect foresight: the fewest shards that never fall short
 
 The model is trained on the points before the simulated range with the same
@@ -487,6 +489,11 @@ pub(crate) struct SimulateArgs {
     /// steps): `10m`, `600s`, `0`.
     #[arg(long, default_value = "10m", env = "SHARDCAST_LEAD")]
     pub(crate) lead: Lead,
+    /// How long after the lead time the planner's count must keep covering
+    /// the forecast (it then launches ahead of a rise and releases after a
+    /// fall): `10m`, `0`. The model's default horizon grows with it.
+    #[arg(long, default_value = "10m", env = "SHARDCAST_HOLD")]
+    pub(crate) hold: Lead,
     /// Scale demand so that the range's peak needs this many shards.
     #[arg(long, default_value_t = 20)]
     pub(crate) peak_shards: u32,
@@ -497,12 +504,14 @@ pub(crate) struct SimulateArgs {
     /// Reactive knob: target utilisations to sweep, each in (0, 1].
     #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.6, 0.7, 0.8, 0.9])]
     pub(crate) target_utilisations: Vec<f64>,
-    /// Shardcast knob: service levels to sweep, each in (0, 1).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99])]
+    /// Shardcast knob: service levels to sweep, each in (0, 1). Levels above
+    /// the model's highest quantile (0.975) read an exponential upper tail.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999, 0.9999])]
     pub(crate) service_levels: Vec<f64>,
     /// JSON simulator settings (min/max shards, the reactive rule's
     /// tolerance and stabilisation, the planner's policy); unknown fields are
-    /// refused. The lead comes from --lead.
+    /// refused; fields left out keep the defaults. The lead and hold come
+    /// from --lead and --hold.
     #[arg(long)]
     pub(crate) sim_config: Option<PathBuf>,
     /// Use this model directory instead of training one; it must have been

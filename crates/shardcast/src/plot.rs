@@ -43,6 +43,13 @@ pub(crate) enum Axis {
     Linear,
 }
 
+/// Where a chart's legend sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Corner {
+    UpperLeft,
+    UpperRight,
+}
+
 /// One line of a [`LineChart`].
 #[derive(Debug, Clone)]
 pub(crate) struct Line {
@@ -84,6 +91,7 @@ pub(crate) struct LineChart {
     pub(crate) lines: Vec<Line>,
     /// Start the vertical axis at zero (else at the smallest value).
     pub(crate) y_from_zero: bool,
+    pub(crate) legend: Corner,
 }
 
 /// A quantile band of a [`FanChart`]: the area between two levels.
@@ -199,17 +207,14 @@ fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 /// A drawable range around `lo..hi`: widened when empty, padded by `pad`
 /// of its width on each side, and starting at zero when asked and possible.
 fn padded(lo: f64, hi: f64, pad: f64, from_zero: bool) -> (f64, f64) {
+    let from_zero = from_zero && lo >= 0.0;
     let (lo, hi) = if hi - lo > 1e-12 * hi.abs().max(1.0) {
         (lo, hi)
     } else {
         (lo - 0.5 * lo.abs().max(1.0), hi + 0.5 * hi.abs().max(1.0))
     };
     let span = hi - lo;
-    let lo = if from_zero && lo >= 0.0 {
-        0.0
-    } else {
-        lo - pad * span
-    };
+    let lo = if from_zero { 0.0 } else { lo - pad * span };
     (lo, hi + pad * span)
 }
 
@@ -235,7 +240,13 @@ fn draw_line_chart(area: &Area<'_>, c: &LineChart) -> Result<()> {
     };
     let x_pad = if c.x_axis == Axis::Time { 0.0 } else { 0.06 };
     let (x0, x1) = padded(x0, x1, x_pad, false);
-    let (y0, y1) = padded(y0, y1, 0.06, c.y_from_zero);
+    // Room above the top point for marker labels.
+    let top_pad = if c.lines.iter().any(|l| l.markers.is_some()) {
+        0.12
+    } else {
+        0.06
+    };
+    let (y0, y1) = padded(y0, y1, top_pad, c.y_from_zero);
     let mut chart = ChartBuilder::on(area)
         .caption(&c.title, (FAMILY, 19))
         .margin(14)
@@ -288,7 +299,7 @@ fn draw_line_chart(area: &Area<'_>, c: &LineChart) -> Result<()> {
                 .map_err(drawing)?;
         }
     }
-    legend(&mut chart)
+    legend(&mut chart, c.legend)
 }
 
 fn draw_fan_chart(area: &Area<'_>, c: &FanChart) -> Result<()> {
@@ -316,7 +327,7 @@ fn draw_fan_chart(area: &Area<'_>, c: &FanChart) -> Result<()> {
     let Some((y0, y1)) = extent(ys) else {
         bail!("fan chart `{}` has no finite values", c.title);
     };
-    let (y0, y1) = padded(y0, y1, 0.06, true);
+    let (y0, y1) = padded(y0, y1, 0.06, false);
     let mut chart = ChartBuilder::on(area)
         .caption(&c.title, (FAMILY, 19))
         .margin(14)
@@ -379,15 +390,19 @@ fn draw_fan_chart(area: &Area<'_>, c: &FanChart) -> Result<()> {
                 PathElement::new(vec![(x, y), (x + 22, y)], style.stroke_width(2))
             });
     }
-    legend(&mut chart)
+    legend(&mut chart, Corner::UpperLeft)
 }
 
 fn legend<'a, 'b: 'a>(
     chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    corner: Corner,
 ) -> Result<()> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(match corner {
+            Corner::UpperLeft => SeriesLabelPosition::UpperLeft,
+            Corner::UpperRight => SeriesLabelPosition::UpperRight,
+        })
         .label_font((FAMILY, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(Colour(190, 190, 190))
@@ -473,6 +488,7 @@ mod tests {
                 },
             ],
             y_from_zero: true,
+            legend: Corner::UpperRight,
         };
         let fan = FanChart {
             title: "forecast".into(),
@@ -507,6 +523,7 @@ mod tests {
             y_label: String::new(),
             lines: vec![Line::new("nan", INK, vec![(f64::NAN, 1.0)])],
             y_from_zero: false,
+            legend: Corner::UpperLeft,
         };
         let err = render_png(600, 300, &[Panel::Line(empty)]).unwrap_err();
         assert!(err.to_string().contains("no finite points"), "{err}");

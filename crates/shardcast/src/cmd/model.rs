@@ -118,12 +118,17 @@ struct ConfigFile {
     train: TrainConfig,
 }
 
+/// Horizon of `train` and `backtest` when `--horizon` is not given.
+pub(crate) const DEFAULT_HORIZON: usize = 12;
+
 /// The model and training configuration: defaults chosen from the grid and
-/// the shortest series, then the config file, then flags.
+/// the shortest series (and `default_horizon` when `--horizon` is absent),
+/// then the config file, then flags.
 pub(crate) fn configure(
     args: &ModelArgs,
     step: GridStep,
     shortest: usize,
+    default_horizon: usize,
 ) -> Result<(ModelConfig, TrainConfig)> {
     if args.device != "cpu" {
         bail!(
@@ -134,8 +139,8 @@ pub(crate) fn configure(
     let season = args
         .season
         .or_else(|| step.per_day())
-        .unwrap_or(args.horizon.max(1));
-    let horizon = args.horizon;
+        .unwrap_or(args.horizon.unwrap_or(default_horizon).max(1));
+    let horizon = args.horizon.unwrap_or(default_horizon);
     let context = 48.min(season.max(horizon));
     let mut lags = vec![];
     if season >= horizon {
@@ -232,7 +237,12 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
     let started = Instant::now();
     let (grids, step) = load_grids(&args.grid).await?;
     let shortest = grids.iter().map(|g| g.values.len()).min().unwrap_or(0);
-    let (config, train) = configure(&args.model, step, shortest.saturating_sub(args.test_points))?;
+    let (config, train) = configure(
+        &args.model,
+        step,
+        shortest.saturating_sub(args.test_points),
+        DEFAULT_HORIZON,
+    )?;
     let spec = BacktestSpec {
         step_ms: step.millis(),
         horizon: config.horizon,
@@ -373,7 +383,7 @@ fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
 pub(crate) async fn train(args: TrainArgs) -> Result<()> {
     let (grids, step) = load_grids(&args.grid).await?;
     let shortest = grids.iter().map(|g| g.values.len()).min().unwrap_or(0);
-    let (config, train) = configure(&args.model, step, shortest)?;
+    let (config, train) = configure(&args.model, step, shortest, DEFAULT_HORIZON)?;
     let dir = args.models_dir.join(&args.name);
     let version = match &args.version {
         Some(v) => v.clone(),

@@ -20,7 +20,7 @@ use shardcast_planner::simulator::{
 use shardcast_store::resample::{Agg, GapFill, resample};
 
 use crate::cli::{AggArg, SimulateArgs};
-use crate::plot::{self, Axis, Band, FanChart, INK, Line, LineChart, PALETTE, Panel};
+use crate::plot::{self, Axis, Band, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel};
 use source::{GridView, ModelSource};
 
 /// The protocol's reactive rule: the knob the targets are measured against.
@@ -55,6 +55,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     let lead = lead_steps(args.lead.0, series.step);
     let mut cfg = sim_config(args.sim_config.as_deref())?;
     cfg.lead_steps = lead;
+    cfg.shardcast.hold_secs = args.hold.0;
     let demand: Vec<f64> = series.values[first..end]
         .iter()
         .map(|&v| f64::from(v))
@@ -75,7 +76,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     let trace = Trace::from_demand(series.time_of(first), series.step, &demand, capacity)
         .with_context(|| format!("series `{}` cannot be replayed", series.label))?;
     eprintln!(
-        "simulate: `{}` on a {} grid, {} .. {} ({} steps); {} points before it; lead {}s = {lead} step(s); \
+        "simulate: `{}` on a {} grid, {} .. {} ({} steps); {} points before it; lead {}s = {lead} step(s), hold {}s; \
          one shard serves {capacity:.4} (peak {peak:.4} = {:.1} shards)",
         series.name,
         series.step,
@@ -84,6 +85,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         end - first,
         first,
         args.lead.0,
+        args.hold.0,
         peak / capacity
     );
     let horizon = cfg.lead_steps + lead_steps(cfg.shardcast.hold_secs, series.step) + 1;
@@ -282,8 +284,35 @@ fn sim_config(path: Option<&Path>) -> Result<SimConfig> {
             path.display()
         );
     }
-    serde_json::from_value(value)
+    if value.pointer("/shardcast/hold_secs").is_some() {
+        bail!(
+            "bad simulator config {}: set the hold with --hold, not `shardcast.hold_secs`",
+            path.display()
+        );
+    }
+    // Fields the file leaves out keep the simulator's defaults, also inside
+    // nested policies (serde alone would take each policy's own defaults).
+    let mut merged = serde_json::to_value(SimConfig::default())?;
+    merge(&mut merged, value);
+    serde_json::from_value(merged)
         .with_context(|| format!("bad simulator config {}", path.display()))
+}
+
+/// Overlays `patch` on `base`, object by object.
+fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
 }
 
 /// The model: loaded with `--model` (checked to predate the range), else
@@ -317,7 +346,7 @@ async fn model_for(args: &SimulateArgs, s: &Loaded, first: usize, horizon: usize
         );
         model
     } else {
-        let (config, train) = super::model::configure(&args.model_args, s.step, first)?;
+        let (config, train) = super::model::configure(&args.model_args, s.step, first, horizon)?;
         let least = config.history_needed() + 4 * config.horizon;
         if first < least {
             bail!(
@@ -687,7 +716,8 @@ fn draw(
         x_label: "time (UTC)".into(),
         y_label: "shards".into(),
         lines,
-        y_from_zero: true,
+        y_from_zero: false,
+        legend: Corner::UpperLeft,
     })];
 
     // What the planner saw: the forecast made at t for the step t + lead.
@@ -784,6 +814,7 @@ fn draw(
         .flatten()
         .collect(),
         y_from_zero: true,
+        legend: Corner::UpperRight,
     }));
     plot::write_png(path, 1600, 460, &panels)
 }
