@@ -506,7 +506,7 @@ pub(crate) struct SimulateArgs {
     pub(crate) target_utilisations: Vec<f64>,
     /// Shardcast knob: service levels to sweep, each in (0, 1). Levels above
     /// the model's highest quantile (0.975) read an exponential upper tail.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999, 0.9999])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999, 0.9999, 0.99999])]
     pub(crate) service_levels: Vec<f64>,
     /// JSON simulator settings (min/max shards, the reactive rule's
     /// tolerance and stabilisation, the planner's policy); unknown fields are

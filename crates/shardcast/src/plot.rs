@@ -274,7 +274,9 @@ fn draw_line_chart(area: &Area<'_>, c: &LineChart) -> Result<()> {
     }
     mesh.draw().map_err(drawing)?;
     for line in &c.lines {
-        let style = line.colour.stroke_width(line.width);
+        let style = line
+            .colour
+            .stroke_width(stroke(line.width, line.points.len()));
         let pts = if line.steps {
             as_steps(&line.points)
         } else {
@@ -367,7 +369,7 @@ fn draw_fan_chart(area: &Area<'_>, c: &FanChart) -> Result<()> {
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 22, y + 5)], fill));
     }
     if let Some(m) = &c.median {
-        let style = c.colour.stroke_width(2);
+        let style = c.colour.stroke_width(stroke(2, n));
         chart
             .draw_series(LineSeries::new(
                 xs.iter().copied().zip(m.iter().copied()),
@@ -409,6 +411,16 @@ fn legend<'a, 'b: 'a>(
         .draw()
         .map_err(drawing)
 }
+
+/// The stroke width for a line of `points` points: wide strokes are joined
+/// with mitres, which spike far out where a dense, jagged line turns
+/// sharply, so dense lines are drawn one pixel wide.
+fn stroke(width: u32, points: usize) -> u32 {
+    if points > DENSE { 1 } else { width }
+}
+
+/// Points beyond which a line counts as dense.
+const DENSE: usize = 300;
 
 /// `points` as a staircase: each value holds until the next point's x.
 fn as_steps(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
@@ -546,6 +558,7 @@ mod tests {
             as_steps(&[(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]),
             vec![(0.0, 1.0), (1.0, 1.0), (1.0, 2.0), (2.0, 2.0), (2.0, 3.0)]
         );
+        assert_eq!((stroke(2, 10), stroke(2, 5000)), (2, 1));
         assert_eq!(trim_number(2.5), "2.5");
         assert_eq!(trim_number(3.0), "3");
         assert_eq!(trim_number(0.12345), "0.123");
