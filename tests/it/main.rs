@@ -7,6 +7,7 @@ mod model;
 mod nab;
 mod onnx;
 mod serve;
+mod simulate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -62,12 +62,19 @@ impl Fixture {
     /// Copies the bundled model in as `version`, written aside and renamed
     /// into place as `shardcast train` does.
     fn add_version(&self, version: u32) -> PathBuf {
+        self.add_version_with(version, |_| {})
+    }
+
+    /// [`add_version`](Self::add_version), with `edit` applied to the files
+    /// before they are published.
+    fn add_version_with(&self, version: u32, edit: impl FnOnce(&std::path::Path)) -> PathBuf {
         let root = self.models().join("default");
         let tmp = root.join(format!(".tmp-{version}"));
         std::fs::create_dir_all(&tmp).unwrap();
         for f in ["config.json", "model.safetensors", "metrics.json"] {
             std::fs::copy(repo().join("models/default/1").join(f), tmp.join(f)).unwrap();
         }
+        edit(&tmp);
         let dst = root.join(version.to_string());
         std::fs::rename(&tmp, &dst).unwrap();
         dst
@@ -263,7 +270,9 @@ async fn forecasts_equal_the_model_crate_and_bad_requests_are_refused() {
     assert_close(&flat(&batch.forecasts[1]), &want);
     assert_close(&flat(&batch.forecasts[0]), &direct(&f, SERIES[1]).await);
 
-    // The shard type's total is the level-by-level sum of its series.
+    // The shard type's total is the level-by-level sum of its series that
+    // end at the newest bin; the bundled EC2 traces end on different days,
+    // so the older one is reported stale, not added to other times.
     let st = c
         .forecast_shard_type(pb::ForecastShardTypeRequest {
             app: "aws".into(),
@@ -274,14 +283,17 @@ async fn forecasts_equal_the_model_crate_and_bad_requests_are_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(st.series.len(), 2);
-    let total = flat(st.total.as_ref().unwrap());
-    let parts: Vec<f32> = flat(&st.series[0])
-        .iter()
-        .zip(flat(&st.series[1]))
-        .map(|(a, b)| a + b)
-        .collect();
-    assert_close(&total, &parts);
+    assert_eq!((st.series.len(), st.stale.len()), (1, 1));
+    let total = st.total.as_ref().unwrap();
+    assert_eq!(
+        total.steps[0].timestamp_unix_ms,
+        st.series[0].steps[0].timestamp_unix_ms
+    );
+    assert_close(&flat(total), &flat(&st.series[0]));
+    assert_ne!(
+        st.stale[0].series,
+        st.series[0].key.as_ref().unwrap().series
+    );
 
     // Shard demand: a proper CDF and a sentence.
     let d = c
@@ -438,6 +450,12 @@ async fn onnx_versions_serve_the_same_forecasts() {
         .unwrap()
         .into_inner();
     assert_eq!(list.versions[0].cell, "onnx");
+    let st = m.reload(mpb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(
+        st.refused.is_empty(),
+        "passed over, not refused: {:?}",
+        st.refused
+    );
 }
 
 fn point(series: &str, ts: i64, value: f64) -> ipb::Point {
@@ -596,10 +614,11 @@ async fn new_model_versions_are_served_under_load_without_a_failed_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A corrupt version 3 is refused; a good version 2 is picked up.
-    let bad = f.add_version(3);
-    let w = bad.join("model.safetensors");
-    let bytes = std::fs::read(&w).unwrap();
-    std::fs::write(&w, &bytes[..100]).unwrap();
+    f.add_version_with(3, |dir| {
+        let w = dir.join("model.safetensors");
+        let bytes = std::fs::read(&w).unwrap();
+        std::fs::write(&w, &bytes[..100]).unwrap();
+    });
     f.add_version(2);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while latest.load(Ordering::Relaxed) != 2 {
@@ -710,6 +729,23 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     c.forecast(request(SERIES[0])).await.unwrap();
     drop(server);
 
+    // A passed deadline is answered with an error, not a late forecast, and
+    // the server goes on. Batches here wait 2 s to fill, so a call with a
+    // 200 ms deadline is certain to pass it while queued.
+    let server = f.serve(&["--max-batch", "4096", "--max-wait-us", "2000000"]);
+    let mut c = server.forecasts().await;
+    let mut r = tonic::Request::new(pb::ForecastBatchRequest {
+        requests: vec![request(SERIES[0]); 100],
+    });
+    r.set_timeout(Duration::from_millis(200));
+    let e = c.forecast_batch(r).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e}"
+    );
+    c.forecast(request(SERIES[0])).await.unwrap();
+    drop(server);
+
     // Bearer tokens.
     let server = f.serve(&["--token", "s3cret"]);
     let mut c = server.forecasts().await;
@@ -721,23 +757,6 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     assert_eq!(
         c.forecast(r).await.unwrap_err().code(),
         Code::Unauthenticated
-    );
-    let mut r = tonic::Request::new(request(SERIES[0]));
-    r.metadata_mut()
-        .insert("authorization", "Bearer s3cret".parse().unwrap());
-    c.forecast(r).await.unwrap();
-    // A thousand forecasts cannot be done in 2 ms: the deadline is answered
-    // with an error, not a late forecast, and the server goes on serving.
-    let mut r = tonic::Request::new(pb::ForecastBatchRequest {
-        requests: vec![request(SERIES[0]); 1000],
-    });
-    r.set_timeout(Duration::from_millis(2));
-    r.metadata_mut()
-        .insert("authorization", "Bearer s3cret".parse().unwrap());
-    let e = c.forecast_batch(r).await.unwrap_err();
-    assert!(
-        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{e}"
     );
     let mut r = tonic::Request::new(request(SERIES[0]));
     r.metadata_mut()
@@ -797,10 +816,20 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     }
     drop(server);
 
-    // SIGTERM: the server stops cleanly and says so.
+    // SIGTERM with an open stream: the stream ends with UNAVAILABLE and the
+    // server stops cleanly.
     let mut server = f.serve(&[]);
     let mut c = server.forecasts().await;
     c.forecast(request(SERIES[0])).await.unwrap();
+    let mut stream = c
+        .stream_forecasts(pb::StreamForecastsRequest {
+            keys: vec![key(SERIES[0])],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -809,6 +838,10 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
             .unwrap()
             .success()
     );
+    let end = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the stream ends on shutdown");
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "server exit status {status}");
 }

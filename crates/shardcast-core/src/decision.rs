@@ -122,6 +122,10 @@ pub struct ForecastBasis {
     /// True when `step_level` lies above the forecast's highest level, so
     /// the highest level's value was used.
     pub level_clamped: bool,
+    /// True when `step_level` lies above the forecast's highest level and
+    /// its value was extrapolated from the upper tail.
+    #[serde(default)]
+    pub level_extrapolated: bool,
     /// Start of the step whose demand needed the most shards.
     pub binding_step: Timestamp,
     /// Which part of the window that step is in.
@@ -155,6 +159,9 @@ impl fmt::Display for ForecastBasis {
         )?;
         if self.level_clamped {
             f.write_str(" (the forecast's highest level)")?;
+        }
+        if self.level_extrapolated {
+            f.write_str(" (extrapolated beyond the forecast's highest level)")?;
         }
         write!(
             f,
@@ -387,6 +394,7 @@ mod tests {
                     service_level: 0.95,
                     step_level: 0.95,
                     level_clamped: false,
+                    level_extrapolated: false,
                     binding_step: Timestamp(600_000),
                     binding_part: WindowPart::ScaleUp,
                     binding_demand: 520.0,

@@ -40,7 +40,7 @@ use shardcast_core::{
 
 use crate::error::{Error, Result, check_open_unit};
 use crate::scale::{
-    ReactivePolicy, Recommendation, ScalePolicy, ScaleState, WarmPoolPolicy, plan_scale,
+    ReactivePolicy, Recommendation, ScalePolicy, ScaleState, Tail, WarmPoolPolicy, plan_scale,
     reactive_count, shards_needed,
 };
 
@@ -139,6 +139,9 @@ impl Default for SimConfig {
             shardcast: ScalePolicy {
                 // The quantile is the headroom: plan shards for full use.
                 target_utilisation: 1.0,
+                // Service levels above the forecast's highest level (0.975
+                // for the protocol's levels) still buy headroom.
+                tail: Tail::Exponential,
                 max_step_up: 100_000,
                 max_step_down: 100_000,
                 warm_pool: WarmPoolPolicy {
@@ -286,7 +289,7 @@ where
 
 /// A seasonal-naive source: the value one season ago plus the empirical
 /// quantiles of the seasonal differences over the last `window` steps.
-/// A baseline, and a stand-in until a model is wired in.
+/// A baseline; `shardcast simulate` feeds the planner the demand model.
 #[derive(Debug, Clone)]
 pub struct SeasonalNaiveSource {
     /// Season length in steps.

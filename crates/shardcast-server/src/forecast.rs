@@ -36,6 +36,8 @@ pub struct Answer {
     pub last_observed: i64,
     /// The model version that made it.
     pub served: Arc<Served>,
+    /// The history it was made from.
+    pub tail: Arc<GridTail>,
 }
 
 impl Answer {
@@ -207,6 +209,7 @@ impl State {
             forecast,
             last_observed,
             served: Arc::clone(served),
+            tail,
         })
     }
 
@@ -223,7 +226,9 @@ impl State {
             .await
     }
 
-    /// Forecasts every series of a shard type and their level-by-level sum.
+    /// Forecasts every series of a shard type and sums, level by level,
+    /// those observed up to the newest bin; the others are returned as
+    /// stale (their forecasts would be of other times).
     pub(crate) async fn forecast_shard_type(
         &self,
         served: &Arc<Served>,
@@ -231,7 +236,7 @@ impl State {
         shard_type: &str,
         metric: Option<&str>,
         query: &Query,
-    ) -> Result<(Answer, Vec<Answer>)> {
+    ) -> Result<(Answer, Vec<Answer>, Vec<SeriesKey>)> {
         let keys = self
             .context
             .view()
@@ -241,6 +246,18 @@ impl State {
                 app: app.to_owned(),
                 shard_type: shard_type.to_owned(),
             });
+        }
+        if metric.is_none() && keys.iter().any(|k| k.metric != keys[0].metric) {
+            return Err(Error::invalid(
+                "metric",
+                format!(
+                    "shard type {app}/{shard_type} has several metrics ({} and {}); name the one to sum",
+                    keys[0].metric,
+                    keys.iter()
+                        .find(|k| k.metric != keys[0].metric)
+                        .map_or("", |k| &k.metric)
+                ),
+            ));
         }
         if keys.len() > self.limits.max_series {
             return Err(Error::invalid(
@@ -257,13 +274,15 @@ impl State {
                 .map(|k| self.forecast_key(served, k, query, None, "")),
         )
         .await?;
+        let newest = parts.iter().map(|a| a.last_observed).max().unwrap_or(0);
+        let (parts, stale): (Vec<Answer>, Vec<Answer>) =
+            parts.into_iter().partition(|a| a.last_observed == newest);
         let total = sum(&parts, app, shard_type, metric)?;
-        Ok((total, parts))
+        Ok((total, parts, stale.into_iter().map(|a| a.key).collect()))
     }
 }
 
-/// The level-by-level sum of forecasts, aligned by horizon step; its time
-/// axis is that of the series observed most recently.
+/// The level-by-level sum of forecasts that share their time axis.
 fn sum(parts: &[Answer], app: &str, shard_type: &str, metric: Option<&str>) -> Result<Answer> {
     let newest = parts
         .iter()
@@ -291,6 +310,7 @@ fn sum(parts: &[Answer], app: &str, shard_type: &str, metric: Option<&str>) -> R
         forecast,
         last_observed: newest.last_observed,
         served: Arc::clone(&newest.served),
+        tail: Arc::clone(&newest.tail),
     })
 }
 
@@ -355,7 +375,7 @@ impl ForecastService for ForecastApi {
         let out = async {
             let query = s.query(&served, req.horizon, &req.quantiles, "")?;
             let metric = (!req.metric.is_empty()).then_some(req.metric.as_str());
-            let (total, parts) = s
+            let (total, parts, stale) = s
                 .forecast_shard_type(&served, &req.app, &req.shard_type, metric, &query)
                 .await?;
             Ok(pb::ForecastShardTypeResponse {
@@ -365,6 +385,7 @@ impl ForecastService for ForecastApi {
                 } else {
                     Vec::new()
                 },
+                stale: stale.iter().map(key_to_pb).collect(),
             })
         }
         .await;
@@ -446,25 +467,38 @@ impl ForecastService for ForecastApi {
         tokio::spawn(async move {
             let mut changes = state.context.changes();
             let mut models = state.models.subscribe();
-            let mut sent: Vec<Option<(i64, u32)>> = vec![None; keys.len()];
+            let mut stopping = state.stopping.subscribe();
+            // What each key's last forecast was made from: the history it
+            // read and the model version. A new forecast goes out when
+            // either changes (new, replaced or back-filled data, new events,
+            // a new model).
+            let mut sent: Vec<Option<(Arc<GridTail>, u32)>> = vec![None; keys.len()];
             loop {
                 let served = state.registry.current();
-                for (key, last) in keys.iter().zip(sent.iter_mut()) {
-                    let answer = async {
-                        let query = state.query(&served, req.horizon, &req.quantiles, "")?;
-                        state
-                            .forecast_key(&served, key.clone(), &query, None, "")
-                            .await
-                    }
-                    .await;
+                let answers = futures::future::join_all(keys.iter().map(|key| async {
+                    let query = state.query(&served, req.horizon, &req.quantiles, "")?;
+                    state
+                        .forecast_key(&served, key.clone(), &query, None, "")
+                        .await
+                }))
+                .await;
+                for (answer, last) in answers.into_iter().zip(sent.iter_mut()) {
                     let item = match answer {
                         Ok(a) => {
-                            let id = (a.last_observed, a.served.version);
-                            if *last == Some(id) {
+                            let same = last.as_ref().is_some_and(|(tail, v)| {
+                                *v == a.served.version && **tail == *a.tail
+                            });
+                            if same {
                                 continue;
                             }
-                            *last = Some(id);
+                            *last = Some((Arc::clone(&a.tail), a.served.version));
                             Ok(a.to_pb())
+                        }
+                        // Transient trouble: skip this round, try again on
+                        // the next change.
+                        Err(e @ (Error::Overloaded { .. } | Error::Store(_))) => {
+                            tracing::warn!(error = %e, "stream forecast skipped");
+                            continue;
                         }
                         Err(e) => Err(Status::from(e)),
                     };
@@ -473,10 +507,17 @@ impl ForecastService for ForecastApi {
                         return;
                     }
                 }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
+                let stop = tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return } else { false },
                     () = tx.closed() => return,
-                    changed = models.changed() => if changed.is_err() { return },
+                    changed = models.changed() => if changed.is_err() { return } else { false },
+                    r = stopping.wait_for(|s| *s) => r.is_ok(),
+                };
+                if stop {
+                    let _ = tx
+                        .send(Err(Status::unavailable("server is shutting down")))
+                        .await;
+                    return;
                 }
             }
         });

@@ -151,6 +151,8 @@ pub struct State {
     pub limits: Limits,
     /// The served model version, for streams to follow.
     pub models: watch::Sender<u32>,
+    /// Set when the server starts shutting down; open streams end on it.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl State {
@@ -178,6 +180,7 @@ impl State {
             metrics,
             limits: cfg.limits,
             models: watch::channel(version).0,
+            stopping: watch::channel(false).0,
         }))
     }
 
@@ -254,26 +257,6 @@ pub async fn serve(
     cfg: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let pollers = spawn_pollers(&state, cfg, stop_rx.clone());
-    if let Some(l) = metrics {
-        let (m, rx) = (Arc::clone(&state.metrics), stop_rx.clone());
-        tokio::spawn(http::serve_metrics(l, m, async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-    }
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ForecastServiceServer<forecast::ForecastApi>>()
@@ -313,6 +296,36 @@ pub async fn serve(
         let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
         server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
+    // Everything fallible is done: start the background work.
+    let stopped = {
+        let mut rx = state.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    {
+        let (state, health) = (Arc::clone(&state), health.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            health
+                .set_not_serving::<ForecastServiceServer<forecast::ForecastApi>>()
+                .await;
+            health
+                .set_not_serving::<IngestServiceServer<ingest::IngestApi>>()
+                .await;
+            health
+                .set_not_serving::<ModelServiceServer<model::ModelApi>>()
+                .await;
+            state.stopping.send_replace(true);
+        });
+    }
+    let pollers = spawn_pollers(&state, cfg);
+    if let Some(l) = metrics {
+        let (m, mut rx) = (Arc::clone(&state.metrics), state.stopping.subscribe());
+        tokio::spawn(http::serve_metrics(l, m, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(
         ?addr,
@@ -342,11 +355,8 @@ pub async fn serve(
 }
 
 /// Background polls for new model versions and new store data.
-fn spawn_pollers(
-    state: &Arc<State>,
-    cfg: &ServerConfig,
-    stop: watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_pollers(state: &Arc<State>, cfg: &ServerConfig) -> Vec<tokio::task::JoinHandle<()>> {
+    let stop = state.stopping.subscribe();
     let model = {
         let (state, every, mut stop) = (Arc::clone(state), cfg.model_poll, stop.clone());
         tokio::spawn(async move {
@@ -356,8 +366,10 @@ fn spawn_pollers(
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let s = Arc::clone(&state);
-                if let Ok(Some(v)) = tokio::task::spawn_blocking(move || s.registry.poll()).await {
-                    tracing::info!(version = v, "new model version serving");
+                match tokio::task::spawn_blocking(move || s.registry.poll()).await {
+                    Ok(Some(v)) => tracing::info!(version = v, "new model version serving"),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "model poll failed"),
                 }
                 state.publish_model();
             }

@@ -39,6 +39,11 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Write a trained model as a standard ONNX file with its input contract.
     ExportOnnx(crate::cmd::onnx::ExportOnnxArgs),
+    /// Protocol P: replay a series from the store through the reactive HPA
+    /// rule, the shardcast planner on the model's forecasts and the
+    /// perfect-foresight oracle; write per-step CSV, summary and PNG.
+    #[command(long_about = SIMULATE_ABOUT)]
+    Simulate(Box<SimulateArgs>),
 }
 
 /// Where the store lives.
@@ -318,9 +323,10 @@ pub(crate) struct ModelArgs {
     /// fields are refused. Unset fields take defaults derived from the grid.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
-    /// Forecast horizon in grid steps.
-    #[arg(long, default_value_t = 12)]
-    pub(crate) horizon: usize,
+    /// Forecast horizon in grid steps (default: 12; for simulate, the steps
+    /// the planner reads: lead + hold + 1).
+    #[arg(long)]
+    pub(crate) horizon: Option<usize>,
     /// Seasonal period in steps (default: one day of the grid).
     #[arg(long)]
     pub(crate) season: Option<usize>,
@@ -465,4 +471,175 @@ pub(crate) enum FormatChoice {
     Candle,
     /// `model.onnx` on the ONNX evaluator.
     Onnx,
+}
+
+const SIMULATE_ABOUT: &str = "\
+Protocol P: replay one stored series as shard demand through three autoscaling
+policies and compare what each costs and how often it falls short.
+
+  shardcast simulate --store DIR --series ID --out sim.csv
+
+The series is put on its own grid (--grid to override) and the simulated range
+is its last 7 days (at most its second half; --from/--to to choose). Demand is
+divided by the capacity of one shard, chosen so that the range's peak needs
+--peak-shards shards (or given with --capacity). A shard requested at step t
+serves from t + --lead (default 10m). Policies:
+
+  reactive   the Kubernetes HPA rule ceil(current x utilisation / target),
+             tolerance 0.1, 5 min scale-down stabilisation; swept over
+             --target-utilisations
+  shardcast  the planner on the demand model's quantile forecasts, each made
+             only from the points before its step, through the same
+             Model::forecast call the inference server makes; it covers the
+             forecast from t + lead to t + lead + --hold at the service level,
+             swept over --service-levels
+  oracle     perfect foresight: the fewest shards that never fall short
+
+The model is trained on the points before the simulated range with the same
+defaults as `shardcast train` (the model flags below override them), or loaded
+with --model (it must have been trained on data that ends before the range).
+
+Outputs: the per-step CSV (ts, policy, knob, demand, shards_ready,
+shards_requested; demand in shard units), a summary table on stdout
+(under-provisioned steps, unserved demand, shard-hours relative to the oracle,
+scale actions) with the issue's targets checked against the reactive rule at
+target utilisation 0.7, and a PNG (--png, default: --out with .png) with demand
+against ready shards per policy, the model's forecast fan at the lead time, and
+the cost/violation curves of the sweeps.";
+
+/// A point in time given on the command line, in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeArg(pub(crate) i64);
+
+impl std::str::FromStr for TimeArg {
+    type Err = String;
+
+    /// `2017-01-20`, `2017-01-20 12:00[:00]`, `2017-01-20T12:00:00Z`, or an
+    /// RFC 3339 time with an offset; UTC unless an offset is given.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
+            return Ok(Self(dt.timestamp_millis()));
+        }
+        let t = t.strip_suffix('Z').unwrap_or(t);
+        for fmt in [
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%d %H:%M",
+            "%Y-%m-%dT%H:%M",
+        ] {
+            if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, fmt) {
+                return Ok(Self(dt.and_utc().timestamp_millis()));
+            }
+        }
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            return Ok(Self(
+                d.and_time(chrono::NaiveTime::MIN)
+                    .and_utc()
+                    .timestamp_millis(),
+            ));
+        }
+        Err(format!(
+            "`{s}` is not a time: use 2017-01-20, 2017-01-20 12:00:00 or 2017-01-20T12:00:00Z"
+        ))
+    }
+}
+
+/// A duration such as `10m`, `600s`, `1h` or `0`, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lead(pub(crate) u64);
+
+impl std::str::FromStr for Lead {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "0" {
+            return Ok(Self(0));
+        }
+        let step: GridStep = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration: use 10m, 600s, 1h or 0"))?;
+        if step.millis() % 1000 != 0 {
+            return Err(format!("`{s}`: the lead time must be whole seconds"));
+        }
+        Ok(Self((step.millis() / 1000) as u64))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The series id to replay, as `shardcast series` lists it.
+    #[arg(long)]
+    pub(crate) series: String,
+    /// The app of the series, when several apps have a series of that id.
+    #[arg(long)]
+    pub(crate) app: Option<String>,
+    /// Its shard type, when the id is ambiguous.
+    #[arg(long)]
+    pub(crate) shard_type: Option<String>,
+    /// Its metric, when the id is ambiguous.
+    #[arg(long)]
+    pub(crate) metric: Option<String>,
+    /// Per-step CSV: ts, policy, knob, demand, shards_ready, shards_requested.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// PNG chart (default: the CSV path with the extension .png).
+    #[arg(long)]
+    pub(crate) png: Option<PathBuf>,
+    /// Draw no PNG.
+    #[arg(long, conflicts_with = "png")]
+    pub(crate) no_png: bool,
+    /// Grid step (default: the series' median spacing, in whole minutes).
+    #[arg(long)]
+    pub(crate) grid: Option<GridStep>,
+    /// Aggregation per bin; empty bins are linearly interpolated.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub(crate) agg: AggArg,
+    /// First simulated time (default: 7 days before the end, or the middle
+    /// of the series when it is shorter than 14 days).
+    #[arg(long)]
+    pub(crate) from: Option<TimeArg>,
+    /// End of the simulated range, exclusive (default: the end of the series).
+    #[arg(long)]
+    pub(crate) to: Option<TimeArg>,
+    /// Time from requesting a shard until it serves (rounded up to whole grid
+    /// steps): `10m`, `600s`, `0`.
+    #[arg(long, default_value = "10m", env = "SHARDCAST_LEAD")]
+    pub(crate) lead: Lead,
+    /// How long after the lead time the planner's count must keep covering
+    /// the forecast (it then launches ahead of a rise and releases after a
+    /// fall): `10m`, `0`. The model's default horizon grows with it.
+    #[arg(long, default_value = "10m", env = "SHARDCAST_HOLD")]
+    pub(crate) hold: Lead,
+    /// Scale demand so that the range's peak needs this many shards.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) peak_shards: u32,
+    /// Demand one shard serves, in the series' units (instead of
+    /// --peak-shards).
+    #[arg(long, conflicts_with = "peak_shards")]
+    pub(crate) capacity: Option<f64>,
+    /// Reactive knob: target utilisations to sweep, each in (0, 1].
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.6, 0.7, 0.8, 0.9])]
+    pub(crate) target_utilisations: Vec<f64>,
+    /// Shardcast knob: service levels to sweep, each in (0, 1). Levels above
+    /// the model's highest quantile (0.975) read an exponential upper tail.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999, 0.9999, 0.99999])]
+    pub(crate) service_levels: Vec<f64>,
+    /// JSON simulator settings (min/max shards, the reactive rule's
+    /// tolerance and stabilisation, the planner's policy); unknown fields are
+    /// refused; fields left out keep the defaults. The lead and hold come
+    /// from --lead and --hold.
+    #[arg(long)]
+    pub(crate) sim_config: Option<PathBuf>,
+    /// Use this model directory instead of training one; it must have been
+    /// trained only on data before the simulated range.
+    #[arg(long)]
+    pub(crate) model: Option<PathBuf>,
+    /// Save the model trained for the run to this (new) directory.
+    #[arg(long, conflicts_with = "model")]
+    pub(crate) save_model: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) model_args: ModelArgs,
 }

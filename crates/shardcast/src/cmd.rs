@@ -7,6 +7,7 @@ mod ingest;
 mod model;
 pub(crate) mod onnx;
 mod serve;
+mod simulate;
 
 use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
@@ -43,6 +44,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Backtest(args) => model::backtest(*args).await,
         Command::Serve(args) => serve::run(*args).await,
         Command::ExportOnnx(args) => onnx::export(args).await,
+        Command::Simulate(args) => simulate::run(*args).await,
     }
 }
 

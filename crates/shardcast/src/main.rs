@@ -7,6 +7,7 @@
 
 mod cli;
 mod cmd;
+mod plot;
 
 use clap::Parser;
 

@@ -113,6 +113,50 @@ fn joint_combination_reads_a_stricter_level() {
 }
 
 #[test]
+fn exponential_tail_reads_levels_above_the_highest() {
+    // Levels 0.5 and 0.9 at 200 and 300: the exceedance probability falls
+    // fivefold from 0.5 to 0.9, so every further fivefold fall adds 100.
+    let f = forecast(&[(0., 0., 0.), (0., 0., 0.), (100., 200., 300.)]);
+    let plan = |level: f64, tail: Tail| {
+        let p = ScalePolicy {
+            service_level: level,
+            tail,
+            ..policy()
+        };
+        let out = plan_scale(Timestamp(0), &api(), &p, &state(3), Some(&f)).unwrap();
+        let ScaleBasis::Forecast(b) = out.decision.reason.basis.clone() else {
+            panic!()
+        };
+        (out.decision, b)
+    };
+    // 0.98: exceedance 0.02 = 0.1 / 5, so 300 + 100 = 400 → 8 shards of 50.
+    let (d, b) = plan(0.98, Tail::Exponential);
+    assert!((b.binding_demand - 400.0).abs() < 1e-6, "{b:?}");
+    assert_eq!(d.desired, 8);
+    assert!(b.level_extrapolated && !b.level_clamped);
+    assert!(
+        d.reason.to_string().contains("extrapolated"),
+        "{}",
+        d.reason
+    );
+    // 0.996: exceedance 0.1 / 25, two fivefold falls → 500 → 10 shards.
+    let (d, b) = plan(0.996, Tail::Exponential);
+    assert!((b.binding_demand - 500.0).abs() < 1e-6, "{b:?}");
+    assert_eq!(d.desired, 10);
+    // Flat: the highest level's 300 → 6 shards, and the clamp is recorded.
+    let (d, b) = plan(0.98, Tail::Flat);
+    assert_eq!(d.desired, 6);
+    assert!(b.level_clamped && !b.level_extrapolated);
+    // Within the levels both tails interpolate alike.
+    assert_eq!(
+        plan(0.7, Tail::Exponential).0.desired,
+        plan(0.7, Tail::Flat).0.desired
+    );
+    let p: ScalePolicy = serde_json::from_str(r#"{"tail":"exponential"}"#).unwrap();
+    assert_eq!(p.tail, Tail::Exponential);
+}
+
+#[test]
 fn missing_forecast_falls_back_to_hpa_rule() {
     let p = ScalePolicy {
         capacity_per_shard: 1.0,

@@ -197,3 +197,63 @@ proptest! {
         prop_assert!((run.summary.shard_hours - oracle.summary.shard_hours).abs() < 1e-9);
     }
 }
+
+#[test]
+fn missing_forecasts_fall_back_to_the_hpa_rule_and_are_counted() {
+    let tr = step_trace();
+    let mut none = |_: &SourceRequest<'_>| -> Option<QuantileForecast> { None };
+    let run = simulate_shardcast(&tr, &cfg(2), 0.9, &mut none).unwrap();
+    let req: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
+    // Step 0 sizes from demand at the fallback's target 0.7: ceil(2 / 0.7)
+    // = 3, which the tolerance then keeps. The step to 10 is seen at step
+    // 11: ceil(3 × (10 / 3) / 0.7) = 15, ready from step 13.
+    let mut want = vec![3; 11];
+    want.extend([15; 9]);
+    assert_eq!(req, want);
+    let s = &run.summary;
+    assert_eq!(s.fallback_steps, 20);
+    assert_eq!(s.under_provisioned_steps, 3);
+    assert!((s.unserved_demand_pct - 100.0 * 3.0 * 7.0 / 120.0).abs() < 1e-9);
+    assert!((s.shard_hours - (3.0 * 11.0 + 15.0 * 9.0) / 12.0).abs() < 1e-9);
+    assert_eq!(s.scale_actions, 1);
+}
+
+/// Every step forecast with levels 0.5 and 0.9 at 9.2 and 9.7.
+fn fixed_forecast(r: &SourceRequest<'_>) -> Option<QuantileForecast> {
+    let levels = QuantileSet::new(&[0.5, 0.9]).unwrap();
+    let values = (0..r.horizon).flat_map(|_| [9.2f32, 9.7]).collect();
+    QuantileForecast::new(levels, r.start, r.step, values).ok()
+}
+
+#[test]
+fn service_levels_beyond_the_forecast_read_the_exponential_tail() {
+    // Demand 10.4 at every step. The 0.9 level (9.7) gives 10 shards: every
+    // step is short by 0.4. The tail adds (9.7 − 9.2) per fivefold fall of
+    // the exceedance probability: 0.98 → 10.2 → 11 shards, never short;
+    // 0.9999 → 9.7 + 0.5 · ln(1000) / ln(5) ≈ 11.85 → 12.
+    let tr = trace(vec![10.4; 24]);
+    let c = cfg(2);
+    assert_eq!(c.shardcast.tail, Tail::Exponential);
+    let run = |c: &SimConfig, level: f64| {
+        let mut src = fixed_forecast;
+        simulate_shardcast(&tr, c, level, &mut src).unwrap()
+    };
+    let low = run(&c, 0.9);
+    assert!(low.records.iter().all(|r| r.shards_requested == 10));
+    assert_eq!(low.summary.under_provisioned_steps, 24);
+    assert!((low.summary.unserved_demand_pct - 100.0 * 0.4 / 10.4).abs() < 1e-6);
+    let high = run(&c, 0.98);
+    assert!(high.records.iter().all(|r| r.shards_requested == 11));
+    assert_eq!(high.summary.under_provisioned_steps, 0);
+    assert!((high.summary.shard_hours - 11.0 * 24.0 / 12.0).abs() < 1e-9);
+    assert!(
+        run(&c, 0.9999)
+            .records
+            .iter()
+            .all(|r| r.shards_requested == 12)
+    );
+    // A flat tail buys nothing above the highest level.
+    let mut flat = c.clone();
+    flat.shardcast.tail = Tail::Flat;
+    assert_eq!(run(&flat, 0.98).summary.under_provisioned_steps, 24);
+}

@@ -210,7 +210,19 @@ pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
     if clients.is_empty() || clients.contains(&0) {
         bail!("--clients needs positive counts, e.g. 1,16,64");
     }
+    // The bench clears `<dir>/store` and `<dir>/models`: never let that be
+    // the models it reads, or anything that holds them.
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     std::fs::create_dir_all(&args.dir)?;
+    let dir = canon(&args.dir);
+    let models = canon(&args.models_dir);
+    if models.starts_with(&dir) || dir.starts_with(&models) || dir == canon(Path::new(".")) {
+        bail!(
+            "--dir {} must be a working directory of its own, apart from --models-dir {} and the current directory",
+            args.dir.display(),
+            args.models_dir.display()
+        );
+    }
     let store_loc = store(&args).await?;
     let keys: Vec<pb::SeriesKey> = super::open(&store_loc)?
         .list_series()

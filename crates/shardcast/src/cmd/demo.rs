@@ -17,7 +17,7 @@ use shardcast_model::forecaster::Model;
 use crate::cli::{AggArg, DemoArgs, GridArgs, OutputFormat, StoreArgs};
 
 /// The median spacing of a series' timestamps, rounded to whole minutes.
-fn typical_step(ts: &[i64]) -> GridStep {
+pub(crate) fn typical_step(ts: &[i64]) -> GridStep {
     let mut gaps: Vec<i64> = ts
         .windows(2)
         .map(|w| w[1] - w[0])

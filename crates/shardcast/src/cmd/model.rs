@@ -93,12 +93,17 @@ struct ConfigFile {
     train: TrainConfig,
 }
 
+/// Horizon of `train` and `backtest` when `--horizon` is not given.
+pub(crate) const DEFAULT_HORIZON: usize = 12;
+
 /// The model and training configuration: defaults chosen from the grid and
-/// the shortest series, then the config file, then flags.
-fn configure(
+/// the shortest series (and `default_horizon` when `--horizon` is absent),
+/// then the config file, then flags.
+pub(crate) fn configure(
     args: &ModelArgs,
     step: GridStep,
     shortest: usize,
+    default_horizon: usize,
 ) -> Result<(ModelConfig, TrainConfig)> {
     if args.device != "cpu" {
         bail!(
@@ -109,8 +114,8 @@ fn configure(
     let season = args
         .season
         .or_else(|| step.per_day())
-        .unwrap_or(args.horizon.max(1));
-    let horizon = args.horizon;
+        .unwrap_or(args.horizon.unwrap_or(default_horizon).max(1));
+    let horizon = args.horizon.unwrap_or(default_horizon);
     let context = 48.min(season.max(horizon));
     let mut lags = vec![];
     if season >= horizon {
@@ -174,7 +179,7 @@ fn configure(
 
 /// Progress on stderr: a redrawn line on a terminal, a line per validation
 /// pass otherwise.
-fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
+pub(crate) fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
     let tty = std::io::stderr().is_terminal();
     move |p: &Progress| {
         let line = format!(
@@ -197,7 +202,7 @@ fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
     }
 }
 
-fn end_progress() {
+pub(crate) fn end_progress() {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
@@ -207,7 +212,12 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
     let started = Instant::now();
     let (grids, step) = load_grids(&args.grid).await?;
     let shortest = grids.iter().map(|g| g.values.len()).min().unwrap_or(0);
-    let (config, train) = configure(&args.model, step, shortest.saturating_sub(args.test_points))?;
+    let (config, train) = configure(
+        &args.model,
+        step,
+        shortest.saturating_sub(args.test_points),
+        DEFAULT_HORIZON,
+    )?;
     let spec = BacktestSpec {
         step_ms: step.millis(),
         horizon: config.horizon,
@@ -348,7 +358,7 @@ fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
 pub(crate) async fn train(args: TrainArgs) -> Result<()> {
     let (grids, step) = load_grids(&args.grid).await?;
     let shortest = grids.iter().map(|g| g.values.len()).min().unwrap_or(0);
-    let (config, train) = configure(&args.model, step, shortest)?;
+    let (config, train) = configure(&args.model, step, shortest, DEFAULT_HORIZON)?;
     let dir = args.models_dir.join(&args.name);
     let version = match &args.version {
         Some(v) => v.clone(),
