@@ -73,7 +73,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_series: 1024,
+            max_series: 256,
             max_context_points: 100_000,
             max_write_points: 10_000_000,
             max_message_bytes: 16 << 20,

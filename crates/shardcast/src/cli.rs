@@ -441,8 +441,9 @@ pub(crate) struct ServeArgs {
     /// sets `RAYON_NUM_THREADS=1` unless it is set).
     #[arg(long, env = "SHARDCAST_WORKERS", default_value_t = 1)]
     pub(crate) workers: usize,
-    /// Most series in one batch, shard type or stream request.
-    #[arg(long, env = "SHARDCAST_MAX_SERIES", default_value_t = 1024)]
+    /// Most series in one batch, shard type or stream request; keep it well
+    /// below --queue, since each series is one queued forecast.
+    #[arg(long, env = "SHARDCAST_MAX_SERIES", default_value_t = 256)]
     pub(crate) max_series: usize,
     /// Largest request message, bytes.
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]

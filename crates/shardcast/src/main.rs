@@ -22,10 +22,16 @@ fn main() -> std::process::ExitCode {
         // SAFETY: no other thread exists yet to read the environment.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
+    // A server logs what it does (versions served, switches, refusals);
+    // the other subcommands print their results and log only trouble.
+    let default_filter = match cli.command {
+        cli::Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
