@@ -744,7 +744,14 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     // A passed deadline is answered with an error, not a late forecast, and
     // the server goes on. Batches here wait 2 s to fill, so a call with a
     // 200 ms deadline is certain to pass it while queued.
-    let server = f.serve(&["--max-batch", "4096", "--max-wait-us", "2000000"]);
+    let server = f.serve(&[
+        "--max-batch",
+        "4096",
+        "--max-wait-us",
+        "2000000",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let mut c = server.forecasts().await;
     let mut r = tonic::Request::new(pb::ForecastBatchRequest {
         requests: vec![request(SERIES[0]); 100],
@@ -756,10 +763,18 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
         "{e}"
     );
     c.forecast(request(SERIES[0])).await.unwrap();
+    // The call dropped at its deadline is counted.
+    let text = http_get(server.metrics.as_deref().unwrap(), "/metrics");
+    assert!(
+        text.contains(
+            "shardcast_grpc_requests_total{method=\"ForecastBatch\",code=\"Cancelled\"} 1"
+        ),
+        "{text}"
+    );
     drop(server);
 
-    // Bearer tokens.
-    let server = f.serve(&["--token", "s3cret"]);
+    // Bearer tokens; refusals are counted.
+    let server = f.serve(&["--token", "s3cret", "--metrics-listen", "127.0.0.1:0"]);
     let mut c = server.forecasts().await;
     let e = c.forecast(request(SERIES[0])).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -774,6 +789,11 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     r.metadata_mut()
         .insert("authorization", "Bearer s3cret".parse().unwrap());
     c.forecast(r).await.unwrap();
+    let text = http_get(server.metrics.as_deref().unwrap(), "/metrics");
+    assert!(
+        text.contains("shardcast_grpc_requests_total{method=\"*\",code=\"Unauthenticated\"} 2"),
+        "{text}"
+    );
     // Health needs no token.
     let mut h = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     let st = h

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::try_join_all;
 use shardcast_core::{GridStep, QuantileForecast, QuantileSet, SeriesKey, Timestamp};
@@ -352,7 +351,7 @@ impl ForecastService for ForecastApi {
         &self,
         request: Request<pb::ForecastRequest>,
     ) -> Result<Response<pb::ForecastResponse>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("Forecast");
         let s = &self.state;
         let served = s.registry.current();
         let out = s
@@ -361,14 +360,14 @@ impl ForecastService for ForecastApi {
             .map(|a| pb::ForecastResponse {
                 forecast: Some(a.to_pb()),
             });
-        s.finish("Forecast", t, out)
+        call.finish(out)
     }
 
     async fn forecast_shard_type(
         &self,
         request: Request<pb::ForecastShardTypeRequest>,
     ) -> Result<Response<pb::ForecastShardTypeResponse>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("ForecastShardType");
         let s = &self.state;
         let req = request.get_ref();
         let served = s.registry.current();
@@ -389,14 +388,14 @@ impl ForecastService for ForecastApi {
             })
         }
         .await;
-        s.finish("ForecastShardType", t, out)
+        call.finish(out)
     }
 
     async fn forecast_batch(
         &self,
         request: Request<pb::ForecastBatchRequest>,
     ) -> Result<Response<pb::ForecastBatchResponse>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("ForecastBatch");
         let s = &self.state;
         let reqs = &request.get_ref().requests;
         let served = s.registry.current();
@@ -426,7 +425,7 @@ impl ForecastService for ForecastApi {
             })
         }
         .await;
-        s.finish("ForecastBatch", t, out)
+        call.finish(out)
     }
 
     type StreamForecastsStream = ForecastStream;
@@ -435,7 +434,7 @@ impl ForecastService for ForecastApi {
         &self,
         request: Request<pb::StreamForecastsRequest>,
     ) -> Result<Response<Self::StreamForecastsStream>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("StreamForecasts");
         let s = Arc::clone(&self.state);
         let req = request.into_inner();
         let checked = (|| {
@@ -460,7 +459,7 @@ impl ForecastService for ForecastApi {
         })();
         let keys = match checked {
             Ok(k) => k,
-            Err(e) => return s.finish("StreamForecasts", t, Err(e)),
+            Err(e) => return call.finish(Err(e)),
         };
         let (tx, rx) = mpsc::channel(16);
         let state = Arc::clone(&s);
@@ -521,18 +520,14 @@ impl ForecastService for ForecastApi {
                 }
             }
         });
-        s.finish(
-            "StreamForecasts",
-            t,
-            Ok(Box::pin(ReceiverStream::new(rx)) as ForecastStream),
-        )
+        call.finish(Ok(Box::pin(ReceiverStream::new(rx)) as ForecastStream))
     }
 
     async fn shard_demand(
         &self,
         request: Request<pb::ShardDemandRequest>,
     ) -> Result<Response<pb::ShardDemandResponse>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("ShardDemand");
         let s = &self.state;
         let req = request.get_ref();
         let served = s.registry.current();
@@ -610,6 +605,6 @@ impl ForecastService for ForecastApi {
             })
         }
         .await;
-        s.finish("ShardDemand", t, out)
+        call.finish(out)
     }
 }

@@ -2,7 +2,6 @@
 //! into the store, committed atomically when the stream ends.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use shardcast_proto::ingest::v1 as pb;
 use shardcast_proto::ingest::v1::ingest_service_server::IngestService;
@@ -94,9 +93,9 @@ impl IngestService for IngestApi {
         &self,
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("Write");
         let out = self.state.write(request.into_inner()).await;
-        self.state.finish("Write", t, out)
+        call.finish(out)
     }
 }
 

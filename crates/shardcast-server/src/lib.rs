@@ -196,13 +196,45 @@ impl State {
             .send_if_modified(|cur| std::mem::replace(cur, v) != v);
     }
 
-    /// Records a finished call and turns its result into a gRPC answer.
-    pub(crate) fn finish<T>(
-        &self,
-        method: &'static str,
-        started: Instant,
-        out: Result<T>,
-    ) -> Result<Response<T>, Status> {
+    /// Starts recording a call of `method`; a call dropped before
+    /// [`Call::finish`] (its caller went away or its deadline passed) is
+    /// counted as `Cancelled`.
+    pub(crate) fn call(&self, method: &'static str) -> Call<'_> {
+        Call {
+            metrics: &self.metrics,
+            method,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+/// One call being served, for the metrics.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    metrics: &'a Metrics,
+    method: &'static str,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.observe(
+                self.method,
+                tonic::Code::Cancelled,
+                self.started.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}
+
+impl Call<'_> {
+    /// Records the finished call and turns its result into a gRPC answer.
+    pub(crate) fn finish<T>(mut self, out: Result<T>) -> Result<Response<T>, Status> {
+        self.done = true;
+        let (method, started) = (self.method, self.started);
         let out = out.map(Response::new).map_err(|e| {
             let status = Status::from(e);
             if status.code() == tonic::Code::Internal {
@@ -221,7 +253,7 @@ impl State {
 
 /// Checks the `authorization: Bearer <token>` metadata.
 #[derive(Debug, Clone)]
-struct Auth(Option<Arc<str>>);
+struct Auth(Option<Arc<str>>, Arc<Metrics>);
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
@@ -233,13 +265,14 @@ impl tonic::service::Interceptor for Auth {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
-            )),
-        }
+        let refused = match given {
+            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => return Ok(req),
+            Some(_) => Status::unauthenticated("wrong bearer token"),
+            None => Status::unauthenticated("missing `authorization: Bearer <token>` metadata"),
+        };
+        // The interceptor does not see the method: count under `*`.
+        self.1.observe("*", refused.code(), 0.0);
+        Err(refused)
     }
 }
 
@@ -276,7 +309,10 @@ pub async fn serve(
             source: std::io::Error::other(e.to_string()),
         })?;
 
-    let auth = Auth(cfg.token.as_deref().map(Arc::from));
+    let auth = Auth(
+        cfg.token.as_deref().map(Arc::from),
+        Arc::clone(&state.metrics),
+    );
     let max = cfg.limits.max_message_bytes;
     let forecast = ForecastServiceServer::new(forecast::ForecastApi::new(Arc::clone(&state)))
         .max_decoding_message_size(max);

@@ -2,7 +2,6 @@
 //! model's versions.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use shardcast_proto::model::v1 as pb;
 use shardcast_proto::model::v1::model_service_server::ModelService;
@@ -87,8 +86,7 @@ impl ModelService for ModelApi {
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let t = Instant::now();
-        let s = &self.state;
+        let call = self.state.call("ListModels");
         let out = self
             .state
             .registry_op(|s| {
@@ -107,14 +105,14 @@ impl ModelService for ModelApi {
             })
             .await
             .map(|versions| pb::ListModelsResponse { versions });
-        s.finish("ListModels", t, out)
+        call.finish(out)
     }
 
     async fn reload(
         &self,
         _request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ModelStatus>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("Reload");
         let out = self
             .state
             .registry_op(|s| {
@@ -122,14 +120,14 @@ impl ModelService for ModelApi {
                 Ok(s.status())
             })
             .await;
-        self.state.finish("Reload", t, out)
+        call.finish(out)
     }
 
     async fn rollback(
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ModelStatus>, Status> {
-        let t = Instant::now();
+        let call = self.state.call("Rollback");
         let version = match request.get_ref().version {
             0 => None,
             v => Some(v),
@@ -141,6 +139,6 @@ impl ModelService for ModelApi {
                 Ok(s.status())
             })
             .await;
-        self.state.finish("Rollback", t, out)
+        call.finish(out)
     }
 }
