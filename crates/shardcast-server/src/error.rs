@@ -75,6 +75,17 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A forecast failed inside the server: which series and model version.
+    #[error("forecasting {key} with model version {version} failed")]
+    Forecasting {
+        /// The series, as `app/shard_type/metric/series`.
+        key: String,
+        /// The model version.
+        version: u32,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// The server is stopping.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -126,28 +137,66 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Self {
-        let msg = chain(&e);
-        match e {
-            Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+impl Error {
+    /// The gRPC code of this error.
+    fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::InvalidArgument { .. } | Error::Store(shardcast_store::Error::Row { .. }) => {
+                Code::InvalidArgument
+            }
             Error::UnknownSeries { .. }
             | Error::UnknownShardType { .. }
-            | Error::UnknownVersion { .. } => Status::not_found(msg),
-            Error::ModelUnavailable { .. } | Error::NoModel { .. } => {
-                Status::failed_precondition(msg)
-            }
-            Error::Overloaded { .. } => Status::resource_exhausted(msg),
-            Error::ShuttingDown => Status::unavailable(msg),
-            Error::Store(shardcast_store::Error::Row { .. }) => Status::invalid_argument(msg),
-            Error::Store(shardcast_store::Error::UnknownSeries { .. }) => Status::not_found(msg),
+            | Error::UnknownVersion { .. }
+            | Error::Store(shardcast_store::Error::UnknownSeries { .. }) => Code::NotFound,
+            Error::ModelUnavailable { .. } | Error::NoModel { .. } => Code::FailedPrecondition,
+            Error::Overloaded { .. } => Code::ResourceExhausted,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Forecasting { source, .. } => source.code(),
             Error::Store(_)
             | Error::InferencePanicked
             | Error::BadModelOutput { .. }
             | Error::Model(_)
             | Error::Core(_)
             | Error::Io { .. }
-            | Error::Transport(_) => Status::internal(msg),
+            | Error::Transport(_) => Code::Internal,
         }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(e.code(), chain(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_keep_the_cause_and_its_code() {
+        let wrapped = |source| Error::Forecasting {
+            key: "a/t/m/s".into(),
+            version: 3,
+            source: Box::new(source),
+        };
+        let s = Status::from(wrapped(Error::InferencePanicked));
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(
+            s.message().contains("a/t/m/s") && s.message().contains("version 3"),
+            "{s}"
+        );
+        assert!(s.message().contains("inference failed"), "{s}");
+        let s = Status::from(wrapped(Error::UnknownSeries { key: "x".into() }));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let s = Status::from(Error::Overloaded {
+            queued: 3,
+            limit: 3,
+        });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        let s = Status::from(Error::invalid("requests[2].horizon", "too long"));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains("requests[2].horizon: too long"), "{s}");
     }
 }

@@ -181,7 +181,16 @@ impl State {
         let values = self
             .batcher
             .forecast(Arc::clone(served), series, shard_type, Arc::clone(&tail))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Queue and shutdown errors are about the server, not the series.
+                Error::Overloaded { .. } | Error::ShuttingDown => e,
+                e => Error::Forecasting {
+                    key: key.to_string(),
+                    version: served.version,
+                    source: Box::new(e),
+                },
+            })?;
         let step = GridStep::from_millis(tail.step)?;
         let last_observed = tail.last_observed();
         let start = Timestamp(last_observed + tail.step);
