@@ -160,13 +160,10 @@ impl State {
     pub async fn open(cfg: &ServerConfig) -> Result<Arc<Self>> {
         let store = Store::open(&cfg.store)?;
         let (models_dir, name, format) = (cfg.models_dir.clone(), cfg.model.clone(), cfg.format);
-        let registry =
-            tokio::task::spawn_blocking(move || ModelRegistry::open(&models_dir, &name, format))
-                .await
-                .map_err(|e| Error::Io {
-                    context: "loading the model".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+        let registry = blocking("loading the model", move || {
+            ModelRegistry::open(&models_dir, &name, format)
+        })
+        .await?;
         let context = StoreContext::new(store, cfg.agg);
         context.refresh().await?;
         let metrics = Arc::new(Metrics::default());
@@ -249,6 +246,20 @@ impl Call<'_> {
             .observe(method, code, started.elapsed().as_secs_f64());
         out
     }
+}
+
+/// Runs blocking work (file reads, model loads) off the async threads; a
+/// panic in it becomes an error naming `what`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io {
+            context: what.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 /// Checks the `authorization: Bearer <token>` metadata.

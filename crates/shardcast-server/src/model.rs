@@ -8,7 +8,7 @@ use shardcast_proto::model::v1::model_service_server::ModelService;
 use tonic::{Request, Response, Status};
 
 use crate::State;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::registry::{Served, validation_loss, versions};
 
 /// The gRPC service over a shared [`State`].
@@ -69,12 +69,7 @@ impl State {
         op: impl FnOnce(&State) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let state = Arc::clone(self);
-        let out = tokio::task::spawn_blocking(move || op(&state))
-            .await
-            .map_err(|e| Error::Io {
-                context: "model registry task".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let out = crate::blocking("model registry task", move || op(&state)).await?;
         self.publish_model();
         Ok(out)
     }
