@@ -1,6 +1,8 @@
 //! Compiles `proto/shardcast/*/v1/*.proto` with protox (a pure-Rust protobuf
 //! compiler, so no `protoc` is needed) and generates the tonic services. The
-//! encoded descriptor set is kept for gRPC reflection.
+//! encoded descriptor set is kept for gRPC reflection. KEDA's external
+//! scaler contract (`proto/externalscaler/`) is compiled on its own, so the
+//! inference server's reflection does not advertise a service it lacks.
 
 use std::path::PathBuf;
 
@@ -9,6 +11,8 @@ const PROTOS: [&str; 3] = [
     "shardcast/ingest/v1/ingest.proto",
     "shardcast/model/v1/model.proto",
 ];
+
+const KEDA: &str = "externalscaler/externalscaler.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
@@ -24,7 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;
-    for p in PROTOS {
+    let mut keda = protox::Compiler::new([&root])?;
+    keda.open_files([KEDA])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(keda.file_descriptor_set())?;
+    for p in PROTOS.iter().chain([&KEDA]) {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     Ok(())

@@ -200,6 +200,12 @@ pub enum FallbackCause {
         /// The largest accepted age, in milliseconds.
         max_age_ms: i64,
     },
+    /// The forecast could not be had: the server was unreachable, too slow,
+    /// refused the request or answered with something unusable.
+    Unavailable {
+        /// What went wrong, in words.
+        detail: String,
+    },
     /// The forecast ends before the end of the provisioning lead time.
     ShortHorizon {
         /// Start of the forecast's last step.
@@ -219,6 +225,9 @@ impl fmt::Display for FallbackCause {
                 age_ms / 1000,
                 max_age_ms / 1000
             ),
+            FallbackCause::Unavailable { detail } => {
+                write!(f, "no usable forecast ({detail})")
+            }
             FallbackCause::ShortHorizon {
                 forecast_end,
                 needed,

@@ -355,6 +355,24 @@ pub fn plan_scale(
     state: &ScaleState,
     forecast: Option<&QuantileForecast>,
 ) -> Result<ScaleOutcome> {
+    plan_scale_or(
+        now,
+        shard_type,
+        policy,
+        state,
+        forecast.ok_or(FallbackCause::Missing),
+    )
+}
+
+/// [`plan_scale`] where the caller says why it has no forecast (the server
+/// was unreachable, answered garbage, …); the reason carries that cause.
+pub fn plan_scale_or(
+    now: Timestamp,
+    shard_type: &ShardType,
+    policy: &ScalePolicy,
+    state: &ScaleState,
+    forecast: std::result::Result<&QuantileForecast, FallbackCause>,
+) -> Result<ScaleOutcome> {
     policy.validate()?;
     if let Some(d) = state.observed_demand {
         check_range(
@@ -494,9 +512,9 @@ fn forecast_basis(
     now: Timestamp,
     policy: &ScalePolicy,
     healthy: u32,
-    forecast: Option<&QuantileForecast>,
+    forecast: std::result::Result<&QuantileForecast, FallbackCause>,
 ) -> Result<(ForecastBasis, u32), FallbackCause> {
-    let f = forecast.ok_or(FallbackCause::Missing)?;
+    let f = forecast?;
     let max_age_ms = ScalePolicy::ms(policy.max_forecast_age_secs);
     let age_ms = now.0.saturating_sub(f.start().0);
     if age_ms > max_age_ms {

@@ -1,6 +1,6 @@
 //! Conversions between wire messages and core types.
 
-use shardcast_core::{QuantileForecast, SeriesKey};
+use shardcast_core::{Error, GridStep, QuantileForecast, QuantileSet, SeriesKey, Timestamp};
 
 use crate::forecast::v1 as pb;
 
@@ -60,6 +60,46 @@ pub fn forecast_to_pb(
     }
 }
 
+/// A wire forecast as a checked core forecast: levels strictly increasing in
+/// (0, 1), a positive step, step times `start + i × step`, one finite value
+/// per level in every step, and quantiles that do not cross. A client must
+/// not trust a server further than this.
+pub fn forecast_from_pb(f: &pb::Forecast) -> shardcast_core::Result<QuantileForecast> {
+    let levels = QuantileSet::new(&f.quantiles)?;
+    let step = GridStep::from_millis(f.step_ms).map_err(|_| Error::InvalidGridStep {
+        text: format!("{} ms", f.step_ms),
+    })?;
+    let Some(first) = f.steps.first() else {
+        return Err(Error::ForecastShape {
+            got: 0,
+            horizon: 0,
+            quantiles: levels.len(),
+        });
+    };
+    let start = Timestamp(first.timestamp_unix_ms);
+    let mut values = Vec::with_capacity(f.steps.len() * levels.len());
+    for (i, s) in f.steps.iter().enumerate() {
+        let expected = i64::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_mul(step.millis()))
+            .and_then(|d| start.millis().checked_add(d));
+        if expected != Some(s.timestamp_unix_ms) {
+            return Err(Error::ForecastValues {
+                step: i,
+                reason: "its time is not the first step's time plus a whole number of steps",
+            });
+        }
+        if s.values.len() != levels.len() {
+            return Err(Error::ForecastValues {
+                step: i,
+                reason: "it has not one value per quantile level",
+            });
+        }
+        values.extend_from_slice(&s.values);
+    }
+    QuantileForecast::new(levels, start, step, values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +142,38 @@ mod tests {
         assert_eq!(wire.steps[1].timestamp_unix_ms, 180_000);
         assert_eq!(wire.steps[1].values, vec![4.0, 5.0, 6.0]);
         assert_eq!((wire.model_version, wire.step_ms), (3, 60_000));
+        assert_eq!(forecast_from_pb(&wire).unwrap(), f);
+    }
+
+    #[test]
+    fn malformed_wire_forecasts_are_refused() {
+        let good = pb::Forecast {
+            step_ms: 60_000,
+            quantiles: vec![0.1, 0.9],
+            steps: (0..3)
+                .map(|i| pb::ForecastStep {
+                    timestamp_unix_ms: 60_000 * i,
+                    values: vec![1.0, 2.0],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(forecast_from_pb(&good).unwrap().horizon(), 3);
+        let cases: Vec<(fn(&mut pb::Forecast), &str)> = vec![
+            (|f| f.quantiles = vec![0.9, 0.1], "strictly increasing"),
+            (|f| f.quantiles = vec![0.1, 1.0], "outside"),
+            (|f| f.step_ms = 0, "grid step"),
+            (|f| f.steps.clear(), "0 values"),
+            (|f| f.steps[2].timestamp_unix_ms += 1, "step 2"),
+            (|f| f.steps[1].values.push(3.0), "one value per quantile"),
+            (|f| f.steps[0].values = vec![2.0, 1.0], "cross"),
+            (|f| f.steps[1].values[0] = f32::NAN, "not finite"),
+        ];
+        for (break_it, want) in cases {
+            let mut f = good.clone();
+            break_it(&mut f);
+            let err = forecast_from_pb(&f).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} lacks {want}");
+        }
     }
 }

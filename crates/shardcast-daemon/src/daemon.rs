@@ -1,0 +1,407 @@
+//! The planning loop: read the state, ask for forecasts, plan, publish.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use shardcast_core::{Decision, FallbackCause, ShardType, Timestamp};
+use shardcast_planner::scale::{Recommendation, ScaleState, plan_scale_or};
+use tokio::sync::watch;
+
+use crate::client::{Fetched, ForecastClient, Provenance};
+use crate::config::{Clock, PlanConfig};
+use crate::error::{Error, Result};
+use crate::keda::{Target, Targets};
+use crate::state::{Observed, StateFile};
+
+/// How the daemon runs beside its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Plan and print, but publish nothing: KEDA keeps being told the
+    /// current counts, no targets file is written, and the assumed state
+    /// does not follow the decisions.
+    pub dry_run: bool,
+    /// The state file to read every round; without one the daemon assumes
+    /// its own decisions were carried out.
+    pub state_file: Option<PathBuf>,
+    /// Where to write the desired counts (atomically) after every round.
+    pub targets_file: Option<PathBuf>,
+}
+
+/// Where the state behind a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateOrigin {
+    /// The state file, read this round.
+    File,
+    /// The last state file that read cleanly (this round's did not).
+    LastGood,
+    /// The daemon's own belief: the initial count, then its decisions.
+    Assumed,
+}
+
+/// One line of the daemon's output: a decision and what it was based on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The decision and its reason.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// The application of the shard type.
+    pub app: String,
+    /// True when nothing was published.
+    pub dry_run: bool,
+    /// The forecast used, when there was a usable one.
+    pub forecast: Option<Provenance>,
+    /// Where the state came from.
+    pub state: StateOrigin,
+    /// Why the state file could not be used this round, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
+    /// The decision in one sentence.
+    pub explain: String,
+}
+
+/// How records are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// One sentence per line.
+    Text,
+}
+
+struct TypeState {
+    shard_type: ShardType,
+    assumed: Observed,
+    recommendations: Vec<Recommendation>,
+}
+
+/// The planner daemon: one [`Daemon::tick`] per interval.
+pub struct Daemon {
+    cfg: PlanConfig,
+    opts: Options,
+    client: ForecastClient,
+    types: Vec<TypeState>,
+    last_good: Option<StateFile>,
+    data_now: Option<Timestamp>,
+    targets: watch::Sender<Targets>,
+}
+
+impl Daemon {
+    /// A daemon for a checked configuration. Reads the state file once, so
+    /// a missing or malformed one is an error at start rather than a
+    /// silent fallback.
+    pub fn new(cfg: PlanConfig, opts: Options) -> Result<Self> {
+        cfg.validate().map_err(|detail| Error::Config {
+            path: PathBuf::from("<config>"),
+            detail,
+        })?;
+        let client = ForecastClient::new(
+            &cfg.server,
+            cfg.token.as_deref(),
+            Duration::from_millis(cfg.timeout_ms),
+        )?;
+        let last_good = match &opts.state_file {
+            Some(p) => Some(StateFile::load(p, &names(&cfg))?),
+            None => None,
+        };
+        let types = cfg
+            .shard_types
+            .iter()
+            .map(|t| TypeState {
+                shard_type: ShardType::new(t.shard_type.clone()).expect("validated"),
+                assumed: Observed {
+                    ready: t.initial_shards.unwrap_or(t.scale.min_shards),
+                    ..Observed::default()
+                },
+                recommendations: Vec::new(),
+            })
+            .collect();
+        let daemon = Self {
+            cfg,
+            opts,
+            client,
+            types,
+            last_good,
+            data_now: None,
+            targets: watch::Sender::new(Arc::default()),
+        };
+        let initial = daemon.initial_targets();
+        daemon.targets.send_replace(Arc::new(initial));
+        Ok(daemon)
+    }
+
+    /// The counts KEDA is told, updated after every round.
+    pub fn targets(&self) -> watch::Receiver<Targets> {
+        self.targets.subscribe()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PlanConfig {
+        &self.cfg
+    }
+
+    /// Before any decision: the shards running now.
+    fn initial_targets(&self) -> BTreeMap<String, Target> {
+        self.cfg
+            .shard_types
+            .iter()
+            .zip(&self.types)
+            .map(|(c, t)| {
+                let shards = self
+                    .last_good
+                    .as_ref()
+                    .and_then(|s| s.shard_types.get(&c.shard_type))
+                    .unwrap_or(&t.assumed);
+                let target = Target {
+                    app: c.app.clone(),
+                    shards: shards.ready.saturating_add(shards.pending),
+                    per_replica: c.keda_target,
+                };
+                (c.shard_type.clone(), target)
+            })
+            .collect()
+    }
+
+    /// One planning round: read the state, fetch every shard type's
+    /// forecast concurrently, plan each (the reactive rule where a forecast
+    /// is missing, late or unusable), publish, and return the records.
+    pub async fn tick(&mut self) -> Vec<DecisionRecord> {
+        let (origin, state_error) = self.read_state();
+        let fetched: Vec<Result<Fetched, String>> = futures::future::join_all(
+            self.cfg
+                .shard_types
+                .iter()
+                .map(|t| self.client.shard_type(t)),
+        )
+        .await;
+        let now = self.now(&fetched);
+        let mut records = Vec::with_capacity(fetched.len());
+        let mut targets = BTreeMap::new();
+        for ((cfg, ts), got) in self
+            .cfg
+            .shard_types
+            .iter()
+            .zip(&mut self.types)
+            .zip(fetched)
+        {
+            let observed = match origin {
+                StateOrigin::Assumed => ts.assumed,
+                _ => self
+                    .last_good
+                    .as_ref()
+                    .and_then(|s| s.shard_types.get(&cfg.shard_type).copied())
+                    .unwrap_or(ts.assumed),
+            };
+            let state = ScaleState {
+                ready: observed.ready,
+                pending: observed.pending,
+                unhealthy: observed.unhealthy,
+                observed_demand: observed.observed_demand,
+                recommendations: ts.recommendations.clone(),
+            };
+            let forecast =
+                got.as_ref()
+                    .map(|f| &f.forecast)
+                    .map_err(|detail| FallbackCause::Unavailable {
+                        detail: detail.clone(),
+                    });
+            if let Err(detail) = &got {
+                tracing::warn!(shard_type = %cfg.shard_type, "reactive fallback: {detail}");
+            }
+            let outcome = match plan_scale_or(now, &ts.shard_type, &cfg.scale, &state, forecast) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(shard_type = %cfg.shard_type, "cannot plan: {e}");
+                    continue;
+                }
+            };
+            ts.recommendations = outcome.recommendations;
+            let d = outcome.decision;
+            if !self.opts.dry_run {
+                ts.assumed = Observed {
+                    ready: d.desired,
+                    ..Observed::default()
+                };
+            }
+            targets.insert(
+                cfg.shard_type.clone(),
+                Target {
+                    app: cfg.app.clone(),
+                    shards: if self.opts.dry_run {
+                        d.current
+                    } else {
+                        d.desired
+                    },
+                    per_replica: cfg.keda_target,
+                },
+            );
+            records.push(DecisionRecord {
+                explain: d.explain(),
+                decision: d,
+                app: cfg.app.clone(),
+                dry_run: self.opts.dry_run,
+                forecast: got.ok().map(|f| f.provenance),
+                state: origin,
+                state_error: state_error.clone(),
+            });
+        }
+        if !self.opts.dry_run
+            && let Some(path) = &self.opts.targets_file
+            && let Err(e) = write_targets(path, now, &records)
+        {
+            tracing::error!("{e}");
+        }
+        // Keep serving the previous count for a shard type that could not
+        // be planned this round.
+        let mut all = (**self.targets.borrow()).clone();
+        all.extend(targets);
+        self.targets.send_replace(Arc::new(all));
+        records
+    }
+
+    /// Runs rounds every `interval_secs` (the first at once) until
+    /// `iterations` rounds are done or `shutdown` resolves, writing every
+    /// record to `out` and flushing after each round. Returns the rounds
+    /// run.
+    pub async fn run(
+        &mut self,
+        out: &mut dyn Write,
+        format: Format,
+        iterations: Option<u64>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<u64> {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(self.cfg.interval_secs));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        let mut rounds = 0;
+        while iterations.is_none_or(|n| rounds < n) {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = interval.tick() => {}
+            }
+            let records = self.tick().await;
+            for r in &records {
+                match format {
+                    Format::Json => {
+                        serde_json::to_writer(&mut *out, r).map_err(std::io::Error::from)
+                    }
+                    Format::Text => write!(out, "{} {}", r.decision.at, r.explain),
+                }
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(Error::Output)?;
+            }
+            out.flush().map_err(Error::Output)?;
+            rounds += 1;
+        }
+        Ok(rounds)
+    }
+
+    fn read_state(&mut self) -> (StateOrigin, Option<String>) {
+        let Some(path) = &self.opts.state_file else {
+            return (StateOrigin::Assumed, None);
+        };
+        match StateFile::load(path, &names(&self.cfg)) {
+            Ok(s) => {
+                self.last_good = Some(s);
+                (StateOrigin::File, None)
+            }
+            Err(e) => {
+                tracing::warn!("{e}; planning on the last good state");
+                (StateOrigin::LastGood, Some(e.to_string()))
+            }
+        }
+    }
+
+    fn now(&mut self, fetched: &[Result<Fetched, String>]) -> Timestamp {
+        let wall = || {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            Timestamp(i64::try_from(ms).unwrap_or(i64::MAX))
+        };
+        match self.cfg.clock {
+            Clock::Wall => wall(),
+            Clock::Data => {
+                let newest = fetched
+                    .iter()
+                    .filter_map(|f| f.as_ref().ok())
+                    .map(|f| f.forecast.start())
+                    .max();
+                let interval_ms = (self.cfg.interval_secs * 1000.0).round() as i64;
+                let now = newest
+                    .or_else(|| {
+                        self.data_now
+                            .map(|t| Timestamp(t.0.saturating_add(interval_ms)))
+                    })
+                    .unwrap_or_else(wall);
+                self.data_now = Some(now);
+                now
+            }
+        }
+    }
+}
+
+fn names(cfg: &PlanConfig) -> Vec<&str> {
+    cfg.shard_types
+        .iter()
+        .map(|t| t.shard_type.as_str())
+        .collect()
+}
+
+/// The targets file: the desired counts of the latest round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetsFile {
+    /// When the round planned.
+    pub at: Timestamp,
+    /// Keyed by shard type.
+    pub shard_types: BTreeMap<String, TargetCounts>,
+}
+
+/// What to run for one shard type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetCounts {
+    /// Healthy shards wanted.
+    pub desired: u32,
+    /// Spare shards to keep warm beyond `desired`.
+    pub warm_pool: u32,
+    /// Unhealthy shards to replace.
+    pub rollback: u32,
+}
+
+/// Writes the file aside and renames it over the old one, so a reader sees
+/// the previous round's file or this one, never a mix.
+fn write_targets(path: &Path, at: Timestamp, records: &[DecisionRecord]) -> Result<()> {
+    let file = TargetsFile {
+        at,
+        shard_types: records
+            .iter()
+            .map(|r| {
+                let d = &r.decision;
+                let counts = TargetCounts {
+                    desired: d.desired,
+                    warm_pool: d.warm_pool,
+                    rollback: d.rollback,
+                };
+                (d.shard_type.as_str().to_owned(), counts)
+            })
+            .collect(),
+    };
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut json = serde_json::to_vec_pretty(&file).map_err(|e| io(e.into()))?;
+    json.push(b'\n');
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&json).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

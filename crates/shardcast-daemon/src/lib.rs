@@ -1,0 +1,55 @@
+//! The shardcast planner daemon (`shardcast plan`).
+//!
+//! It owns the loop that turns the inference server's forecasts into
+//! decisions: every interval it reads the shards' state (a state file kept
+//! by whoever runs them, or its own decisions assumed carried out), asks
+//! the server (`ForecastShardType`, gRPC) for each shard type's summed
+//! demand forecast, runs the planner's scale rule, and emits one decision
+//! per shard type with its reason, as JSON lines or sentences. With
+//! `dry_run` it publishes nothing.
+//!
+//! It keeps working when the server is unreachable, slow or answers
+//! garbage: every forecast is checked ([`shardcast_proto::forecast_from_pb`])
+//! and a shard type without a usable one falls back to the reactive rule
+//! for that round, the reason saying why.
+//!
+//! Decisions reach Kubernetes through KEDA's external scaler API
+//! ([`keda`]), served on a socket of its own: the metric value is
+//! `shards × target`, so KEDA's HPA runs the planned count. Desired counts
+//! can also be written to a targets file, atomically.
+//!
+//! Neighbours: `shardcast-planner` decides (pure), `shardcast-proto`
+//! carries the wire types, the `shardcast` binary parses flags and signals.
+
+mod client;
+mod config;
+mod daemon;
+mod error;
+pub mod keda;
+mod state;
+
+pub use client::{Fetched, ForecastClient, Provenance};
+pub use config::{Clock, PlanConfig, ShardTypeConfig};
+pub use daemon::{Daemon, DecisionRecord, Format, Options, StateOrigin, TargetCounts, TargetsFile};
+pub use error::{Error, Result};
+pub use state::{Observed, StateFile};
+
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+/// Serves KEDA's external scaler API for `daemon`'s targets on `listener`
+/// until `shutdown` resolves.
+pub async fn serve_keda(
+    listener: tokio::net::TcpListener,
+    targets: tokio::sync::watch::Receiver<keda::Targets>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    Server::builder()
+        .add_service(keda::KedaScaler::new(targets).into_service())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::Keda(e.to_string()))
+}
