@@ -6,6 +6,7 @@ mod cli;
 mod model;
 mod nab;
 mod onnx;
+mod plan;
 mod serve;
 mod simulate;
 

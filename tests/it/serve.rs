@@ -28,12 +28,12 @@ const SERIES: [&str; 2] = ["ec2_cpu_utilization_5f5533", "ec2_cpu_utilization_82
 
 /// A store with the bundled EC2 traces and a models dir with the bundled
 /// model as version 1.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         ok(&[
@@ -80,7 +80,7 @@ impl Fixture {
         dst
     }
 
-    fn serve(&self, extra: &[&str]) -> Server {
+    pub(crate) fn serve(&self, extra: &[&str]) -> Server {
         let mut args = vec![
             "serve".to_owned(),
             "--store".into(),
@@ -100,9 +100,9 @@ impl Fixture {
 }
 
 /// A running `shardcast serve`, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     metrics: Option<String>,
 }
 

@@ -37,19 +37,35 @@ pub use state::{Observed, StateFile};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+/// How long KEDA's connections get to close after shutdown before they are
+/// dropped (an idle HTTP/2 client can otherwise hold the server open).
+const KEDA_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves KEDA's external scaler API for `daemon`'s targets on `listener`
-/// until `shutdown` resolves.
+/// until `shutdown` resolves (connections still open a second later are
+/// dropped).
 pub async fn serve_keda(
     listener: tokio::net::TcpListener,
     targets: tokio::sync::watch::Receiver<keda::Targets>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    Server::builder()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = Server::builder()
         .add_service(keda::KedaScaler::new(targets).into_service())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|e| Error::Keda(e.to_string()))
+            async {
+                let _ = stopped.await;
+            },
+        );
+    tokio::pin!(serving);
+    tokio::select! {
+        r = &mut serving => return r.map_err(|e| Error::Keda(e.to_string())),
+        () = shutdown => {}
+    }
+    let _ = stop.send(());
+    match tokio::time::timeout(KEDA_GRACE, serving).await {
+        Ok(r) => r.map_err(|e| Error::Keda(e.to_string())),
+        Err(_) => Ok(()),
+    }
 }

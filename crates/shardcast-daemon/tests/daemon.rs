@@ -30,7 +30,7 @@ const T0: i64 = 1_700_000_100_000 - 1_700_000_100_000 % STEP_MS;
 /// What the fake server answers.
 #[derive(Clone)]
 enum Answer {
-    Forecast(pb::ForecastShardTypeResponse),
+    Forecast(Box<pb::ForecastShardTypeResponse>),
     Slow(Duration),
     Fail(tonic::Code),
 }
@@ -55,7 +55,7 @@ impl ForecastService for Fake {
     ) -> Result<Response<pb::ForecastShardTypeResponse>, Status> {
         assert_eq!(request.get_ref().shard_type, "api");
         match &self.0 {
-            Answer::Forecast(r) => Ok(Response::new(r.clone())),
+            Answer::Forecast(r) => Ok(Response::new((**r).clone())),
             Answer::Slow(d) => {
                 tokio::time::sleep(*d).await;
                 Ok(Response::new(good_response()))
@@ -195,7 +195,7 @@ fn fallback_detail(r: &DecisionRecord) -> String {
 
 #[tokio::test]
 async fn the_forecast_drives_the_count_and_replanning_is_stable() {
-    let server = fake_server(Answer::Forecast(good_response())).await;
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let mut daemon = Daemon::new(config(server), Options::default()).unwrap();
     let targets = daemon.targets();
     assert_eq!(
@@ -306,7 +306,7 @@ async fn garbage_answers_are_refused_with_the_reason() {
         "no total forecast",
     ));
     for (answer, want) in cases {
-        let server = fake_server(Answer::Forecast(answer)).await;
+        let server = fake_server(Answer::Forecast(Box::new(answer))).await;
         let mut daemon = Daemon::new(config(server), Options::default()).unwrap();
         let detail = fallback_detail(&daemon.tick().await[0]);
         assert!(detail.contains(want), "{detail} lacks {want}");
@@ -326,7 +326,7 @@ async fn garbage_answers_are_refused_with_the_reason() {
 async fn dry_run_publishes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let targets_file = dir.path().join("targets.json");
-    let server = fake_server(Answer::Forecast(good_response())).await;
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let opts = Options {
         dry_run: true,
         targets_file: Some(targets_file.clone()),
@@ -351,7 +351,7 @@ async fn dry_run_publishes_nothing() {
 async fn the_targets_file_holds_the_latest_round() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("targets.json");
-    let server = fake_server(Answer::Forecast(good_response())).await;
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let opts = Options {
         targets_file: Some(path.clone()),
         ..Options::default()
@@ -378,7 +378,7 @@ fn scaled(metadata: &[(&str, &str)]) -> ScaledObjectRef {
 
 #[tokio::test]
 async fn keda_is_told_n_times_the_target() {
-    let server = fake_server(Answer::Forecast(good_response())).await;
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let mut daemon = Daemon::new(config(server), Options::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -467,7 +467,7 @@ async fn keda_is_told_n_times_the_target() {
 
 #[tokio::test]
 async fn run_writes_json_lines_and_sentences() {
-    let server = fake_server(Answer::Forecast(good_response())).await;
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let mut daemon = Daemon::new(config(server), Options::default()).unwrap();
     let mut out = Vec::new();
     let rounds = daemon
@@ -507,7 +507,7 @@ async fn a_bad_state_file_mid_run_keeps_the_last_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     std::fs::write(&state, r#"{"shard_types": {"api": {"ready": 6}}}"#).unwrap();
-    let server = fake_server(Answer::Forecast(good_response())).await;
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let opts = Options {
         state_file: Some(state.clone()),
         ..Options::default()
@@ -638,4 +638,12 @@ async fn bad_state_files_are_refused_at_start() {
         .unwrap()
         .to_string();
     assert!(bad_uri.contains("not a uri"), "{bad_uri}");
+}
+
+#[test]
+fn the_example_config_parses() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plan.toml");
+    let cfg = PlanConfig::load(&p).unwrap();
+    assert_eq!(cfg.shard_types.len(), 2);
+    assert_eq!(cfg.shard_types[0].scale.warm_pool.level, Some(0.975));
 }

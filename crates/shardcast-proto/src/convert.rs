@@ -159,7 +159,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(forecast_from_pb(&good).unwrap().horizon(), 3);
-        let cases: Vec<(fn(&mut pb::Forecast), &str)> = vec![
+        type Breaker = fn(&mut pb::Forecast);
+        let cases: Vec<(Breaker, &str)> = vec![
             (|f| f.quantiles = vec![0.9, 0.1], "strictly increasing"),
             (|f| f.quantiles = vec![0.1, 1.0], "outside"),
             (|f| f.step_ms = 0, "grid step"),

@@ -380,7 +380,7 @@ pub async fn serve(
         auth = cfg.token.is_some(),
         "serving gRPC"
     );
-    let result = server
+    let serving = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InterceptedService::new(forecast, auth.clone()))
@@ -389,8 +389,22 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped,
-        )
-        .await;
+        );
+    tokio::pin!(serving);
+    // In-flight calls get SHUTDOWN_GRACE to finish; connections a client
+    // keeps open past it are dropped rather than holding the process.
+    let mut stopping = state.stopping.subscribe();
+    let grace_over = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        r = &mut serving => r,
+        () = grace_over => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after shutdown; dropping them");
+            Ok(())
+        }
+    };
     health
         .set_not_serving::<ForecastServiceServer<forecast::ForecastApi>>()
         .await;
@@ -400,6 +414,9 @@ pub async fn serve(
     tracing::info!("server stopped");
     Ok(result?)
 }
+
+/// How long in-flight calls get to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Background polls for new model versions and new store data.
 fn spawn_pollers(state: &Arc<State>, cfg: &ServerConfig) -> Vec<tokio::task::JoinHandle<()>> {

@@ -37,6 +37,11 @@ pub(crate) enum Command {
     /// Serve forecasts of the store's series over gRPC (forecast, ingest
     /// and model services, health, reflection, Prometheus metrics).
     Serve(Box<ServeArgs>),
+    /// The planner daemon: every interval, ask the inference server for each
+    /// shard type's demand forecast, plan, and emit decisions as JSON lines
+    /// with reasons; serves KEDA's external scaler API.
+    #[command(long_about = PLAN_ABOUT)]
+    Plan(Box<PlanArgs>),
     /// Write a trained model as a standard ONNX file with its input contract.
     ExportOnnx(crate::cmd::onnx::ExportOnnxArgs),
     /// Protocol P: replay a series from the store through the reactive HPA
@@ -395,6 +400,98 @@ pub(crate) struct BacktestArgs {
     /// Also save the fitted model to this (new) directory.
     #[arg(long)]
     pub(crate) save_model: Option<PathBuf>,
+}
+
+const PLAN_ABOUT: &str = "\
+The planner daemon. Every interval it reads the shards' state (--state, a JSON
+file kept by whoever runs the shards; without it, its own decisions are
+assumed carried out), asks the inference server (ForecastShardType) for each
+configured shard type's summed demand forecast, runs the scale planner and
+writes one decision per shard type with its reason: JSON lines on stdout or
+--out, or sentences with --format text.
+
+When the server is unreachable, slow (past timeout_ms) or answers something
+unusable, that shard type falls back to the reactive HPA rule for the round
+and the reason says why; the daemon keeps running.
+
+--keda-listen serves KEDA's external scaler gRPC API (IsActive,
+StreamIsActive, GetMetricSpec, GetMetrics): a ScaledObject's trigger names the
+shard type in its metadata (shardType, optionally app), and the metric value
+is shards × keda_target, so KEDA runs the planned count. --dry-run plans and
+prints but publishes nothing (KEDA keeps seeing the current count).
+
+The config file (TOML, or JSON when it ends in .json) holds:
+  server = \"http://127.0.0.1:50051\"   interval_secs = 60   timeout_ms = 2000
+  clock = \"wall\" (or \"data\": now = the end of the last observed bin, for replays)
+  [[shard_types]]  app, shard_type, metric (optional), initial_shards, keda_target
+  [shard_types.scale]  service_level, capacity_per_shard, target_utilisation,
+  lead_time_secs, hold_secs, min_shards, max_shards, max_step_up, ...
+An annotated example: examples/plan.toml.";
+
+/// Settings of the planner daemon.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct PlanArgs {
+    /// Configuration file: server, interval, shard types and their policies.
+    #[arg(long, env = "SHARDCAST_PLAN_CONFIG")]
+    pub(crate) config: PathBuf,
+    /// Inference server address, instead of the config's.
+    #[arg(long, env = "SHARDCAST_SERVER")]
+    pub(crate) server: Option<String>,
+    /// Bearer token for the server, instead of the config's.
+    #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Seconds between rounds, instead of the config's.
+    #[arg(long, env = "SHARDCAST_PLAN_INTERVAL")]
+    pub(crate) interval: Option<f64>,
+    /// Stop after this many rounds (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, env = "SHARDCAST_PLAN_ITERATIONS")]
+    pub(crate) iterations: Option<u64>,
+    /// Where `now` comes from, instead of the config's.
+    #[arg(long, env = "SHARDCAST_PLAN_CLOCK", value_enum)]
+    pub(crate) clock: Option<ClockArg>,
+    /// State file read every round (JSON: shard_types.<name>.ready, pending,
+    /// unhealthy, observed_demand).
+    #[arg(long, env = "SHARDCAST_PLAN_STATE")]
+    pub(crate) state: Option<PathBuf>,
+    /// Write the desired counts here after every round (atomically).
+    #[arg(long, env = "SHARDCAST_PLAN_TARGETS")]
+    pub(crate) targets: Option<PathBuf>,
+    /// Append decisions to this file instead of printing them.
+    #[arg(long, env = "SHARDCAST_PLAN_OUT")]
+    pub(crate) out: Option<PathBuf>,
+    /// JSON lines, or one sentence per decision.
+    #[arg(
+        long,
+        env = "SHARDCAST_PLAN_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub(crate) format: PlanFormat,
+    /// Plan and print, publish nothing.
+    #[arg(long, env = "SHARDCAST_PLAN_DRY_RUN")]
+    pub(crate) dry_run: bool,
+    /// Serve KEDA's external scaler API on this address (port 0 picks one;
+    /// the bound address is printed on stderr).
+    #[arg(long, env = "SHARDCAST_KEDA_LISTEN")]
+    pub(crate) keda_listen: Option<std::net::SocketAddr>,
+}
+
+/// Where the planner's `now` comes from.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ClockArg {
+    /// The machine's clock.
+    Wall,
+    /// The end of the last observed bin (for replayed data).
+    Data,
+}
+
+/// How decisions are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum PlanFormat {
+    /// One JSON object per line.
+    Json,
+    /// One sentence per line.
+    Text,
 }
 
 /// Settings of the inference server.

@@ -6,6 +6,7 @@ mod demo;
 mod ingest;
 mod model;
 pub(crate) mod onnx;
+mod plan;
 mod serve;
 mod simulate;
 
@@ -43,8 +44,31 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => model::train(*args).await,
         Command::Backtest(args) => model::backtest(*args).await,
         Command::Serve(args) => serve::run(*args).await,
+        Command::Plan(args) => plan::run(*args).await,
         Command::ExportOnnx(args) => onnx::export(args).await,
         Command::Simulate(args) => simulate::run(*args).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }
 

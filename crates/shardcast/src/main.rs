@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     // A server logs what it does (versions served, switches, refusals);
     // the other subcommands print their results and log only trouble.
     let default_filter = match cli.command {
-        cli::Command::Serve(_) => "info",
+        cli::Command::Serve(_) | cli::Command::Plan(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -49,28 +49,6 @@ pub(crate) fn config(args: &ServeArgs) -> ServerConfig {
     cfg
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
 pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     let cfg = config(&args);
     let listener = TcpListener::bind(args.listen)
@@ -100,7 +78,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     if let Some(m) = &metrics {
         println!("metrics on http://{}/metrics", m.local_addr()?);
     }
-    shardcast_server::serve(listener, metrics, state, &cfg, shutdown_signal())
+    shardcast_server::serve(listener, metrics, state, &cfg, super::shutdown_signal())
         .await
         .context("server failed")?;
     println!("stopped");

@@ -1,0 +1,98 @@
+//! `shardcast plan`: flags over the config file, the KEDA socket bound, the
+//! daemon's loop until its rounds are done or Ctrl-C / SIGTERM.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use shardcast_daemon::{Clock, Daemon, Format, Options, PlanConfig};
+use tokio::net::TcpListener;
+
+use crate::cli::{ClockArg, PlanArgs, PlanFormat};
+
+/// The config file with the flags' overrides applied, checked.
+pub(crate) fn config(args: &PlanArgs) -> Result<PlanConfig> {
+    let mut cfg = PlanConfig::load(&args.config)?;
+    if let Some(s) = &args.server {
+        cfg.server = if s.contains("://") {
+            s.clone()
+        } else {
+            format!("http://{s}")
+        };
+    }
+    if let Some(t) = &args.token {
+        cfg.token = Some(t.clone()).filter(|t| !t.is_empty());
+    }
+    if let Some(i) = args.interval {
+        cfg.interval_secs = i;
+    }
+    if let Some(c) = args.clock {
+        cfg.clock = match c {
+            ClockArg::Wall => Clock::Wall,
+            ClockArg::Data => Clock::Data,
+        };
+    }
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("{} with the flags applied: {e}", args.config.display()))?;
+    Ok(cfg)
+}
+
+pub(crate) async fn run(args: PlanArgs) -> Result<()> {
+    let cfg = config(&args)?;
+    let opts = Options {
+        dry_run: args.dry_run,
+        state_file: args.state.clone(),
+        targets_file: args.targets.clone(),
+    };
+    let server = cfg.server.clone();
+    let mut daemon = Daemon::new(cfg, opts)?;
+    let (stop_keda, keda_stopped) = tokio::sync::oneshot::channel::<()>();
+    let keda = match args.keda_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for KEDA"))?;
+            // Decisions own stdout; the address goes to stderr.
+            eprintln!("KEDA external scaler on {}", listener.local_addr()?);
+            Some(tokio::spawn(shardcast_daemon::serve_keda(
+                listener,
+                daemon.targets(),
+                async {
+                    let _ = keda_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
+    eprintln!(
+        "planning {} shard type(s) every {} s against {server}{}",
+        daemon.config().shard_types.len(),
+        daemon.config().interval_secs,
+        if args.dry_run { " (dry run)" } else { "" }
+    );
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let format = match args.format {
+        PlanFormat::Json => Format::Json,
+        PlanFormat::Text => Format::Text,
+    };
+    let rounds = daemon
+        .run(&mut out, format, args.iterations, super::shutdown_signal())
+        .await?;
+    drop(out);
+    // Streams of IsActive end with the daemon.
+    drop(daemon);
+    let _ = stop_keda.send(());
+    if let Some(k) = keda {
+        k.await.context("the KEDA scaler task failed")??;
+    }
+    eprintln!("stopped after {rounds} round(s)");
+    Ok(())
+}
