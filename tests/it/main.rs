@@ -5,6 +5,7 @@
 mod cli;
 mod model;
 mod nab;
+mod notebooks;
 mod onnx;
 mod plan;
 mod serve;

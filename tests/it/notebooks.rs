@@ -1,0 +1,230 @@
+//! The notebooks (`notebooks/*.ipynb`) run headless against the real
+//! binary: the bundled sample is ingested into a fresh store, `shardcast
+//! serve` serves it with the bundled model, and
+//! `notebooks/run_notebooks.py` executes every notebook with
+//! `SHARDCAST_SERVER`, `SHARDCAST_STORE` and `SHARDCAST_BIN` pointing at
+//! them; any failing cell fails the test with the notebook's error.
+//!
+//! The Python interpreter is `$SHARDCAST_PYTHON`, else `.venv/bin/python`
+//! at the repository root; without nbclient (and the notebooks' packages)
+//! the test is skipped with a printed reason, unless
+//! `SHARDCAST_REQUIRE_PYTHON=1`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use super::{ok, repo};
+
+/// Modules the notebooks and their runner import.
+const MODULES: &str =
+    "nbclient, nbformat, ipykernel, numpy, pandas, pyarrow, matplotlib, grpc, grpc_tools";
+
+/// The Python with nbclient and the notebooks' packages, or `None` after
+/// printing why.
+fn python() -> Option<PathBuf> {
+    let required = std::env::var("SHARDCAST_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
+    let candidate = std::env::var_os("SHARDCAST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let reason = match Command::new(&candidate)
+        .args(["-c", &format!("import {MODULES}")])
+        .output()
+    {
+        Ok(o) if o.status.success() => return Some(candidate),
+        Ok(o) => format!(
+            "{} cannot import the notebooks' packages: {}",
+            candidate.display(),
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ),
+        Err(e) => format!("{} cannot be run: {e}", candidate.display()),
+    };
+    let hint = "(make it with `python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt`, or set SHARDCAST_PYTHON)";
+    assert!(!required, "SHARDCAST_REQUIRE_PYTHON=1 but {reason} {hint}");
+    eprintln!("skipped the notebooks: {reason} {hint}");
+    None
+}
+
+/// Ingests the bundled sample as `shardcast demo` does: the traces, the
+/// events, and the EC2 traces a second time, so that the store also holds
+/// files a later write replaced (which the first notebook must not read).
+fn ingest_sample(store: &Path) {
+    let store = store.to_str().unwrap();
+    let metrics: [(&str, &str, &str, &str); 5] = [
+        ("data/sample/nab/ec2_cpu_*.csv", "aws", "ec2-cpu", "value"),
+        (
+            "data/sample/nab/elb_request_count_*.csv",
+            "aws",
+            "elb-requests",
+            "value",
+        ),
+        ("data/sample/nab/rds_cpu_*.csv", "aws", "rds-cpu", "value"),
+        (
+            "data/sample/azure/azure.csv",
+            "azure",
+            "vm-cpu",
+            "min cpu,avg cpu,max cpu",
+        ),
+        (
+            "data/sample/nyc_taxi/nyc_taxi.csv",
+            "nyc-taxi",
+            "rides",
+            "value",
+        ),
+    ];
+    for (glob, app, shard_type, cols) in metrics {
+        ok(&[
+            "ingest",
+            "--store",
+            store,
+            "--app",
+            app,
+            "--shard-type",
+            shard_type,
+            "--value-col",
+            cols,
+            glob,
+        ]);
+    }
+    ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--table",
+        "events",
+        "--end-col",
+        "end",
+        "--kind-col",
+        "kind",
+        "--scope-col",
+        "scope",
+        "--name-col",
+        "name",
+        "data/sample/events.csv",
+    ]);
+    let again = ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--app",
+        "aws",
+        "--shard-type",
+        "ec2-cpu",
+        "data/sample/nab/ec2_cpu_*.csv",
+    ]);
+    assert!(again.contains("8064 stored rows replaced"), "{again}");
+}
+
+/// A running `shardcast serve` (adapted from `serve.rs`: its log goes to
+/// a file, shown when the notebooks fail), killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(store: &Path, log: PathBuf) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args(["serve", "--store"])
+            .arg(store)
+            .args(["--models-dir", "models", "--listen", "127.0.0.1:0"])
+            .current_dir(repo())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "server did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr, log }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn notebooks_run_headless_against_the_server_and_the_store() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    ingest_sample(&store);
+    let server = Server::start(&store, dir.path().join("serve.log"));
+
+    let jupyter = dir.path().join("jupyter");
+    let started = Instant::now();
+    let out = Command::new(&py)
+        .args([
+            "notebooks/run_notebooks.py",
+            "--require-stripped",
+            "--timeout",
+            "300",
+        ])
+        .current_dir(repo())
+        .env("SHARDCAST_SERVER", &server.addr)
+        .env("SHARDCAST_STORE", &store)
+        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
+        .env_remove("SHARDCAST_TOKEN")
+        .env_remove("SHARDCAST_SIM_CSV")
+        .env_remove("SHARDCAST_SIM_SERIES")
+        .env("MPLBACKEND", "Agg")
+        .env("JUPYTER_RUNTIME_DIR", jupyter.join("runtime"))
+        .env("IPYTHONDIR", jupyter.join("ipython"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the notebooks failed ({}):\n{stdout}\n{stderr}\n--- shardcast serve log (tail) ---\n{}",
+        out.status,
+        tail(
+            &std::fs::read_to_string(&server.log).unwrap_or_default(),
+            40
+        )
+    );
+    eprintln!(
+        "{}notebooks ran in {:.1}s",
+        stdout,
+        started.elapsed().as_secs_f64()
+    );
+    let notebooks = std::fs::read_dir(repo().join("notebooks"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".ipynb") && n.starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    let done = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert!(
+        notebooks >= 3 && done == notebooks,
+        "{notebooks} notebooks:\n{stdout}"
+    );
+}
