@@ -305,15 +305,68 @@ fn demo_runs_on_the_bundled_data() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&["demo", "--out", dir.path().to_str().unwrap()]);
     for want in [
-        "[1/5]",
-        "[5/5]",
+        "[1/7]",
+        "[4/7] model: the bundled",
+        "gRPC server on 127.0.0.1:",
+        "KEDA external scaler on 127.0.0.1:",
+        "replayed 2 point(s) of the bin at 2014-04-23T23:30:00Z",
+        "KEDA asks",
+        "shard demand of elb-requests:",
+        "server, scaler and daemon stopped",
+        "[7/7]",
         "nyc_taxi",
         "avg_cpu",
-        "elb_request_count_8c0756",
-        "outputs:",
+        "outputs in",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    // Six rounds of two shard types, all planned on the server's forecasts,
+    // each round on the data the previous one replayed.
+    let text = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 12, "{text}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["reason"]["basis"]["basis"], "forecast", "{r}");
+        assert_eq!(r["forecast"]["version"], 1);
+        let round = (i / 2) as i64;
+        assert_eq!(r["at"], 1_398_295_800_000_i64 + round * 300_000, "{r}");
+    }
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("targets.json")).unwrap()).unwrap();
+    assert_eq!(
+        targets["shard_types"]["elb-requests"]["desired"],
+        records[10]["desired"]
+    );
+    for png in ["forecast.png", "simulate.png"] {
+        let bytes = std::fs::read(dir.path().join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+    let csv = std::fs::read_to_string(dir.path().join("simulate.csv")).unwrap();
+    for policy in [",reactive,", ",shardcast,", ",oracle,"] {
+        assert!(csv.contains(policy), "no {policy} rows");
+    }
+}
+
+#[test]
+fn demo_trains_a_model_when_none_is_bundled() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-models");
+    std::fs::create_dir(&empty).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = ok(&[
+        "demo",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--models",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(out.contains("training a small one"), "{out}");
+    assert!(out_dir.join("models/default/1/model.safetensors").is_file());
+    assert!(out.contains("serving model default v1 from"), "{out}");
+    assert!(out.contains("server, scaler and daemon stopped"), "{out}");
 }
 
 #[test]

@@ -94,19 +94,21 @@ impl PlanConfig {
             source,
         })?;
         let json = path.extension().is_some_and(|e| e == "json");
+        Self::parse(&text, json).map_err(|detail| Error::Config {
+            path: path.to_owned(),
+            detail,
+        })
+    }
+
+    /// Parses and checks TOML text (JSON when `json`); the error says
+    /// what is wrong and where.
+    pub fn parse(text: &str, json: bool) -> Result<Self, String> {
         let cfg: Self = if json {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
+            serde_json::from_str(text).map_err(|e| e.to_string())?
         } else {
-            toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_owned())
-        }
-        .map_err(|detail| Error::Config {
-            path: path.to_owned(),
-            detail,
-        })?;
-        cfg.validate().map_err(|detail| Error::Config {
-            path: path.to_owned(),
-            detail,
-        })?;
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?
+        };
+        cfg.validate()?;
         Ok(cfg)
     }
 

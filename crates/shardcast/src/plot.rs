@@ -116,6 +116,9 @@ pub(crate) struct FanChart {
     pub(crate) bands: Vec<Band>,
     pub(crate) median: Option<Vec<f64>>,
     pub(crate) actual: Option<Vec<f64>>,
+    /// Observed values before the forecast, `(time ms, value)`, drawn as
+    /// one line with the actuals.
+    pub(crate) history: Vec<(i64, f64)>,
     pub(crate) colour: Colour,
 }
 
@@ -318,14 +321,19 @@ fn draw_fan_chart(area: &Area<'_>, c: &FanChart) -> Result<()> {
             c.title
         );
     }
-    let (x0, x1) = (c.times[0] as f64, c.times[n - 1] as f64);
+    let first = c
+        .history
+        .first()
+        .map_or(c.times[0], |h| h.0.min(c.times[0]));
+    let (x0, x1) = (first as f64, c.times[n - 1] as f64);
     let ys = c
         .bands
         .iter()
         .flat_map(|b| b.lower.iter().chain(&b.upper))
         .chain(c.median.iter().flatten())
         .chain(c.actual.iter().flatten())
-        .copied();
+        .copied()
+        .chain(c.history.iter().map(|h| h.1));
     let Some((y0, y1)) = extent(ys) else {
         bail!("fan chart `{}` has no finite values", c.title);
     };
@@ -381,9 +389,10 @@ fn draw_fan_chart(area: &Area<'_>, c: &FanChart) -> Result<()> {
     }
     if let Some(a) = &c.actual {
         let style = INK.stroke_width(1);
+        let observed = c.history.iter().map(|&(t, v)| (t as f64, v));
         chart
             .draw_series(LineSeries::new(
-                xs.iter().copied().zip(a.iter().copied()),
+                observed.chain(xs.iter().copied().zip(a.iter().copied())),
                 style,
             ))
             .map_err(drawing)?
@@ -513,6 +522,7 @@ mod tests {
             }],
             median: Some(actual.clone()),
             actual: Some(actual),
+            history: vec![(-10, 0.0), (-1, 1.0)],
             colour: PALETTE[0],
         };
         let png = render_png(600, 300, &[Panel::Line(line), Panel::Fan(fan)]).unwrap();
@@ -546,6 +556,7 @@ mod tests {
             bands: vec![],
             median: Some(vec![1.0]),
             actual: None,
+            history: Vec::new(),
             colour: INK,
         };
         assert!(render_png(600, 300, &[Panel::Fan(fan)]).is_err());

@@ -1,7 +1,14 @@
-//! `shardcast demo`: the main job on the bundled data. For now it ingests
-//! the bundled traces and events into a fresh store, lists the series,
-//! runs a summary query, resamples every series to the protocol grid and
-//! forecasts the next hour of the 5-minute series with the bundled model.
+//! `shardcast demo`: the whole pipeline on the bundled data, on loopback
+//! sockets. It ingests the bundled traces into a fresh store, holding back
+//! the last stretch of the AWS traces; uses the bundled model (or trains a
+//! small one when there is none); starts the inference server and KEDA's
+//! scaler on free local ports; runs the planner daemon for a few rounds
+//! while the held-back data is replayed through the server's ingest API one
+//! 5-minute bin per round; draws a forecast fan chart; runs protocol P's
+//! simulation on one trace; stops everything and says where its outputs
+//! are.
+
+mod replay;
 
 use anyhow::{Context, Result, bail};
 use shardcast_core::GridStep;
@@ -9,12 +16,11 @@ use shardcast_store::ingest::{
     EventMapping, KeySource, MetricMapping, ReadSettings, TimestampFormat, expand_inputs,
     parse_event_files, parse_metric_files,
 };
-use shardcast_store::query::SeriesFilter;
-use shardcast_store::resample::{Agg, GapFill, resample};
+use std::path::{Path, PathBuf};
 
-use shardcast_model::forecaster::Model;
+use clap::Parser;
 
-use crate::cli::{AggArg, DemoArgs, GridArgs, OutputFormat, StoreArgs};
+use crate::cli::{Cli, Command, DemoArgs, OutputFormat};
 
 /// The median spacing of a series' timestamps, rounded to whole minutes.
 pub(crate) fn typical_step(ts: &[i64]) -> GridStep {
@@ -56,25 +62,36 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         );
     }
     let store_dir = args.out.join("store");
-    if store_dir.exists() {
-        std::fs::remove_dir_all(&store_dir)
-            .with_context(|| format!("cannot clear {}", store_dir.display()))?;
+    for stale in ["store", "models"] {
+        let p = args.out.join(stale);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
+        }
     }
     let store = super::open(&store_dir.to_string_lossy())?;
     println!(
-        "[1/5] ingesting the bundled traces from {} into {}",
+        "[1/7] ingesting the bundled traces from {} into {} (AWS points from {} on are held back for the replay)",
         args.data.display(),
-        store_dir.display()
+        store_dir.display(),
+        replay::start()
     );
+    let mut held_back = Vec::new();
     for (pattern, app, shard_type, cols) in SOURCES {
         let paths = expand_inputs(&[args.data.join(pattern).to_string_lossy().into_owned()])?;
         let mapping = MetricMapping::new(app, shard_type, cols);
         let (batch, _) = parse_metric_files(&paths, &mapping, &ReadSettings::default())?;
-        let s = store.write_points(batch).await?;
+        let (now, later) = replay::split(batch);
+        let s = store.write_points(now).await?;
         println!(
-            "      {pattern:<28} {:>7} rows -> {app}/{shard_type}",
-            s.rows
+            "      {pattern:<28} {:>7} rows -> {app}/{shard_type}{}",
+            s.rows,
+            if later.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} held back)", later.len())
+            }
         );
+        held_back.extend(later);
     }
     let events = args.data.join("events.csv");
     let mapping = EventMapping {
@@ -89,10 +106,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let s = store.write_events(ev).await?;
     println!("      events.csv                   {:>7} events", s.rows);
 
-    println!("\n[2/5] stored series");
+    println!("\n[2/7] stored series");
     super::print_series(&store, None).await?;
 
-    println!("\n[3/5] summary query (DataFusion SQL over the Parquet store)");
+    println!("\n[3/7] summary query (DataFusion SQL over the Parquet store)");
     let sql = "SELECT app, shard_type, count(DISTINCT series) AS series, count(*) AS points, \
                round(avg(value), 3) AS mean, round(max(value), 3) AS max, \
                min(ts) AS first, max(ts) AS last \
@@ -100,91 +117,82 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     println!("      {sql}");
     super::print_batches(&store.sql(sql).await?, OutputFormat::Table)?;
 
-    println!(
-        "\n[4/5] every series on a regular grid of its own spacing (mean per bin, gaps linearly interpolated)"
-    );
-    println!(
-        "{:<40} {:>6} {:>8} {:>8} {:>6}",
-        "series", "grid", "points", "bins", "gaps"
-    );
-    for s in store.load_series(&SeriesFilter::default()).await? {
-        let step = typical_step(&s.ts);
-        let grid = resample(&s.ts, &s.value, step, Agg::Mean, GapFill::Linear)?;
-        println!(
-            "{:<40} {:>6} {:>8} {:>8} {:>6}",
-            s.key.series,
-            step.to_string(),
-            s.ts.len(),
-            grid.values.len(),
-            grid.filled
-        );
-    }
-    forecasts(&args, &store_dir).await?;
-    println!("\noutputs: store in {}", store_dir.display());
-    Ok(())
-}
+    let models = model(&args, &store_dir).await?;
+    let replayed = replay::run(&args, &store_dir, &models, held_back).await?;
+    simulate(&args, &store_dir).await?;
 
-/// Step 5: the bundled model's forecast of the next hour of every 5-minute
-/// series.
-async fn forecasts(args: &DemoArgs, store_dir: &std::path::Path) -> Result<()> {
-    let Some(dir) = super::model::newest_model(&args.models, "default") else {
-        println!(
-            "\n[5/5] no model under {}/default; train one with `shardcast train` (see models/README.md)",
-            args.models.display()
-        );
-        return Ok(());
-    };
-    let model = Model::load(&dir)?;
-    let grid = GridArgs {
-        store: StoreArgs {
-            store: store_dir.to_string_lossy().into_owned(),
-        },
-        app: Some("aws,azure".into()),
-        shard_type: None,
-        metric: None,
-        series: None,
-        grid: GridStep::from_millis(model.step_ms())?,
-        base_grid: None,
-        agg: AggArg::Mean,
-    };
-    let (grids, step) = super::model::load_grids(&grid).await?;
-    let fc = super::model::forecast_latest(&model, &grids)?;
-    let cfg = model.config();
-    let (h, q) = (cfg.horizon, cfg.quantiles.len());
-    let level = |tau: f64| cfg.quantiles.iter().position(|&l| (l - tau).abs() < 1e-9);
-    let (lo, mid, hi) = (level(0.1), level(0.5), level(0.9));
-    println!(
-        "\n[5/5] forecasts from the bundled model {} ({} steps of {step}; median and 80% interval)",
-        dir.display(),
-        h
-    );
-    println!(
-        "{:<34} {:>12} {:>12} {:>27}",
-        "series",
-        "last value",
-        "next step",
-        format!("in {} (p10 .. p90)", step_span(step, h))
-    );
-    for (g, f) in grids.iter().zip(&fc) {
-        let at = |k: usize, i: Option<usize>| i.map_or(f32::NAN, |i| f[k * q + i]);
-        println!(
-            "{:<34} {:>12.3} {:>12.3} {:>12.3} ({:.3} .. {:.3})",
-            g.label,
-            g.values.last().copied().unwrap_or(f32::NAN),
-            at(0, mid),
-            at(h - 1, mid),
-            at(h - 1, lo),
-            at(h - 1, hi)
-        );
+    println!("\noutputs in {}:", args.out.display());
+    for (what, path) in [
+        ("Parquet store", store_dir.clone()),
+        ("planner decisions (JSON lines)", replayed.decisions),
+        ("forecast fan chart", replayed.chart),
+        ("protocol P per-step CSV", args.out.join("simulate.csv")),
+        ("shards over time per policy", args.out.join("simulate.png")),
+    ] {
+        println!("  {what:<32} {}", path.display());
     }
     Ok(())
 }
 
-fn step_span(step: GridStep, steps: usize) -> String {
-    let minutes = step.millis() / 60_000 * steps as i64;
-    if minutes % 60 == 0 {
-        format!("{}h", minutes / 60)
-    } else {
-        format!("{minutes}m")
+/// Step 4: the newest version of the bundled model, or a small one trained
+/// now on the store when there is none.
+async fn model(args: &DemoArgs, store_dir: &Path) -> Result<PathBuf> {
+    if let Some(dir) = super::model::newest_model(&args.models, "default") {
+        println!("\n[4/7] model: the bundled {}", dir.display());
+        return Ok(args.models.clone());
     }
+    let models = args.out.join("models");
+    println!(
+        "\n[4/7] model: none under {}/default, training a small one into {}",
+        args.models.display(),
+        models.display()
+    );
+    let cli = Cli::try_parse_from([
+        "shardcast",
+        "train",
+        "--store",
+        &store_dir.to_string_lossy(),
+        "--app",
+        "aws,azure",
+        "--grid",
+        "5m",
+        "--models-dir",
+        &models.to_string_lossy(),
+        "--max-steps",
+        "300",
+    ])?;
+    let Command::Train(train) = cli.command else {
+        unreachable!("parsed as train");
+    };
+    super::model::train(*train).await?;
+    Ok(models)
+}
+
+/// Step 7: protocol P on the replayed ELB trace: the reactive rule, the
+/// planner on the model's forecasts and the oracle, over its last day.
+async fn simulate(args: &DemoArgs, store_dir: &Path) -> Result<()> {
+    println!(
+        "\n[7/7] protocol P on {}: reactive HPA rule vs shardcast planner vs oracle over the last day",
+        replay::SIMULATED
+    );
+    let cli = Cli::try_parse_from([
+        "shardcast",
+        "simulate",
+        "--store",
+        &store_dir.to_string_lossy(),
+        "--series",
+        replay::SIMULATED,
+        "--out",
+        &args.out.join("simulate.csv").to_string_lossy(),
+        "--from",
+        &replay::simulate_from().to_string(),
+        "--max-steps",
+        "200",
+        "--seed",
+        "1",
+    ])?;
+    let Command::Simulate(sim) = cli.command else {
+        unreachable!("parsed as simulate");
+    };
+    super::simulate::run(*sim).await
 }

@@ -9,9 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use shardcast_core::{GridStep, Timestamp};
 use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
-use shardcast_model::forecaster::{
-    Model, ModelConfig, Progress, SeriesInput, TrainConfig, TrainSeries,
-};
+use shardcast_model::forecaster::{Model, ModelConfig, Progress, TrainConfig, TrainSeries};
 use shardcast_store::query::SeriesFilter;
 use shardcast_store::resample::{Agg, GapFill, event_indicator, resample};
 
@@ -457,28 +455,4 @@ pub(crate) fn newest_model(models_dir: &Path, name: &str) -> Option<std::path::P
         .collect();
     versions.sort();
     versions.pop().map(|(_, p)| p)
-}
-
-/// Forecasts the horizon after the last point of each series. Returns, per
-/// series, `[horizon, quantiles]` values.
-pub(crate) fn forecast_latest(model: &Model, grids: &[GridSeries]) -> Result<Vec<Vec<f32>>> {
-    let windows: Vec<_> = grids
-        .iter()
-        .map(|g| {
-            (
-                SeriesInput {
-                    series: model.series_row(&g.name),
-                    shard_type: model.shard_type_row(&g.shard_type),
-                    start: g.start,
-                    step: model.step_ms(),
-                    values: &g.values,
-                    events: Some(&g.events),
-                },
-                g.values.len(),
-            )
-        })
-        .collect();
-    let all = model.forecast(&windows)?;
-    let per = model.config().horizon * model.config().quantiles.len();
-    Ok(all.chunks(per).map(<[f32]>::to_vec).collect())
 }

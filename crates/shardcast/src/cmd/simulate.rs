@@ -765,6 +765,7 @@ fn draw(
             ],
             median: Some(med),
             actual: Some(actual),
+            history: Vec::new(),
             colour: PALETTE[0],
         }));
     }
