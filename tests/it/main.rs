@@ -3,6 +3,7 @@
 //! reason when it is absent.
 
 mod cli;
+mod e2e;
 mod model;
 mod nab;
 mod notebooks;

@@ -107,7 +107,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn start(args: &[String]) -> Self {
+    pub(crate) fn start(args: &[String]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(args)
             .current_dir(repo())
