@@ -522,7 +522,7 @@ mod tests {
             }],
             median: Some(actual.clone()),
             actual: Some(actual),
-            history: vec![(-10, 0.0), (-1, 1.0)],
+            history: vec![(t0 - 600_000, 9.0), (t0 - 300_000, 10.0)],
             colour: PALETTE[0],
         };
         let png = render_png(600, 300, &[Panel::Line(line), Panel::Fan(fan)]).unwrap();
