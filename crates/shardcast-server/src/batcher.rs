@@ -103,6 +103,22 @@ impl Batcher {
         (batcher, handles)
     }
 
+    /// Refuses a request of `n` forecasts up front when the queue has no
+    /// room for all of them, so a big request is refused whole instead of
+    /// filling the queue with jobs whose request already failed. Each job
+    /// is still checked as it is queued: concurrent requests can pass this
+    /// together.
+    pub fn admit(&self, n: usize) -> Result<()> {
+        let queued = self.depth.load(Ordering::SeqCst);
+        if queued.saturating_add(n) > self.limit {
+            return Err(Error::Overloaded {
+                queued,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Queues one forecast and waits for its `[horizon, quantiles]` values.
     pub async fn forecast(
         &self,
@@ -246,4 +262,33 @@ fn forward(served: &Served, jobs: &[&Job], per: usize) -> Result<Vec<f32>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_bigger_than_the_free_queue_is_refused_whole() {
+        let cfg = BatchConfig {
+            queue: 4,
+            ..BatchConfig::default()
+        };
+        let (batcher, _workers) = Batcher::start(cfg, Arc::new(Metrics::default()));
+        batcher.admit(4).unwrap();
+        let err = batcher.admit(5).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Overloaded {
+                    queued: 0,
+                    limit: 4
+                }
+            ),
+            "{err}"
+        );
+        batcher.depth.fetch_add(3, Ordering::SeqCst);
+        batcher.admit(1).unwrap();
+        assert!(batcher.admit(2).is_err());
+    }
 }

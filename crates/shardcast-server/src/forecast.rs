@@ -277,6 +277,7 @@ impl State {
                 ),
             ));
         }
+        self.batcher.admit(keys.len())?;
         let parts = try_join_all(
             keys.into_iter()
                 .map(|k| self.forecast_key(served, k, query, None, "")),
@@ -422,6 +423,7 @@ impl ForecastService for ForecastApi {
                     ),
                 ));
             }
+            s.batcher.admit(reqs.len())?;
             let fields: Vec<String> = (0..reqs.len()).map(|i| format!("requests[{i}].")).collect();
             let answers = try_join_all(
                 reqs.iter()
