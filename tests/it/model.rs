@@ -142,7 +142,43 @@ fn train_is_reproducible_and_refuses_bad_configs() {
     let out = train(&["--config", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("lags"), "{err}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[train]\nbatchsize = 8\n").unwrap();
+    let out = train(&["--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("batchsize"), "{err}");
+    std::fs::write(&bad, "[model\nhidden_size = 8\n").unwrap();
+    let out = train(&["--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 1"), "{err}");
     let out = train(&["--from", dir.path().join("nope").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(!models.join("default/4").exists());
+
+    // The same settings from TOML and from flags give the same model.
+    let toml = dir.path().join("small.toml");
+    std::fs::write(
+        &toml,
+        "[model]\nhidden_size = 8\n\n[train]\nmax_steps = 30\nseed = 7\n",
+    )
+    .unwrap();
+    for (args, version) in [
+        (
+            vec!["--config", toml.to_str().unwrap(), "--version", "20"],
+            "20",
+        ),
+        (vec!["--hidden", "8", "--version", "21"], "21"),
+    ] {
+        let out = train(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(models.join("default").join(version).is_dir());
+    }
+    assert_eq!(
+        std::fs::read(models.join("default/20/model.safetensors")).unwrap(),
+        std::fs::read(models.join("default/21/model.safetensors")).unwrap()
+    );
 }

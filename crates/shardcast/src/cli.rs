@@ -324,8 +324,10 @@ pub(crate) struct GridArgs {
 /// Model shape and training settings; flags override the config file.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ModelArgs {
-    /// JSON training config `{"model": {...}, "train": {...}}`; unknown
-    /// fields are refused. Unset fields take defaults derived from the grid.
+    /// Training config, JSON `{"model": {...}, "train": {...}}` or TOML
+    /// (`[model]` and `[train]` tables) when the name ends in `.toml`;
+    /// unknown fields are refused. Unset fields take defaults derived from
+    /// the grid.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
     /// Forecast horizon in grid steps (default: 12; for simulate, the steps

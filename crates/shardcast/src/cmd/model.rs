@@ -133,8 +133,14 @@ pub(crate) fn configure(
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let file: ConfigFile = serde_json::from_str(&text)
-            .with_context(|| format!("bad training config {}", path.display()))?;
+        let file: ConfigFile = if path.extension().is_some_and(|e| e == "toml") {
+            let value: serde_json::Value = toml::from_str(&text)
+                .with_context(|| format!("bad training config {}", path.display()))?;
+            serde_json::from_value(value)
+        } else {
+            serde_json::from_str(&text)
+        }
+        .with_context(|| format!("bad training config {}", path.display()))?;
         let mut merged = serde_json::to_value(&model)?;
         for (k, v) in file.model {
             match merged.get_mut(&k) {

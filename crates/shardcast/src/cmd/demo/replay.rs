@@ -234,27 +234,35 @@ pub(super) async fn run(
                 first_forecast = Some(f);
             }
         }
-        // The next bin of every replayed series, as a client would send it.
+        // The next bin of every replayed series, as a client would send it;
+        // after the last round, the rest, so the store ends complete.
         let points: Vec<ipb::Point> = held
             .iter()
-            .filter(|h| bin(h.ts) == now.0)
+            .filter(|h| bin(h.ts) == now.0 || (round == ROUNDS && h.ts >= now.0))
             .map(|h| ipb::Point {
                 key: Some(key_to_pb(&h.key)),
                 timestamp_unix_ms: h.ts,
                 value: h.value,
             })
             .collect();
-        if !points.is_empty() && round < ROUNDS {
+        if !points.is_empty() {
             let n = points.len();
             let w = ingest
                 .write(tokio_stream::iter([ipb::WriteRequest { points }]))
                 .await
                 .context("replaying through the server")?
                 .into_inner();
-            println!(
-                "      replayed {n} point(s) of the bin at {now} (store version {})",
-                w.store_version
-            );
+            if round < ROUNDS {
+                println!(
+                    "      replayed {n} point(s) of the bin at {now} (store version {})",
+                    w.store_version
+                );
+            } else {
+                println!(
+                    "      wrote the remaining {n} held-back point(s) (store version {})",
+                    w.store_version
+                );
+            }
         }
         last_records = records;
     }
