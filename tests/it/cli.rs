@@ -103,22 +103,7 @@ fn ingest_query_series_compact() {
         "SELECT count(*) AS n FROM metrics",
     ]);
     assert_eq!(out, "n\n42048\n");
-    let out = ok(&[
-        "ingest",
-        "--store",
-        store,
-        "--table",
-        "events",
-        "--end-col",
-        "end",
-        "--kind-col",
-        "kind",
-        "--scope-col",
-        "scope",
-        "--name-col",
-        "name",
-        "data/sample/events.csv",
-    ]);
+    let out = super::ingest_events(store);
     assert!(out.contains("ingested 8 rows"), "{out}");
     let out = ok(&[
         "query",

@@ -22,34 +22,6 @@ use super::{ok, repo};
 const MODULES: &str =
     "nbclient, nbformat, ipykernel, numpy, pandas, pyarrow, matplotlib, grpc, grpc_tools";
 
-/// The Python with nbclient and the notebooks' packages, or `None` after
-/// printing why.
-fn python() -> Option<PathBuf> {
-    let required = std::env::var("SHARDCAST_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    let candidate = std::env::var_os("SHARDCAST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    let reason = match Command::new(&candidate)
-        .args(["-c", &format!("import {MODULES}")])
-        .output()
-    {
-        Ok(o) if o.status.success() => return Some(candidate),
-        Ok(o) => format!(
-            "{} cannot import the notebooks' packages: {}",
-            candidate.display(),
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        ),
-        Err(e) => format!("{} cannot be run: {e}", candidate.display()),
-    };
-    let hint = "(make it with `python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt`, or set SHARDCAST_PYTHON)";
-    assert!(!required, "SHARDCAST_REQUIRE_PYTHON=1 but {reason} {hint}");
-    eprintln!("skipped the notebooks: {reason} {hint}");
-    None
-}
-
 /// Ingests the bundled sample as `shardcast demo` does: the traces, the
 /// events, and the EC2 traces a second time, so that the store also holds
 /// files a later write replaced (which the first notebook must not read).
@@ -91,22 +63,7 @@ fn ingest_sample(store: &Path) {
             glob,
         ]);
     }
-    ok(&[
-        "ingest",
-        "--store",
-        store,
-        "--table",
-        "events",
-        "--end-col",
-        "end",
-        "--kind-col",
-        "kind",
-        "--scope-col",
-        "scope",
-        "--name-col",
-        "name",
-        "data/sample/events.csv",
-    ]);
+    super::ingest_events(store);
     let again = ok(&[
         "ingest",
         "--store",
@@ -173,7 +130,9 @@ fn tail(text: &str, n: usize) -> String {
 
 #[test]
 fn notebooks_run_headless_against_the_server_and_the_store() {
-    let Some(py) = python() else { return };
+    let Some(py) = super::python_with(MODULES, "the notebooks") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     ingest_sample(&store);

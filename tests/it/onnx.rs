@@ -19,30 +19,6 @@ use super::{ok, repo, shardcast};
 /// Largest accepted `|onnx - candle| / max(1, |candle|)`.
 const TOLERANCE: f64 = 1e-4;
 
-/// The Python with onnxruntime and numpy, or `None` after printing why.
-fn python() -> Option<PathBuf> {
-    let required = std::env::var("SHARDCAST_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    let candidate = std::env::var_os("SHARDCAST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    let reason = match Command::new(&candidate)
-        .args(["-c", "import onnxruntime, numpy"])
-        .output()
-    {
-        Ok(o) if o.status.success() => return Some(candidate),
-        Ok(o) => format!(
-            "{} cannot import onnxruntime and numpy: {}",
-            candidate.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => format!("{} cannot be run: {e}", candidate.display()),
-    };
-    let hint = "(make it with `python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt`, or set SHARDCAST_PYTHON)";
-    assert!(!required, "SHARDCAST_REQUIRE_PYTHON=1 but {reason} {hint}");
-    eprintln!("skipped onnxruntime parity: {reason} {hint}");
-    None
-}
-
 /// Deterministic noise in [-1, 1).
 fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -292,7 +268,7 @@ fn exported_models_match_candle_in_the_evaluator_and_onnxruntime() {
     cases.push(file);
     eprintln!("bundled model: evaluator max abs diff {abs:.3e} (series up to ~2e6)");
 
-    if let Some(py) = python() {
+    if let Some(py) = super::python_with("onnxruntime, numpy", "onnxruntime parity") {
         onnxruntime_parity(&py, &cases);
     }
 }
