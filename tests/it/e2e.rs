@@ -89,6 +89,8 @@ fn ingest_train_serve_plan_simulate() {
         "2",
         "--interval",
         "0.1",
+        "--clock",
+        "data",
     ]);
     let records: Vec<Value> = out
         .lines()

@@ -60,9 +60,11 @@ impl ForecastClient {
             .tcp_nodelay(true);
         let token = token
             .map(|t| {
-                format!("Bearer {t}")
+                let mut v: tonic::metadata::MetadataValue<_> = format!("Bearer {t}")
                     .parse()
-                    .map_err(|_| bad("the token is not printable ASCII".into()))
+                    .map_err(|_| bad("the token is not printable ASCII".into()))?;
+                v.set_sensitive(true);
+                Ok::<_, Error>(v)
             })
             .transpose()?;
         Ok(Self {

@@ -115,14 +115,17 @@ impl PlanConfig {
     /// Checks the rules serde cannot: ranges, names, one entry per shard
     /// type, valid policies.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.interval_secs.is_finite() && self.interval_secs > 0.0) {
+        if !(0.001..=86_400.0).contains(&self.interval_secs) {
             return Err(format!(
-                "interval_secs = {} must be a positive number of seconds",
+                "interval_secs = {} must lie between 0.001 and 86400 seconds",
                 self.interval_secs
             ));
         }
-        if self.timeout_ms == 0 {
-            return Err("timeout_ms must be positive".into());
+        if !(1..=3_600_000).contains(&self.timeout_ms) {
+            return Err(format!(
+                "timeout_ms = {} must lie between 1 and 3600000",
+                self.timeout_ms
+            ));
         }
         if self.shard_types.is_empty() {
             return Err("shard_types is empty: nothing to plan".into());

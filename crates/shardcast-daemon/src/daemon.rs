@@ -20,9 +20,9 @@ use crate::state::{Observed, StateFile};
 /// How the daemon runs beside its configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Plan and print, but publish nothing: KEDA keeps being told the
-    /// current counts, no targets file is written, and the assumed state
-    /// does not follow the decisions.
+    /// Plan and print, but publish nothing: KEDA is answered UNAVAILABLE
+    /// (so it keeps the replicas it has), no targets file is written, and
+    /// the assumed state does not follow the decisions.
     pub dry_run: bool,
     /// The state file to read every round; without one the daemon assumes
     /// its own decisions were carried out.
@@ -109,16 +109,29 @@ impl Daemon {
             Some(p) => Some(StateFile::load(p, &names(&cfg))?),
             None => None,
         };
+        // Without a state file, a restart resumes from the counts the last
+        // run published, if it wrote a targets file.
+        let previous: Option<TargetsFile> = opts
+            .targets_file
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let types = cfg
             .shard_types
             .iter()
-            .map(|t| TypeState {
-                shard_type: ShardType::new(t.shard_type.clone()).expect("validated"),
-                assumed: Observed {
-                    ready: t.initial_shards.unwrap_or(t.scale.min_shards),
-                    ..Observed::default()
-                },
-                recommendations: Vec::new(),
+            .map(|t| {
+                let published = previous
+                    .as_ref()
+                    .and_then(|p| p.shard_types.get(&t.shard_type))
+                    .map(|c| c.desired);
+                TypeState {
+                    shard_type: ShardType::new(t.shard_type.clone()).expect("validated"),
+                    assumed: Observed {
+                        ready: published.or(t.initial_shards).unwrap_or(t.scale.min_shards),
+                        ..Observed::default()
+                    },
+                    recommendations: Vec::new(),
+                }
             })
             .collect();
         let daemon = Self {
@@ -145,21 +158,15 @@ impl Daemon {
         &self.cfg
     }
 
-    /// Before any decision: the shards running now.
+    /// Before any decision: nothing to publish.
     fn initial_targets(&self) -> BTreeMap<String, Target> {
         self.cfg
             .shard_types
             .iter()
-            .zip(&self.types)
-            .map(|(c, t)| {
-                let shards = self
-                    .last_good
-                    .as_ref()
-                    .and_then(|s| s.shard_types.get(&c.shard_type))
-                    .unwrap_or(&t.assumed);
+            .map(|c| {
                 let target = Target {
                     app: c.app.clone(),
-                    shards: shards.ready.saturating_add(shards.pending),
+                    shards: Err("no planning round has finished yet"),
                     per_replica: c.keda_target,
                 };
                 (c.shard_type.clone(), target)
@@ -210,8 +217,16 @@ impl Daemon {
                     .map_err(|detail| FallbackCause::Unavailable {
                         detail: detail.clone(),
                     });
-            if let Err(detail) = &got {
-                tracing::warn!(shard_type = %cfg.shard_type, "reactive fallback: {detail}");
+            match &got {
+                Err(detail) => {
+                    tracing::warn!(shard_type = %cfg.shard_type, "reactive fallback: {detail}");
+                }
+                Ok(f) if f.provenance.stale_series > 0 => tracing::warn!(
+                    shard_type = %cfg.shard_type,
+                    stale = f.provenance.stale_series,
+                    "series whose data ends earlier are left out of the summed demand"
+                ),
+                Ok(_) => {}
             }
             let outcome = match plan_scale_or(now, &ts.shard_type, &cfg.scale, &state, forecast) {
                 Ok(o) => o,
@@ -233,9 +248,9 @@ impl Daemon {
                 Target {
                     app: cfg.app.clone(),
                     shards: if self.opts.dry_run {
-                        d.current
+                        Err("dry run")
                     } else {
-                        d.desired
+                        Ok(d.desired)
                     },
                     per_replica: cfg.keda_target,
                 },
@@ -332,13 +347,14 @@ impl Daemon {
                     .filter_map(|f| f.as_ref().ok())
                     .map(|f| f.forecast.start())
                     .max();
-                let interval_ms = (self.cfg.interval_secs * 1000.0).round() as i64;
-                let now = newest
-                    .or_else(|| {
-                        self.data_now
-                            .map(|t| Timestamp(t.0.saturating_add(interval_ms)))
-                    })
-                    .unwrap_or_else(wall);
+                // Time follows the data only: a round without forecasts
+                // keeps the last data time, and time never runs backwards.
+                let now = match (newest, self.data_now) {
+                    (Some(n), Some(d)) => n.max(d),
+                    (Some(n), None) => n,
+                    (None, Some(d)) => d,
+                    (None, None) => wall(),
+                };
                 self.data_now = Some(now);
                 now
             }

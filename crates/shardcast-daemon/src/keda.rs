@@ -3,9 +3,11 @@
 //! A `ScaledObject` names its shard type in the trigger's metadata
 //! (`shardType`, and optionally `app`). The metric spec asks for
 //! `keda_target` per replica and the metric's value is
-//! `shards × keda_target`, so the HPA's `ceil(value / target)` runs exactly
-//! the planned number of shards. In dry-run the scaler reports the shards
-//! running now, so KEDA changes nothing.
+//! `shards × keda_target`, so the HPA's `ceil(value / target)` asks for the
+//! planned number of shards (the HPA's own tolerance and behaviour still
+//! apply; see the README). Before the first round, and always in dry-run,
+//! there is no count to publish: `IsActive` and `GetMetrics` answer
+//! `UNAVAILABLE`, which makes KEDA keep the current replica count.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -25,8 +27,9 @@ use tonic::{Request, Response, Status};
 pub struct Target {
     /// The application the shard type belongs to.
     pub app: String,
-    /// Shards to run.
-    pub shards: u32,
+    /// Shards to run; `None` while there is nothing to publish (before the
+    /// first round, or in dry-run), with the reason.
+    pub shards: Result<u32, &'static str>,
     /// Metric value per replica.
     pub per_replica: f64,
 }
@@ -50,6 +53,17 @@ impl KedaScaler {
     /// The tonic service.
     pub fn into_service(self) -> ExternalScalerServer<Self> {
         ExternalScalerServer::new(self)
+    }
+
+    /// The count to publish for `r`, or UNAVAILABLE when there is none.
+    fn shards(&self, r: &ScaledObjectRef) -> Result<(String, Target, u32), Status> {
+        let (name, t) = self.lookup(r)?;
+        match t.shards {
+            Ok(n) => Ok((name, t, n)),
+            Err(why) => Err(Status::unavailable(format!(
+                "shard type {name:?}: no count to publish ({why})"
+            ))),
+        }
     }
 
     fn lookup(&self, r: &ScaledObjectRef) -> Result<(String, Target), Status> {
@@ -78,6 +92,11 @@ impl KedaScaler {
     }
 }
 
+/// The integer target of older KEDA releases: the target rounded, at least 1.
+fn target_size(per_replica: f64) -> i64 {
+    (per_replica.round() as i64).max(1)
+}
+
 /// The metric's name for a shard type: `shardcast-` and the name in lower
 /// case with anything but letters, digits and `-` as `-`.
 pub fn metric_name(shard_type: &str) -> String {
@@ -100,10 +119,8 @@ impl ExternalScaler for KedaScaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
-        let (_, t) = self.lookup(request.get_ref())?;
-        Ok(Response::new(IsActiveResponse {
-            result: t.shards > 0,
-        }))
+        let (_, _, n) = self.shards(request.get_ref())?;
+        Ok(Response::new(IsActiveResponse { result: n > 0 }))
     }
 
     type StreamIsActiveStream = ActiveStream;
@@ -119,18 +136,21 @@ impl ExternalScaler for KedaScaler {
         let stream = async_stream(move |tx| async move {
             let mut last = None;
             loop {
-                let now = scaler.lookup(&r).map(|(_, t)| t.shards > 0);
-                if now.as_ref().ok() != last.as_ref() {
-                    let stop = now.is_err();
-                    last = now.as_ref().ok().copied();
-                    if tx
-                        .send(now.map(|result| IsActiveResponse { result }))
-                        .await
-                        .is_err()
-                        || stop
-                    {
+                // Nothing to publish yet (or dry run): wait for a count; a
+                // shard type that went away ends the stream.
+                match scaler.shards(&r).map(|(_, _, n)| n > 0) {
+                    Ok(active) if last != Some(active) => {
+                        last = Some(active);
+                        let answer = Ok(IsActiveResponse { result: active });
+                        if tx.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(status) if status.code() != tonic::Code::Unavailable => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
+                    _ => {}
                 }
                 tokio::select! {
                     _ = tx.closed() => return,
@@ -149,7 +169,7 @@ impl ExternalScaler for KedaScaler {
         Ok(Response::new(GetMetricSpecResponse {
             metric_specs: vec![MetricSpec {
                 metric_name: metric_name(&name),
-                target_size: (t.per_replica.round() as i64).max(1),
+                target_size: target_size(t.per_replica),
                 target_size_float: t.per_replica,
             }],
         }))
@@ -163,8 +183,11 @@ impl ExternalScaler for KedaScaler {
         let object = r
             .scaled_object_ref
             .ok_or_else(|| Status::invalid_argument("scaledObjectRef is required"))?;
-        let (name, t) = self.lookup(&object)?;
-        let value = f64::from(t.shards) * t.per_replica;
+        let (name, t, n) = self.shards(&object)?;
+        let value = f64::from(n) * t.per_replica;
+        // Older KEDA reads the integer fields: shards × the integer target
+        // keeps their ratio exact whatever the fractional target.
+        let integer = i64::from(n) * target_size(t.per_replica);
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
                 metric_name: if r.metric_name.is_empty() {
@@ -172,7 +195,7 @@ impl ExternalScaler for KedaScaler {
                 } else {
                     r.metric_name
                 },
-                metric_value: value.round() as i64,
+                metric_value: integer,
                 metric_value_float: value,
             }],
         }))

@@ -409,7 +409,10 @@ pub fn plan_scale_or(
     let recommendation = n;
 
     let window_ms = ScalePolicy::ms(policy.scale_down_stabilisation_secs);
-    let in_window = |r: &&Recommendation| r.at.0 >= now.0.saturating_sub(window_ms) && r.at != now;
+    // Recommendations from the future (a clock that jumped back) are
+    // ignored rather than holding the count up indefinitely.
+    let in_window =
+        |r: &&Recommendation| r.at.0 >= now.0.saturating_sub(window_ms) && r.at.0 < now.0;
     if n < healthy && window_ms > 0 {
         let highest = state
             .recommendations

@@ -419,8 +419,9 @@ and the reason says why; the daemon keeps running.
 --keda-listen serves KEDA's external scaler gRPC API (IsActive,
 StreamIsActive, GetMetricSpec, GetMetrics): a ScaledObject's trigger names the
 shard type in its metadata (shardType, optionally app), and the metric value
-is shards × keda_target, so KEDA runs the planned count. --dry-run plans and
-prints but publishes nothing (KEDA keeps seeing the current count).
+is shards × keda_target, so KEDA asks for the planned count. --dry-run plans
+and prints but publishes nothing (KEDA's metric calls answer UNAVAILABLE, so
+it keeps the replicas it has; the same before the first round finishes).
 
 The config file (TOML, or JSON when it ends in .json) holds:
   server = \"http://127.0.0.1:50051\"   interval_secs = 60   timeout_ms = 2000

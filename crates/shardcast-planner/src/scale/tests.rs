@@ -273,6 +273,19 @@ fn scale_down_is_stabilised_and_step_limited() {
     };
     let out = plan_scale(Timestamp(0), &api(), &p, &s, Some(&f)).unwrap();
     assert_eq!(out.decision.desired, 7);
+
+    // A recommendation dated after now (a clock that went back) neither
+    // holds the count up nor survives into the next state.
+    let s = ScaleState {
+        recommendations: vec![Recommendation {
+            at: Timestamp(3_600_000),
+            shards: 10,
+        }],
+        ..s
+    };
+    let out = plan_scale(Timestamp(0), &api(), &p, &s, Some(&f)).unwrap();
+    assert_eq!(out.decision.desired, 7);
+    assert!(out.recommendations.iter().all(|r| r.at <= Timestamp(0)));
 }
 
 #[test]

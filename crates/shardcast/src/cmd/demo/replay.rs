@@ -42,7 +42,7 @@ const LEVELS: [f64; 5] = [0.025, 0.1, 0.5, 0.9, 0.975];
 const PLAN_CONFIG: &str = include_str!("../../../../../examples/plan.toml");
 
 /// The first held-back instant: 2014-04-23 23:30 UTC, 35 minutes before
-/// the ELB and EC2 traces end.
+/// the EC2 trace ends and 65 before the ELB one does.
 pub(super) fn start() -> Timestamp {
     let day = Timestamp::from_date(2014, 4, 23).expect("a valid date");
     Timestamp(day.0 + (23 * 60 + 30) * 60_000)
@@ -132,6 +132,7 @@ pub(super) async fn run(
     let mut plan = PlanConfig::parse(PLAN_CONFIG, false)
         .map_err(|e| anyhow::anyhow!("examples/plan.toml: {e}"))?;
     plan.server = format!("http://{addr}");
+    plan.clock = shardcast_daemon::Clock::Data;
     plan.timeout_ms = 30_000;
     let decisions = args.out.join("decisions.jsonl");
     let mut daemon = Daemon::new(
@@ -292,7 +293,7 @@ pub(super) async fn run(
             keda_addr,
             t.shard_type,
             v.metric_value_float,
-            (v.metric_value_float / t.keda_target).round(),
+            (v.metric_value_float / t.keda_target).ceil(),
             t.keda_target
         );
     }
