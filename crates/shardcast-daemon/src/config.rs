@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use shardcast_core::ShardType;
+use shardcast_planner::placement::PlacementPolicy;
 use shardcast_planner::scale::ScalePolicy;
+
+use crate::placement::ShardTemplate;
 
 use crate::error::{Error, Result};
 
@@ -42,6 +45,9 @@ pub struct PlanConfig {
     /// Where `now` comes from.
     #[serde(default)]
     pub clock: Clock,
+    /// How shards are placed on the state file's hosts.
+    #[serde(default)]
+    pub placement: PlacementPolicy,
     /// The shard types to plan, each once.
     pub shard_types: Vec<ShardTypeConfig>,
 }
@@ -67,6 +73,10 @@ pub struct ShardTypeConfig {
     /// The scale policy (service level, capacity, lead time, limits, …).
     #[serde(default)]
     pub scale: ScalePolicy,
+    /// What one shard asks of a host; with it (and hosts in the state file)
+    /// the shard type's shards are placed every round.
+    #[serde(default)]
+    pub placement: Option<ShardTemplate>,
 }
 
 fn default_server() -> String {

@@ -15,6 +15,7 @@ use crate::client::{Fetched, ForecastClient, Provenance};
 use crate::config::{Clock, PlanConfig};
 use crate::error::{Error, Result};
 use crate::keda::{Target, Targets};
+use crate::placement::{self, PlacementRecord, Wanted};
 use crate::state::{Observed, StateFile};
 
 /// How the daemon runs beside its configuration.
@@ -89,6 +90,7 @@ pub struct Daemon {
     last_good: Option<StateFile>,
     data_now: Option<Timestamp>,
     targets: watch::Sender<Targets>,
+    placement: Option<PlacementRecord>,
 }
 
 impl Daemon {
@@ -142,6 +144,7 @@ impl Daemon {
             last_good,
             data_now: None,
             targets: watch::Sender::new(Arc::default()),
+            placement: None,
         };
         let initial = daemon.initial_targets();
         daemon.targets.send_replace(Arc::new(initial));
@@ -197,12 +200,12 @@ impl Daemon {
             .zip(fetched)
         {
             let observed = match origin {
-                StateOrigin::Assumed => ts.assumed,
+                StateOrigin::Assumed => ts.assumed.clone(),
                 _ => self
                     .last_good
                     .as_ref()
-                    .and_then(|s| s.shard_types.get(&cfg.shard_type).copied())
-                    .unwrap_or(ts.assumed),
+                    .and_then(|s| s.shard_types.get(&cfg.shard_type).cloned())
+                    .unwrap_or_else(|| ts.assumed.clone()),
             };
             let state = ScaleState {
                 ready: observed.ready,
@@ -265,6 +268,7 @@ impl Daemon {
                 state_error: state_error.clone(),
             });
         }
+        self.placement = self.place(now, origin, &records);
         if !self.opts.dry_run
             && let Some(path) = &self.opts.targets_file
             && let Err(e) = write_targets(path, now, &records)
@@ -310,10 +314,81 @@ impl Daemon {
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(Error::Output)?;
             }
+            if let Some(p) = &self.placement {
+                match format {
+                    Format::Json => {
+                        serde_json::to_writer(&mut *out, p).map_err(std::io::Error::from)
+                    }
+                    Format::Text => write!(out, "{} {}", p.at, describe_placement(p)),
+                }
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(Error::Output)?;
+            }
             out.flush().map_err(Error::Output)?;
             rounds += 1;
         }
         Ok(rounds)
+    }
+
+    /// The placement of the round's desired shards on the state file's
+    /// hosts, for the shard types that have a placement template.
+    fn place(
+        &self,
+        now: Timestamp,
+        origin: StateOrigin,
+        records: &[DecisionRecord],
+    ) -> Option<PlacementRecord> {
+        let state = self
+            .last_good
+            .as_ref()
+            .filter(|_| origin != StateOrigin::Assumed)?;
+        if state.hosts.is_empty() {
+            return None;
+        }
+        let wanted: Vec<Wanted<'_>> = self
+            .cfg
+            .shard_types
+            .iter()
+            .filter_map(|c| {
+                let template = c.placement.as_ref()?;
+                let record = records
+                    .iter()
+                    .find(|r| r.decision.shard_type.as_str() == c.shard_type)?;
+                let running = state
+                    .shard_types
+                    .get(&c.shard_type)
+                    .map_or(&[][..], |o| &o.shards[..]);
+                Some(Wanted {
+                    shard_type: &c.shard_type,
+                    desired: record.decision.desired,
+                    template,
+                    running,
+                })
+            })
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        match placement::plan(now, &state.hosts, &wanted, &self.cfg.placement) {
+            Ok(p) => {
+                if !p.placement.unplaced.is_empty() {
+                    tracing::warn!(
+                        unplaced = p.placement.unplaced.len(),
+                        "shards could not be placed"
+                    );
+                }
+                Some(p)
+            }
+            Err(e) => {
+                tracing::error!("cannot place: {e}");
+                None
+            }
+        }
+    }
+
+    /// The placement of the latest round, if it placed shards.
+    pub fn placement(&self) -> Option<&PlacementRecord> {
+        self.placement.as_ref()
     }
 
     fn read_state(&mut self) -> (StateOrigin, Option<String>) {
@@ -360,6 +435,22 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A placement in one sentence.
+fn describe_placement(p: &PlacementRecord) -> String {
+    let pl = &p.placement;
+    let mut s = format!(
+        "placement: {} assigned, {} launched, {} released, {} moved",
+        pl.assignments.len(),
+        p.launched.len(),
+        p.released.len(),
+        pl.moves.len()
+    );
+    for u in &pl.unplaced {
+        s.push_str(&format!("; {} not placed: {}", u.shard, u.message));
+    }
+    s
 }
 
 fn names(cfg: &PlanConfig) -> Vec<&str> {

@@ -26,12 +26,14 @@ mod config;
 mod daemon;
 mod error;
 pub mod keda;
+mod placement;
 mod state;
 
 pub use client::{Fetched, ForecastClient, Provenance};
 pub use config::{Clock, PlanConfig, ShardTypeConfig};
 pub use daemon::{Daemon, DecisionRecord, Format, Options, StateOrigin, TargetCounts, TargetsFile};
 pub use error::{Error, Result};
+pub use placement::{PlacementRecord, RunningShard, ShardTemplate};
 pub use state::{Observed, StateFile};
 
 use tonic::transport::Server;

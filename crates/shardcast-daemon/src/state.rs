@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use shardcast_planner::placement::Host;
+
+use crate::placement::RunningShard;
 
 use crate::error::{Error, Result};
 
@@ -20,10 +23,14 @@ use crate::error::{Error, Result};
 pub struct StateFile {
     /// Keyed by shard type.
     pub shard_types: BTreeMap<String, Observed>,
+    /// Hosts shards can be placed on; when given, shard types with a
+    /// `placement` template are placed every round.
+    #[serde(default)]
+    pub hosts: Vec<Host>,
 }
 
 /// One shard type as observed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Observed {
     /// Shards serving.
@@ -38,6 +45,9 @@ pub struct Observed {
     /// steers on it).
     #[serde(default)]
     pub observed_demand: Option<f64>,
+    /// The running shards and their hosts, for placement.
+    #[serde(default)]
+    pub shards: Vec<RunningShard>,
 }
 
 impl StateFile {

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use shardcast_core::{FallbackCause, ScaleBasis};
 use shardcast_daemon::{
-    Clock, Daemon, DecisionRecord, Format, Options, PlanConfig, ShardTypeConfig, StateOrigin,
-    TargetsFile, serve_keda,
+    Clock, Daemon, DecisionRecord, Format, Options, PlanConfig, ShardTemplate, ShardTypeConfig,
+    StateOrigin, TargetsFile, serve_keda,
 };
+use shardcast_planner::placement::PlacementPolicy;
 use shardcast_planner::scale::{ScalePolicy, WarmPoolPolicy};
 use shardcast_proto::externalscaler::{
     GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
@@ -161,6 +162,7 @@ fn config(server: String) -> PlanConfig {
         // fallback. The slow-server test sets its own.
         timeout_ms: 10_000,
         clock: Clock::Data,
+        placement: PlacementPolicy::default(),
         shard_types: vec![ShardTypeConfig {
             app: "shop".into(),
             shard_type: "api".into(),
@@ -182,6 +184,7 @@ fn config(server: String) -> PlanConfig {
                 },
                 ..ScalePolicy::default()
             },
+            placement: None,
         }],
     }
 }
@@ -678,4 +681,81 @@ fn the_example_config_parses() {
     let cfg = PlanConfig::load(&p).unwrap();
     assert_eq!(cfg.shard_types.len(), 2);
     assert_eq!(cfg.shard_types[0].scale.warm_pool.level, Some(0.975));
+    assert_eq!(cfg.placement.seed, 7);
+    let template = cfg.shard_types[0].placement.as_ref().unwrap();
+    assert_eq!(template.request.cpu, 2.0);
+    assert!(cfg.shard_types[1].placement.is_none());
+}
+
+#[tokio::test]
+async fn the_desired_shards_are_placed_on_the_state_files_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    // Three hosts of 4 CPUs in two zones; two shards run on h1 and h2.
+    let hosts = r#"[
+        {"id": "h1", "capacity": {"cpu": 4, "memory": 16, "bandwidth": 10}, "zone": "a"},
+        {"id": "h2", "capacity": {"cpu": 4, "memory": 16, "bandwidth": 10}, "zone": "b"},
+        {"id": "h3", "capacity": {"cpu": 4, "memory": 16, "bandwidth": 10}, "zone": "a"}
+    ]"#;
+    let write_state = |hosts: &str| {
+        std::fs::write(
+            &state,
+            format!(
+                r#"{{"hosts": {hosts}, "shard_types": {{"api": {{"ready": 2,
+                    "shards": [{{"id": "api-a", "host": "h1"}}, {{"id": "api-b", "host": "h2"}}]}}}}}}"#
+            ),
+        )
+        .unwrap();
+    };
+    write_state(hosts);
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
+    let mut cfg = config(server);
+    cfg.shard_types[0].placement = Some(ShardTemplate {
+        request: shardcast_core::Resources::new(1.5, 4.0, 1.0),
+        anti_affinity: None,
+        spread: Some("api".into()),
+        zones: vec![],
+        shadow: false,
+    });
+    let opts = Options {
+        state_file: Some(state.clone()),
+        ..Options::default()
+    };
+    let mut daemon = Daemon::new(cfg, opts).unwrap();
+    let r = &daemon.tick().await[0];
+    assert_eq!(r.decision.desired, 4, "{}", r.explain);
+    let p = daemon
+        .placement()
+        .expect("a placement with hosts and a template");
+    assert_eq!(p.launched, vec!["api-2", "api-3"]);
+    assert!(p.released.is_empty());
+    let pl = &p.placement;
+    assert_eq!(pl.assignments.len(), 4);
+    assert!(pl.unplaced.is_empty());
+    // At most two 1.5-CPU shards fit a 4-CPU host; the running ones stay.
+    for h in ["h1", "h2", "h3"] {
+        assert!(pl.assignments.iter().filter(|a| a.host == h).count() <= 2);
+    }
+    assert!(pl.moves.is_empty(), "{:?}", pl.moves);
+    let mut out = Vec::new();
+    daemon
+        .run(&mut out, Format::Json, Some(1), std::future::pending())
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last["placement"]["assignments"].as_array().unwrap().len(),
+        4
+    );
+
+    // One small host: what does not fit is reported with the reason.
+    write_state(
+        r#"[{"id": "h1", "capacity": {"cpu": 2, "memory": 16, "bandwidth": 10}, "zone": "a"}]"#,
+    );
+    daemon.tick().await;
+    let p = daemon.placement().unwrap();
+    assert_eq!(p.placement.assignments.len(), 1);
+    assert_eq!(p.placement.unplaced.len(), 3);
+    assert!(!p.placement.unplaced[0].message.is_empty());
 }
