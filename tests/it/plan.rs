@@ -220,3 +220,55 @@ fn bad_configs_and_flags_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_daemon_reaches_a_tls_server_with_its_token() {
+    let f = Fixture::new();
+    let server = f.serve(&[
+        "--tls-cert",
+        "tests/fixtures/tls/server.pem",
+        "--tls-key",
+        "tests/fixtures/tls/server.key",
+        "--token",
+        "s3cret",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &server.addr);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("http://", "https://");
+    let tls = format!(
+        "tls_ca = \"{}\"\ntls_domain = \"localhost\"\n",
+        repo().join("tests/fixtures/tls/ca.pem").display()
+    );
+    std::fs::write(&cfg, format!("{tls}{text}")).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--config", cfg.as_str(), "--iterations", "1"];
+        args.extend_from_slice(extra);
+        let out = plan(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        records(&out.stdout).remove(0)
+    };
+    let r = run(&["--token", "s3cret"]);
+    assert_eq!(r["reason"]["basis"]["basis"], "forecast", "{r}");
+    let r = run(&["--token", "wrong"]);
+    let cause = &r["reason"]["basis"]["cause"];
+    assert_eq!(cause["cause"], "unavailable", "{r}");
+    assert!(
+        cause["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Unauthenticated"),
+        "{r}"
+    );
+
+    // https without a CA is refused at start, naming the setting.
+    std::fs::write(&cfg, text).unwrap();
+    let out = plan(&["--config", &cfg, "--iterations", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls_ca"));
+}

@@ -10,9 +10,9 @@ use shardcast_proto::forecast::v1::{
     ForecastShardTypeRequest, forecast_service_client::ForecastServiceClient,
 };
 use shardcast_proto::forecast_from_pb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::config::ShardTypeConfig;
+use crate::config::{PlanConfig, ShardTypeConfig};
 use crate::error::{Error, Result};
 
 /// Where a forecast came from.
@@ -46,18 +46,38 @@ pub struct ForecastClient {
 }
 
 impl ForecastClient {
-    /// A client of `uri` that connects on first use and reconnects after a
-    /// failure; every call waits at most `timeout`.
-    pub fn new(uri: &str, token: Option<&str>, timeout: Duration) -> Result<Self> {
+    /// A client of the configured server that connects on first use and
+    /// reconnects after a failure; every call waits at most `timeout_ms`.
+    /// An `https://` server is reached over TLS, trusting `tls_ca`.
+    pub fn new(cfg: &PlanConfig) -> Result<Self> {
+        let uri = cfg.server.as_str();
+        let timeout = Duration::from_millis(cfg.timeout_ms);
         let bad = |detail: String| Error::Server {
             uri: uri.to_owned(),
             detail,
         };
-        let endpoint = Endpoint::from_shared(uri.to_owned())
+        let mut endpoint = Endpoint::from_shared(uri.to_owned())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(timeout)
             .timeout(timeout)
             .tcp_nodelay(true);
+        if uri.starts_with("https://") {
+            let Some(ca) = &cfg.tls_ca else {
+                return Err(bad(
+                    "an https:// server needs tls_ca, the PEM file of the CA that signed it".into(),
+                ));
+            };
+            let pem = std::fs::read(ca).map_err(|source| Error::Io {
+                path: ca.clone(),
+                source,
+            })?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let Some(domain) = &cfg.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        }
+        let token = cfg.token.as_deref();
         let token = token
             .map(|t| {
                 let mut v: tonic::metadata::MetadataValue<_> = format!("Bearer {t}")

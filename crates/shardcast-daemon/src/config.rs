@@ -35,6 +35,12 @@ pub struct PlanConfig {
     /// Bearer token the server asks for, if any.
     #[serde(default)]
     pub token: Option<String>,
+    /// PEM file of the CA that signed an `https://` server's certificate.
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry (default: the URI's host).
+    #[serde(default)]
+    pub tls_domain: Option<String>,
     /// Seconds between planning rounds.
     #[serde(default = "default_interval")]
     pub interval_secs: f64,

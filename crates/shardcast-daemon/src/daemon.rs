@@ -102,11 +102,7 @@ impl Daemon {
             path: PathBuf::from("<config>"),
             detail,
         })?;
-        let client = ForecastClient::new(
-            &cfg.server,
-            cfg.token.as_deref(),
-            Duration::from_millis(cfg.timeout_ms),
-        )?;
+        let client = ForecastClient::new(&cfg)?;
         let last_good = match &opts.state_file {
             Some(p) => Some(StateFile::load(p, &names(&cfg))?),
             None => None,

@@ -157,6 +157,8 @@ fn config(server: String) -> PlanConfig {
     PlanConfig {
         server,
         token: None,
+        tls_ca: None,
+        tls_domain: None,
         interval_secs: 0.05,
         // Generous: a loaded CI machine must not turn a good answer into a
         // fallback. The slow-server test sets its own.

@@ -425,6 +425,7 @@ it keeps the replicas it has; the same before the first round finishes).
 
 The config file (TOML, or JSON when it ends in .json) holds:
   server = \"http://127.0.0.1:50051\"   interval_secs = 60   timeout_ms = 2000
+  tls_ca = \"ca.pem\"  tls_domain = \"...\"  (for an https:// server)
   clock = \"wall\" (or \"data\": now = the end of the last observed bin, for replays)
   [[shard_types]]  app, shard_type, metric (optional), initial_shards, keda_target
   [shard_types.scale]  service_level, capacity_per_shard, target_utilisation,
