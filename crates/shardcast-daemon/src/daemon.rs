@@ -99,7 +99,7 @@ impl Daemon {
     /// silent fallback.
     pub fn new(cfg: PlanConfig, opts: Options) -> Result<Self> {
         cfg.validate().map_err(|detail| Error::Config {
-            path: PathBuf::from("<config>"),
+            path: PathBuf::from("(configuration given in code)"),
             detail,
         })?;
         let client = ForecastClient::new(&cfg)?;
