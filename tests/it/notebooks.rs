@@ -10,12 +10,11 @@
 //! the test is skipped with a printed reason, unless
 //! `SHARDCAST_REQUIRE_PYTHON=1`.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use super::serve::Server;
 use super::{ok, repo};
 
 /// Modules the notebooks and their runner import.
@@ -77,51 +76,6 @@ fn ingest_sample(store: &Path) {
     assert!(again.contains("8064 stored rows replaced"), "{again}");
 }
 
-/// A running `shardcast serve` (adapted from `serve.rs`: its log goes to
-/// a file, shown when the notebooks fail), killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(store: &Path, log: PathBuf) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
-            .args(["serve", "--store"])
-            .arg(store)
-            .args(["--models-dir", "models", "--listen", "127.0.0.1:0"])
-            .current_dir(repo())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "server did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr, log }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -136,7 +90,13 @@ fn notebooks_run_headless_against_the_server_and_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     ingest_sample(&store);
-    let server = Server::start(&store, dir.path().join("serve.log"));
+    let server = Server::start(&[
+        "serve".to_owned(),
+        "--store".into(),
+        store.to_str().unwrap().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
 
     let jupyter = dir.path().join("jupyter");
     let started = Instant::now();
@@ -166,10 +126,7 @@ fn notebooks_run_headless_against_the_server_and_the_store() {
         out.status.success(),
         "the notebooks failed ({}):\n{stdout}\n{stderr}\n--- shardcast serve log (tail) ---\n{}",
         out.status,
-        tail(
-            &std::fs::read_to_string(&server.log).unwrap_or_default(),
-            40
-        )
+        tail(&server.log(), 40)
     );
     eprintln!(
         "{}notebooks ran in {:.1}s",

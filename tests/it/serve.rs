@@ -99,20 +99,23 @@ impl Fixture {
     }
 }
 
-/// A running `shardcast serve`, killed on drop.
+/// A running `shardcast serve`, killed on drop. Its log goes to a file,
+/// so a failing test can show it.
 pub(crate) struct Server {
     child: Child,
     pub(crate) addr: String,
     metrics: Option<String>,
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
     pub(crate) fn start(args: &[String]) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(args)
             .current_dir(repo())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -133,25 +136,25 @@ impl Server {
             }
         }
         let Some(addr) = addr else {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("server did not start: {err}");
+            let _ = child.wait();
+            panic!(
+                "server did not start: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
         };
-        // Keep draining stdout and stderr so the server never blocks on a
-        // full pipe.
+        // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         Self {
             child,
             addr,
             metrics,
+            log,
         }
+    }
+
+    /// What the server has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     async fn channel(&self) -> Channel {

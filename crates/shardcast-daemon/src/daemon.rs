@@ -300,27 +300,7 @@ impl Daemon {
                 _ = interval.tick() => {}
             }
             let records = self.tick().await;
-            for r in &records {
-                match format {
-                    Format::Json => {
-                        serde_json::to_writer(&mut *out, r).map_err(std::io::Error::from)
-                    }
-                    Format::Text => write!(out, "{} {}", r.decision.at, r.explain),
-                }
-                .and_then(|()| out.write_all(b"\n"))
-                .map_err(Error::Output)?;
-            }
-            if let Some(p) = &self.placement {
-                match format {
-                    Format::Json => {
-                        serde_json::to_writer(&mut *out, p).map_err(std::io::Error::from)
-                    }
-                    Format::Text => write!(out, "{} {}", p.at, describe_placement(p)),
-                }
-                .and_then(|()| out.write_all(b"\n"))
-                .map_err(Error::Output)?;
-            }
-            out.flush().map_err(Error::Output)?;
+            write_round(out, format, &records, self.placement.as_ref())?;
             rounds += 1;
         }
         Ok(rounds)
@@ -431,6 +411,37 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Writes one round's output: a line per decision, then the placement's
+/// line if there is one, and flushes.
+pub fn write_round(
+    out: &mut dyn Write,
+    format: Format,
+    records: &[DecisionRecord],
+    placement: Option<&PlacementRecord>,
+) -> Result<()> {
+    let mut lines: Vec<String> = Vec::with_capacity(records.len() + 1);
+    for r in records {
+        lines.push(match format {
+            Format::Json => json_line(r)?,
+            Format::Text => format!("{} {}", r.decision.at, r.explain),
+        });
+    }
+    if let Some(p) = placement {
+        lines.push(match format {
+            Format::Json => json_line(p)?,
+            Format::Text => format!("{} {}", p.at, describe_placement(p)),
+        });
+    }
+    for l in lines {
+        writeln!(out, "{l}").map_err(Error::Output)?;
+    }
+    out.flush().map_err(Error::Output)
+}
+
+fn json_line(v: &impl Serialize) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Output(e.into()))
 }
 
 /// A placement in one sentence.

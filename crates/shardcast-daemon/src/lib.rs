@@ -31,7 +31,9 @@ mod state;
 
 pub use client::{Fetched, ForecastClient, Provenance};
 pub use config::{Clock, PlanConfig, ShardTypeConfig};
-pub use daemon::{Daemon, DecisionRecord, Format, Options, StateOrigin, TargetCounts, TargetsFile};
+pub use daemon::{
+    Daemon, DecisionRecord, Format, Options, StateOrigin, TargetCounts, TargetsFile, write_round,
+};
 pub use error::{Error, Result};
 pub use placement::{PlacementRecord, RunningShard, ShardTemplate};
 pub use state::{Observed, StateFile};

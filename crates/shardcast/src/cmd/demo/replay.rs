@@ -267,7 +267,6 @@ pub(super) async fn run(
         }
         last_records = records;
     }
-    lines.flush()?;
 
     println!("\n      the last round's decisions, in words:");
     for r in &last_records {
