@@ -13,8 +13,10 @@
 //! `model.safetensors` and `metrics.json`.
 
 mod artifact;
+mod baseline;
 mod config;
 mod features;
+mod hybrid;
 mod network;
 mod train;
 
@@ -24,8 +26,11 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 pub use artifact::FORMAT_VERSION;
+pub(crate) use baseline::weights as baseline_weights;
+pub use baseline::{Baseline, default_baselines};
 pub use config::{CellKind, ModelConfig, TrainConfig};
 pub use features::{SeriesInput, SeriesScale};
+pub use hybrid::Hybrid;
 pub use train::{FitReport, MemberReport, Progress};
 
 use crate::error::{Error, Result};
@@ -34,6 +39,8 @@ use network::Network;
 
 /// Windows forecast per network call.
 const CHUNK: usize = 256;
+/// Most training windows the hybrid's baseline errors are taken from.
+const HYBRID_WINDOWS: usize = 4096;
 
 /// One series the model was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,12 +88,17 @@ pub struct Model {
     varmap: VarMap,
     members: Vec<Network>,
     calibration: Calibration,
+    hybrid: Option<Hybrid>,
 }
 
 /// Widening of the quantiles around the median, fitted on the validation
 /// windows after training so that their 10% and 90% quantiles are exceeded
-/// 10% of the time (networks trained on little data are overconfident).
-/// Scaling each side by one positive factor keeps the levels ordered.
+/// at most 10% of the time (networks trained on little data are
+/// overconfident). Scaling each side by one factor of at least 1 keeps the
+/// levels ordered. It never narrows: the validation windows are few and sit
+/// at the end of the training range, and narrowing on them (as an earlier
+/// version did) cost coverage on every protocol F setup whose test weeks
+/// differ from them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
@@ -200,9 +212,11 @@ impl Model {
                 &mut progress,
             )?);
         }
+        model.hybrid = model.fit_hybrid(&inputs, &scales, &split)?;
         model.calibration = model.calibrate(&inputs, &split.val)?;
         let report = FitReport {
             calibration: model.calibration,
+            hybrid: model.hybrid.clone(),
             train_windows: split.train.len(),
             val_windows: split.val.len(),
             members,
@@ -231,9 +245,67 @@ impl Model {
             varmap,
             members,
             calibration: Calibration::default(),
+            hybrid: None,
         };
         model.index = model.build_index();
         Ok(model)
+    }
+
+    /// Fits the statistical half of the forecast ([`Hybrid`]): the baseline
+    /// and its error quantiles on (at most [`HYBRID_WINDOWS`] of) the
+    /// training windows, the blend weight on the validation windows.
+    fn fit_hybrid(
+        &self,
+        inputs: &[SeriesInput<'_>],
+        scales: &[SeriesScale],
+        split: &train::Split,
+    ) -> Result<Option<Hybrid>> {
+        let cfg = &self.config;
+        let fill = |windows: &mut dyn Iterator<Item = &(usize, usize)>| -> Result<Batch> {
+            let mut b = Batch::default();
+            for &(s, o) in windows {
+                push_window(cfg, &scales[s], &inputs[s], o, true, &mut b)?;
+            }
+            Ok(b)
+        };
+        // The baseline is chosen on the most recent weeks of each series'
+        // training range (all of it when that leaves nothing).
+        let recent_span = 8 * cfg.season.max(cfg.horizon);
+        let recent: Vec<(usize, usize)> = split
+            .train
+            .iter()
+            .chain(&split.val)
+            .copied()
+            .filter(|&(s, o)| o + recent_span >= inputs[s].values.len())
+            .collect();
+        let pool = if recent.is_empty() {
+            &split.train
+        } else {
+            &recent
+        };
+        let stride = pool.len().div_ceil(HYBRID_WINDOWS).max(1);
+        let train_batch = fill(&mut pool.iter().step_by(stride))?;
+        let Some(mut hybrid) = hybrid::fit_baseline(cfg, &train_batch) else {
+            return Ok(None);
+        };
+        let val = fill(&mut split.val.iter())?;
+        let net = self.network_quantiles(&val)?;
+        hybrid::choose_weight(cfg, &mut hybrid, &val, &net);
+        Ok(Some(hybrid))
+    }
+
+    /// The ensemble's mean normalised quantiles `[n, horizon, quantiles]` of
+    /// a batch, before blending and calibration.
+    fn network_quantiles(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let (h, q) = (self.config.horizon, self.config.quantiles.len());
+        let mut sum = vec![0f32; batch.n * h * q];
+        for net in &self.members {
+            let z = net.forward(batch, false)?.flatten_all()?.to_vec1::<f32>()?;
+            sum.iter_mut().zip(z).for_each(|(s, v)| *s += v);
+        }
+        let k = self.members.len() as f32;
+        sum.iter_mut().for_each(|v| *v /= k);
+        Ok(sum)
     }
 
     fn build_index(&self) -> HashMap<String, usize> {
@@ -278,7 +350,7 @@ impl Model {
                 return 1.0;
             }
             t.sort_by(f32::total_cmp);
-            t[(0.9 * (t.len() - 1) as f64).round() as usize].clamp(0.25, 10.0)
+            t[(0.9 * (t.len() - 1) as f64).round() as usize].clamp(1.0, 10.0)
         };
         Ok(Calibration {
             lower: factor(down),
@@ -289,6 +361,11 @@ impl Model {
     /// The quantile widening fitted after training.
     pub fn calibration(&self) -> Calibration {
         self.calibration
+    }
+
+    /// The statistical half of the forecast, when the model has baselines.
+    pub fn hybrid(&self) -> Option<&Hybrid> {
+        self.hybrid.as_ref()
     }
 
     /// The network shape.
@@ -379,25 +456,20 @@ impl Model {
                 let scale = self.scale_for(input, *origin);
                 push_window(&self.config, &scale, input, *origin, false, &mut batch)?;
             }
-            let mut sum = vec![0f32; chunk.len() * h * q];
-            for net in &self.members {
-                let z = net
-                    .forward(&batch, false)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                sum.iter_mut().zip(z).for_each(|(s, v)| *s += v);
+            let mut z = self.network_quantiles(&batch)?;
+            if let Some(hybrid) = &self.hybrid {
+                hybrid.blend(&self.config, &batch, &mut z);
             }
-            let k = self.members.len() as f32;
             let mid = self.config.median_index();
             let Calibration { lower, upper } = self.calibration;
             let dst = &mut out[c * CHUNK * h * q..][..chunk.len() * h * q];
             for (w, vals) in dst.chunks_mut(h * q).enumerate() {
                 let (m, s) = (batch.loc[w], batch.scale[w]);
-                for (d, z) in vals.chunks_mut(q).zip(sum[w * h * q..].chunks(q)) {
-                    let med = z[mid] / k;
-                    for (j, (d, z)) in d.iter_mut().zip(z).enumerate() {
+                for (d, z) in vals.chunks_mut(q).zip(z[w * h * q..].chunks(q)) {
+                    let med = z[mid];
+                    for (j, (d, &z)) in d.iter_mut().zip(z).enumerate() {
                         let f = if j < mid { lower } else { upper };
-                        *d = m + s * (med + f * (z / k - med));
+                        *d = m + s * (med + f * (z - med));
                     }
                 }
             }

@@ -23,7 +23,7 @@ use shardcast_core::SeriesKey;
 use crate::error::{Error, Result};
 use crate::ingest::Event;
 use crate::manifest::{FileEntry, Manifest, TableKind};
-use crate::schema::{events_schema, metrics_schema};
+use crate::schema::{events_schema, metrics_sql_schema};
 use crate::store::{Store, decode_events};
 
 /// One table of the store as DataFusion sees it.
@@ -329,7 +329,7 @@ impl Store {
         let (objects, url) = self.objects();
         ctx.register_object_store(url, objects.clone());
         for (name, table, schema) in [
-            ("metrics", TableKind::Metrics, metrics_schema()),
+            ("metrics", TableKind::Metrics, metrics_sql_schema()),
             ("events", TableKind::Events, events_schema()),
         ] {
             let files: Vec<FileEntry> = manifest.files_of(table).cloned().collect();

@@ -28,6 +28,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
@@ -833,8 +834,15 @@ fn encode_parquet(rel: &str, batch: &RecordBatch) -> Result<Bytes> {
         source,
     };
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    // The Arrow schema is not embedded: readers take the key columns'
+    // types from Parquet (strings, dictionary-encoded on disk), so DataFusion
+    // reads them straight into string views instead of rebuilding the
+    // in-memory dictionaries row by row (see `schema::metrics_sql_schema`).
+    let options = ArrowWriterOptions::new()
+        .with_properties(writer_properties())
+        .with_skip_arrow_metadata(true);
     let mut writer =
-        ArrowWriter::try_new(&mut buf, batch.schema(), Some(writer_properties())).map_err(err)?;
+        ArrowWriter::try_new_with_options(&mut buf, batch.schema(), options).map_err(err)?;
     writer.write(batch).map_err(err)?;
     writer.close().map_err(err)?;
     Ok(Bytes::from(buf))

@@ -350,6 +350,11 @@ pub(crate) struct ModelArgs {
     /// when the history is long enough).
     #[arg(long, value_delimiter = ',')]
     pub(crate) lags: Option<Vec<usize>>,
+    /// Seasonal baselines fed to the network as known features: `auto`
+    /// (daily and, with enough history, weekly shapes with two level
+    /// estimates) or `none`. A config file can list them explicitly.
+    #[arg(long)]
+    pub(crate) baselines: Option<BaselineChoice>,
     /// Ensemble members (seeds).
     #[arg(long)]
     pub(crate) members: Option<usize>,
@@ -744,4 +749,13 @@ pub(crate) struct SimulateArgs {
     pub(crate) save_model: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) model_args: ModelArgs,
+}
+
+/// The `--baselines` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BaselineChoice {
+    /// Chosen from the season, horizon and history length.
+    Auto,
+    /// No baselines.
+    None,
 }

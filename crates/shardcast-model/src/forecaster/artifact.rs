@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::{ModelConfig, TrainConfig};
-use super::{Calibration, Model, SeriesMeta};
+use super::{Calibration, Hybrid, Model, SeriesMeta};
 use crate::error::{Error, Result};
 
 /// Version of the directory format this build reads and writes.
@@ -29,6 +29,9 @@ struct ArtifactConfig {
     series: Vec<SeriesMeta>,
     shard_types: Vec<String>,
     calibration: Calibration,
+    /// The statistical half of the forecast (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hybrid: Option<Hybrid>,
     /// First and last training timestamp over all series (ms).
     training_range: [i64; 2],
 }
@@ -68,6 +71,7 @@ impl Model {
             series: self.series.clone(),
             shard_types: self.shard_types.clone(),
             calibration: self.calibration,
+            hybrid: self.hybrid.clone(),
             training_range: range,
         };
         let write = || -> Result<()> {
@@ -124,6 +128,11 @@ impl Model {
             return Err(artifact_err(&path, "calibration factors must be positive"));
         }
         model.calibration = cfg.calibration;
+        if let Some(h) = &cfg.hybrid {
+            h.validate(&model.config)
+                .map_err(|e| artifact_err(&path, e))?;
+        }
+        model.hybrid = cfg.hybrid;
         let weights = dir.join(WEIGHTS);
         model
             .varmap

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::baseline::Baseline;
 use crate::error::{Error, Result};
 
 /// Which recurrent cell encodes the context.
@@ -60,6 +61,10 @@ pub struct ModelConfig {
     pub calendar: bool,
     /// Whether an event indicator is an input.
     pub events: bool,
+    /// Seasonal baselines whose forecasts are known features of every
+    /// horizon step (see [`Baseline`]).
+    #[serde(default)]
+    pub baselines: Vec<Baseline>,
     /// Ensemble members, each trained from its own seed; their quantiles are
     /// averaged (which keeps them ordered).
     pub members: usize,
@@ -81,6 +86,7 @@ impl Default for ModelConfig {
             head_hidden: 64,
             calendar: true,
             events: true,
+            baselines: Vec::new(),
             members: 1,
         }
     }
@@ -101,7 +107,7 @@ impl ModelConfig {
 
     /// Known features per horizon step fed to the head.
     pub fn future_size(&self) -> usize {
-        self.lags.len() + self.calendar_size() + usize::from(self.events) + 1
+        self.lags.len() + self.calendar_size() + usize::from(self.events) + 1 + self.baselines.len()
     }
 
     /// Names of the input features, in order, for `config.json`.
@@ -120,12 +126,22 @@ impl ModelConfig {
         if self.events {
             names.push("event_active".to_owned());
         }
+        names.extend(self.baselines.iter().map(|b| {
+            format!(
+                "baseline_days_{}_weeks_{}_recent_{}",
+                b.days, b.weeks, b.recent
+            )
+        }));
         names
     }
 
     /// Points of history one forecast needs.
     pub fn history_needed(&self) -> usize {
-        self.context + self.lags.iter().copied().max().unwrap_or(0)
+        let lags = self.context + self.lags.iter().copied().max().unwrap_or(0);
+        self.baselines
+            .iter()
+            .map(|b| b.lookback(self.season))
+            .fold(lags, usize::max)
     }
 
     /// Points the window scale is computed over.
@@ -165,6 +181,9 @@ impl ModelConfig {
                 value: lag,
                 reason: "every lag must be at least the horizon, so its value is observed",
             });
+        }
+        for b in &self.baselines {
+            b.validate(self.season, self.horizon)?;
         }
         let q = &self.quantiles;
         if q.is_empty()

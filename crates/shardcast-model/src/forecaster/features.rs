@@ -185,7 +185,14 @@ pub(crate) fn push_window(
         }
     }
     let last = z(o - 1);
-    for i in o..o + cfg.horizon as isize {
+    let nb = cfg.baselines.len();
+    let mut base = vec![0f32; cfg.horizon * nb];
+    for (b, baseline) in cfg.baselines.iter().enumerate() {
+        baseline.forecast(cfg.season, cfg.horizon, |j| z(o + j), &mut |k, v| {
+            base[k * nb + b] = v;
+        });
+    }
+    for (k, i) in (o..o + cfg.horizon as isize).enumerate() {
         batch
             .future
             .extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
@@ -196,6 +203,7 @@ pub(crate) fn push_window(
             batch.future.push(event(i));
         }
         batch.future.push(last);
+        batch.future.extend_from_slice(&base[k * nb..(k + 1) * nb]);
     }
     if target {
         batch.target.extend(

@@ -67,6 +67,9 @@ pub struct FitReport {
     pub members: Vec<MemberReport>,
     /// Quantile widening fitted on the validation windows.
     pub calibration: super::Calibration,
+    /// The statistical half of the forecast, if any.
+    #[serde(default)]
+    pub hybrid: Option<super::Hybrid>,
     /// Wall time of the whole fit in seconds.
     pub seconds: f64,
 }

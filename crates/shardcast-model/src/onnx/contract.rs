@@ -165,8 +165,7 @@ impl Contract {
     /// The contract of `model`'s export.
     pub fn of(model: &Model) -> Self {
         let cfg = model.config();
-        let max_lag = cfg.lags.iter().copied().max().unwrap_or(0);
-        let window = (cfg.context + max_lag).max(cfg.norm_len());
+        let window = cfg.history_needed().max(cfg.norm_len());
         let (c, h) = (cfg.context, cfg.horizon);
         let b = || Dim::Named(BATCH.to_owned());
         let mut inputs = vec![

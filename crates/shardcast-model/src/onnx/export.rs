@@ -22,7 +22,7 @@ use super::proto::{
     tensor_shape_proto, type_proto,
 };
 use crate::error::{Error, Result};
-use crate::forecaster::{CellKind, Model};
+use crate::forecaster::{CellKind, Model, baseline_weights};
 
 /// The opset of the default domain the exported graph declares.
 pub const OPSET: i64 = 17;
@@ -472,6 +472,15 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
         &[&z, &last_idx],
         vec![attr_int("axis", 1)],
     ));
+    if !cfg.baselines.is_empty() {
+        // Every baseline is linear in the normalised window: one product.
+        let nb = cfg.baselines.len();
+        let w = baseline_weights(&cfg.baselines, cfg.season, h, l);
+        let w = g.f32s("baseline_weights", &[l, h * nb], &w);
+        let flat = g.op("MatMul", "baselines_flat", &[&z, &w], vec![]); // [B, H*NB]
+        let shape = g.i64s("baselines_shape", &[3], &[-1, h as i64, nb as i64]);
+        fut_parts.push(g.op("Reshape", "baselines", &[&flat, &shape], vec![]));
+    }
     let refs: Vec<&str> = ctx_parts.iter().map(String::as_str).collect();
     let ctx = g.op("Concat", "context", &refs, vec![attr_int("axis", 2)]); // [B, C, I]
     let refs: Vec<&str> = fut_parts.iter().map(String::as_str).collect();
@@ -556,7 +565,20 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
     }
     let acc = acc.ok_or_else(|| Error::Invalid("the model has no ensemble members".into()))?;
     let k_c = g.f32s("members", &[], &[cfg.members as f32]);
-    let zk = g.op("Div", "ensemble_mean", &[&acc, &k_c], vec![]);
+    let mut zk = g.op("Div", "ensemble_mean", &[&acc, &k_c], vec![]);
+    if let Some(hy) = model.hybrid() {
+        // The statistical half: the chosen baseline plus its error quantiles,
+        // blended level by level (as `Hybrid::blend`).
+        let col = cfg.future_size() - cfg.baselines.len() + hy.baseline;
+        let base = g.slice("hybrid_baseline", &fut, 2, col, col + 1); // [B, H, 1]
+        let errors = g.f32s("hybrid_errors", &[h, q], &hy.errors);
+        let stat = g.op("Add", "hybrid_statistical", &[&base, &errors], vec![]);
+        let wn = g.f32s("hybrid_weight", &[], &[hy.weight]);
+        let ws = g.f32s("hybrid_statistical_weight", &[], &[1.0 - hy.weight]);
+        let a = g.op("Mul", "hybrid_network_part", &[&zk, &wn], vec![]);
+        let b = g.op("Mul", "hybrid_statistical_part", &[&stat, &ws], vec![]);
+        zk = g.op("Add", "hybrid_quantiles", &[&a, &b], vec![]);
+    }
     let medk = g.slice("ensemble_median", &zk, 2, mid, mid + 1);
     let diff = g.op("Sub", "spread", &[&zk, &medk], vec![]);
     let cal = model.calibration();

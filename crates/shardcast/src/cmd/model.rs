@@ -9,11 +9,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use shardcast_core::{GridStep, Timestamp};
 use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
-use shardcast_model::forecaster::{Model, ModelConfig, Progress, TrainConfig, TrainSeries};
+use shardcast_model::forecaster::{
+    Model, ModelConfig, Progress, TrainConfig, TrainSeries, default_baselines,
+};
 use shardcast_store::query::SeriesFilter;
 use shardcast_store::resample::{Agg, GapFill, event_indicator, resample};
 
-use crate::cli::{AggArg, BacktestArgs, GridArgs, ModelArgs, TrainArgs};
+use crate::cli::{AggArg, BacktestArgs, BaselineChoice, GridArgs, ModelArgs, TrainArgs};
 
 /// One series on the grid, with its event indicator.
 pub(crate) struct GridSeries {
@@ -127,6 +129,7 @@ pub(crate) fn configure(
         season,
         context,
         lags,
+        baselines: default_baselines(season, horizon, shortest),
         ..ModelConfig::default()
     };
     let mut train = TrainConfig::default();
@@ -166,6 +169,13 @@ pub(crate) fn configure(
     }
     if let Some(v) = &args.lags {
         model.lags = v.clone();
+    }
+    match args.baselines {
+        Some(BaselineChoice::Auto) => {
+            model.baselines = default_baselines(model.season, model.horizon, shortest);
+        }
+        Some(BaselineChoice::None) => model.baselines.clear(),
+        None => {}
     }
     if let Some(v) = args.members {
         model.members = v;
