@@ -78,8 +78,8 @@ fn run_forward<const SIMD: bool>(
     save: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (b, t, i, h, g, s) = (d.batch, d.seq, d.input, d.hidden, d.gates(), d.slots());
-    let wx = PackedB::from_fn(i, g, |p, j| w_ih[j * i + p]);
-    let wh = PackedB::from_fn(h, g, |p, j| w_hh[j * h + p]);
+    let wx = PackedB::from_transposed(g, &[(w_ih, i)]);
+    let wh = PackedB::from_transposed(g, &[(w_hh, h)]);
     // The r and z biases of both projections add up (on the input side);
     // n keeps `b_hn` apart, inside `r ⊙ (W_hn h + b_hn)`.
     let (b_ih, b_hh) = bias.split_at(g);

@@ -52,13 +52,7 @@ pub(crate) fn forward(
     let (b, t, i, h, g, k) = (d.batch, d.seq, d.input, d.hidden, d.gates(), d.xh());
     // B = [W_ih^T ; W_hh^T], so one GEMM over the row [x_t | h_{t-1}] gives
     // all pre-activations of a step.
-    let wf = PackedB::from_fn(k, g, |p, j| {
-        if p < i {
-            w_ih[j * i + p]
-        } else {
-            w_hh[j * h + p - i]
-        }
-    });
+    let wf = PackedB::from_transposed(g, &[(w_ih, i), (w_hh, h)]);
     let zeros;
     let state0 = match state0 {
         Some(s) => s,
