@@ -45,6 +45,25 @@ impl PackedB {
         Self { data, k, n }
     }
 
+    /// An all-zero `B[k, n]`, to be filled with [`PackedB::fill_rows`].
+    pub(crate) fn zeros(k: usize, n: usize) -> Self {
+        let data = vec![0.0; k * n.div_ceil(NR_PAD) * NR_PAD];
+        Self { data, k, n }
+    }
+
+    /// Overwrites every row `p < k` with `src[p * ld..][..n]` (the padding
+    /// stays zero), reusing the allocation.
+    pub(crate) fn fill_rows(&mut self, src: &[f32], ld: usize) {
+        let (k, n) = (self.k, self.n);
+        for (q, panel) in self.data.chunks_exact_mut(k * NR_PAD).enumerate() {
+            let j0 = q * NR_PAD;
+            let w = (n - j0).min(NR_PAD);
+            for (p, row) in panel.chunks_exact_mut(NR_PAD).enumerate() {
+                row[..w].copy_from_slice(&src[p * ld + j0..][..w]);
+            }
+        }
+    }
+
     /// Packs the transpose of row-major matrices stacked along `k`: `parts`
     /// are `(w, kp)` with `w` `[n, kp]`, and `B[p0 + p][j] = w[j * kp + p]`
     /// where `p0` is the sum of the earlier parts' `kp`.
@@ -486,6 +505,23 @@ mod tests {
             });
             assert_eq!((fast.k, fast.n), (slow.k, slow.n));
             assert_eq!(fast.data, slow.data, "n={n} k1={k1} k2={k2}");
+            // The same B given row-major, with a row stride above n.
+            let ld = n + 3;
+            let rows: Vec<f32> = (0..(k1 + k2) * ld)
+                .map(|v| {
+                    let (p, j) = (v / ld, v % ld);
+                    if j >= n {
+                        f32::NAN
+                    } else if p < k1 {
+                        w1[j * k1 + p]
+                    } else {
+                        w2[j * k2 + p - k1]
+                    }
+                })
+                .collect();
+            let mut filled = PackedB::zeros(k1 + k2, n);
+            filled.fill_rows(&rows, ld);
+            assert_eq!(filled.data, slow.data, "fill_rows n={n}");
         }
     }
 

@@ -24,6 +24,7 @@ pub mod lstm;
 pub mod metrics;
 pub mod onnx;
 mod rng;
+mod scratch;
 mod storage;
 #[cfg(test)]
 mod test_util;

@@ -203,7 +203,7 @@ impl LstmLayer {
                 })
             })
         })?;
-        let out = Tensor::from_vec(out, (2, d.batch, d.seq, d.hidden), &Device::Cpu)?;
+        let out = Tensor::from_vec(out, (d.batch, d.seq + 1, d.hidden), &Device::Cpu)?;
         split_output(&out, d)
     }
 
@@ -279,30 +279,25 @@ fn state_rows(s: &LstmState, d: cell::Dims) -> Result<Vec<f32>> {
     Ok(rows)
 }
 
+/// Views of the op's `[B, T + 1, H]` result: the hidden sequence (strided:
+/// each batch row is followed by its final cell state) and the final state.
 fn split_output(out: &Tensor, d: cell::Dims) -> Result<LstmOutput> {
-    let hidden = out.get(0)?;
-    let cells = out.get(1)?;
-    let last = d.seq - 1;
+    let t = d.seq;
     Ok(LstmOutput {
         state: LstmState {
-            h: hidden.narrow(1, last, 1)?.squeeze(1)?,
-            c: cells.narrow(1, last, 1)?.squeeze(1)?,
+            h: out.narrow(1, t - 1, 1)?.squeeze(1)?,
+            c: out.narrow(1, t, 1)?.squeeze(1)?,
         },
-        hidden,
+        hidden: out.narrow(1, 0, t)?,
     })
 }
 
 /// The whole-sequence op: `(x [B,T,I], params [4H*I + 4H*H + 4H], state0
-/// [B, 2H]) -> [2, B, T, H]` (hidden sequence, cell sequence).
+/// [B, 2H]) -> [B, T + 1, H]` (per batch row the hidden sequence, then the
+/// final cell state).
 struct LstmOp {
     dims: cell::Dims,
-    saved: OnceLock<SavedTensors>,
-}
-
-struct SavedTensors {
-    gates: Vec<f32>,
-    /// `[B*T, I+H]`, kept as a tensor for the weight-gradient matmul.
-    xh: Tensor,
+    saved: OnceLock<cell::Saved>,
 }
 
 impl LstmOp {
@@ -344,18 +339,10 @@ impl LstmOp {
         let (w_ih, w_hh, bias) = self.split_params(ps)?;
         let (out, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
         if let Some(saved) = saved {
-            let xh = Tensor::from_vec(
-                saved.xh,
-                (d.batch * d.seq, d.input + d.hidden),
-                &Device::Cpu,
-            )?;
             // A fresh op is built per forward call, so this is the only set.
-            let _ = self.saved.set(SavedTensors {
-                gates: saved.gates,
-                xh,
-            });
+            let _ = self.saved.set(saved);
         }
-        let shape = Shape::from((2, d.batch, d.seq, d.hidden));
+        let shape = Shape::from((d.batch, d.seq + 1, d.hidden));
         Ok((CpuStorage::F32(out), shape))
     }
 
@@ -364,51 +351,31 @@ impl LstmOp {
         x: &Tensor,
         params: &Tensor,
         state0: &Tensor,
-        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
         let saved = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
         let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(res, OP, "output", |out| {
-                with_f32(grad, OP, "output grad", |dout| {
-                    with_f32(state0, OP, "state0", |s0| {
-                        Ok(cell::backward(
-                            d,
-                            &saved.gates,
-                            out,
-                            dout,
-                            w_ih,
-                            w_hh,
-                            Some(s0),
-                        ))
-                    })
+            with_f32(grad, OP, "output grad", |dout| {
+                with_f32(state0, OP, "state0", |s0| {
+                    Ok(cell::backward(d, saved, dout, w_ih, w_hh, Some(s0)))
                 })
             })
         })?;
         let dev = x.device();
-        let (b, t, i, h) = (d.batch, d.seq, d.input, d.hidden);
-        // A column sum in Candle walks the tensor with strides; this is one
-        // contiguous pass.
-        let mut db = vec![0.0f32; 4 * h];
-        for row in grads.dgates.chunks_exact(4 * h) {
-            for (acc, v) in db.iter_mut().zip(row) {
-                *acc += v;
+        let (b, t, i, h, g) = (d.batch, d.seq, d.input, d.hidden, 4 * d.hidden);
+        // `[dW_ih | dW_hh | db]` from the transposed `[I + H, 4H]` gradient.
+        let dw_t = &grads.dw_t;
+        let mut dparams = Vec::with_capacity(g * (i + h + 1));
+        for (lo, hi) in [(0, i), (i, i + h)] {
+            for j in 0..g {
+                dparams.extend((lo..hi).map(|p| dw_t[p * g + j]));
             }
         }
-        let db = Tensor::from_vec(db, 4 * h, dev)?;
+        dparams.extend_from_slice(&grads.db);
+        let dparams = Tensor::from_vec(dparams, g * (i + h + 1), dev)?;
         let dx = Tensor::from_vec(grads.dx, (b, t, i), dev)?;
-        let dg = Tensor::from_vec(grads.dgates, (b * t, 4 * h), dev)?;
-        let dw = dg.t()?.matmul(&saved.xh)?;
-        let dparams = Tensor::cat(
-            &[
-                dw.narrow(1, 0, i)?.flatten_all()?,
-                dw.narrow(1, i, h)?.flatten_all()?,
-                db,
-            ],
-            0,
-        )?;
         let dstate0 = Tensor::from_vec(grads.dstate0, (b, 2 * h), dev)?;
         Ok((dx, dparams, dstate0))
     }
@@ -437,11 +404,11 @@ impl CustomOp3 for LstmOp {
         x: &Tensor,
         params: &Tensor,
         state0: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dp, ds) =
-            LstmOp::bwd(self, x, params, state0, res, grad).map_err(candle_core::Error::wrap)?;
+            LstmOp::bwd(self, x, params, state0, grad).map_err(candle_core::Error::wrap)?;
         Ok((Some(dx), Some(dp), Some(ds)))
     }
 }
