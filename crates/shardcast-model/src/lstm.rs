@@ -10,9 +10,9 @@ mod cell;
 #[cfg(test)]
 mod tests;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -196,15 +196,24 @@ impl LstmLayer {
         let d = self.dims(x, state)?;
         let bias = self.bias_vec()?;
         let state0 = state.map(|s| state_rows(s, d)).transpose()?;
-        let out = with_f32(x, OP, "input", |xs| {
+        let (hseq, fin, _) = with_f32(x, OP, "input", |xs| {
             with_f32(&self.w_ih, OP, "weight_ih", |wi| {
                 with_f32(&self.w_hh, OP, "weight_hh", |wh| {
-                    Ok(cell::forward(d, xs, wi, wh, &bias, state0.as_deref(), false).0)
+                    Ok(cell::forward(
+                        d,
+                        xs,
+                        wi,
+                        wh,
+                        &bias,
+                        state0.as_deref(),
+                        false,
+                    ))
                 })
             })
         })?;
-        let out = Tensor::from_vec(out, (d.batch, d.seq + 1, d.hidden), &Device::Cpu)?;
-        split_output(&out, d)
+        let hidden = Tensor::from_vec(hseq, (d.batch, d.seq, d.hidden), &Device::Cpu)?;
+        let fin = Tensor::from_vec(fin, (d.batch, 2 * d.hidden), &Device::Cpu)?;
+        split_output(hidden, &fin, d)
     }
 
     fn forward_train(&self, x: &Tensor, state: Option<&LstmState>) -> Result<LstmOutput> {
@@ -222,12 +231,14 @@ impl LstmLayer {
             Some(s) => Tensor::cat(&[&s.h, &s.c], 1)?,
             None => Tensor::zeros((d.batch, 2 * d.hidden), DType::F32, x.device())?,
         };
+        let shared = Arc::new(Shared::default());
         let op = LstmOp {
             dims: d,
-            saved: OnceLock::new(),
+            shared: Arc::clone(&shared),
         };
-        let out = x.contiguous()?.apply_op3(&params, &state0, op)?;
-        split_output(&out, d)
+        let fin = x.contiguous()?.apply_op3(&params, &state0, op)?;
+        let hidden = fin.apply_op1(SeqOp { dims: d, shared })?;
+        split_output(hidden, &fin, d)
     }
 
     fn dims(&self, x: &Tensor, state: Option<&LstmState>) -> Result<cell::Dims> {
@@ -279,25 +290,90 @@ fn state_rows(s: &LstmState, d: cell::Dims) -> Result<Vec<f32>> {
     Ok(rows)
 }
 
-/// Views of the op's `[B, T + 1, H]` result: the hidden sequence (strided:
-/// each batch row is followed by its final cell state) and the final state.
-fn split_output(out: &Tensor, d: cell::Dims) -> Result<LstmOutput> {
-    let t = d.seq;
+/// The output from the hidden sequence and the final state `[B, 2H]`.
+fn split_output(hidden: Tensor, fin: &Tensor, d: cell::Dims) -> Result<LstmOutput> {
+    let h = d.hidden;
     Ok(LstmOutput {
         state: LstmState {
-            h: out.narrow(1, t - 1, 1)?.squeeze(1)?,
-            c: out.narrow(1, t, 1)?.squeeze(1)?,
+            h: fin.narrow(1, 0, h)?,
+            c: fin.narrow(1, h, h)?,
         },
-        hidden: out.narrow(1, 0, t)?,
+        hidden,
     })
 }
 
+/// What the two ops of one forward call share.
+#[derive(Default)]
+struct Shared {
+    /// Kept by [`LstmOp`]'s forward for its backward.
+    saved: OnceLock<cell::Saved>,
+    /// The hidden sequence, from [`LstmOp`]'s forward to [`SeqOp`]'s.
+    hseq: Mutex<Option<Vec<f32>>>,
+    /// The gradient of the hidden sequence, from [`SeqOp`]'s backward to
+    /// [`LstmOp`]'s (which Candle runs after it: `SeqOp` consumes
+    /// `LstmOp`'s result).
+    dseq: Mutex<Option<Tensor>>,
+}
+
 /// The whole-sequence op: `(x [B,T,I], params [4H*I + 4H*H + 4H], state0
-/// [B, 2H]) -> [B, T + 1, H]` (per batch row the hidden sequence, then the
-/// final cell state).
+/// [B, 2H]) -> [B, 2H]`, the final state `h_T | c_T`.
+///
+/// The hidden sequence is [`SeqOp`]'s result, applied to this one's: that
+/// way a loss that reads only the final state (the usual case) never makes
+/// Candle's autograd build a `[B, T, H]` gradient (a slice's backward pads
+/// it with zeros and accumulates it into a zero tensor: several full-size
+/// temporaries, each fresh memory and page faults, ~10% of a step). When
+/// the sequence is used, `SeqOp`'s backward hands its gradient over here
+/// and one backward pass through time covers both.
 struct LstmOp {
     dims: cell::Dims,
-    saved: OnceLock<cell::Saved>,
+    shared: Arc<Shared>,
+}
+
+/// `[B, 2H] -> [B, T, H]`: the hidden sequence that [`LstmOp`] computed
+/// alongside the final state it returned. Its input is that final state
+/// only to order the two in Candle's graph.
+struct SeqOp {
+    dims: cell::Dims,
+    shared: Arc<Shared>,
+}
+
+impl CustomOp1 for SeqOp {
+    fn name(&self) -> &'static str {
+        "shardcast-lstm-seq"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let hseq = self
+            .shared
+            .hseq
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lstm: poisoned lock".to_owned()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::wrap(Error::NotSaved { op: OP }))?;
+        let d = self.dims;
+        Ok((
+            CpuStorage::F32(hseq),
+            Shape::from((d.batch, d.seq, d.hidden)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        *self
+            .shared
+            .dseq
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lstm: poisoned lock".to_owned()))? =
+            Some(grad.clone());
+        // A (zero) gradient for the final state makes sure that Candle runs
+        // `LstmOp`'s backward even when only the sequence is used.
+        Ok(Some(arg.zeros_like()?))
+    }
 }
 
 impl LstmOp {
@@ -337,13 +413,18 @@ impl LstmOp {
             });
         }
         let (w_ih, w_hh, bias) = self.split_params(ps)?;
-        let (out, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
+        let (hseq, fin, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
         if let Some(saved) = saved {
             // A fresh op is built per forward call, so this is the only set.
-            let _ = self.saved.set(saved);
+            let _ = self.shared.saved.set(saved);
         }
-        let shape = Shape::from((d.batch, d.seq + 1, d.hidden));
-        Ok((CpuStorage::F32(out), shape))
+        *self
+            .shared
+            .hseq
+            .lock()
+            .map_err(|_| Error::NotSaved { op: OP })? = Some(hseq);
+        let shape = Shape::from((d.batch, 2 * d.hidden));
+        Ok((CpuStorage::F32(fin), shape))
     }
 
     fn bwd(
@@ -354,12 +435,25 @@ impl LstmOp {
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
-        let saved = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
+        let saved = self.shared.saved.get().ok_or(Error::NotSaved { op: OP })?;
+        // Taken: each backward pass hands its own over.
+        let dseq = self
+            .shared
+            .dseq
+            .lock()
+            .map_err(|_| Error::NotSaved { op: OP })?
+            .take();
         let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(grad, OP, "output grad", |dout| {
+            with_f32(grad, OP, "final state grad", |dfin| {
                 with_f32(state0, OP, "state0", |s0| {
-                    Ok(cell::backward(d, saved, dout, w_ih, w_hh, Some(s0)))
+                    let run = |dseq: Option<&[f32]>| {
+                        cell::backward(d, saved, dseq, dfin, w_ih, w_hh, Some(s0))
+                    };
+                    match &dseq {
+                        Some(t) => with_f32(t, OP, "hidden grad", |s| Ok(run(Some(s)))),
+                        None => Ok(run(None)),
+                    }
                 })
             })
         })?;

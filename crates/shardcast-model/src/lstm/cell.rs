@@ -48,12 +48,8 @@ pub(crate) struct Saved {
 ///
 /// `x` is `[B, T, I]`, `w_ih` `[4H, I]`, `w_hh` `[4H, H]`, `bias` `[4H]`
 /// (`b_ih + b_hh`), `state0` `[B, 2H]` (`h0 | c0`, zeros when `None`).
-/// Returns `[B, T + 1, H]`: per batch row the hidden sequence, then the
-/// final cell state as one more step.
-///
-/// Only the final cell state is an output: the cell sequence is internal,
-/// and every output element costs Candle's autograd several full-size
-/// temporaries (zero padding of slices, gradient accumulation).
+/// Returns the hidden sequence `[B, T, H]` and the final state `[B, 2H]`
+/// (`h_T | c_T`); the cell sequence is internal.
 pub(crate) fn forward(
     d: Dims,
     x: &[f32],
@@ -62,7 +58,7 @@ pub(crate) fn forward(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Saved>) {
+) -> (Vec<f32>, Vec<f32>, Option<Saved>) {
     let (b, t, i, h, g, k) = (d.batch, d.seq, d.input, d.hidden, d.gates(), d.xh());
     // B = [W_ih^T ; W_hh^T], so one GEMM over the row [x_t | h_{t-1}] gives
     // all pre-activations of a step.
@@ -75,7 +71,8 @@ pub(crate) fn forward(
             &zeros
         }
     };
-    let mut out = vec![0.0f32; b * (t + 1) * h];
+    let mut out = vec![0.0f32; b * t * h];
+    let mut fin = vec![0.0f32; b * 2 * h];
     let mut saved = save.then(|| Saved {
         gates: scratch::take(b * t * g),
         xh: scratch::take(b * t * k),
@@ -99,12 +96,13 @@ pub(crate) fn forward(
             ),
             None => (&mut cseq_scratch[..], None, None),
         };
-        let mut hs = out.chunks_mut(rows * (t + 1) * h);
+        let mut hs = out.chunks_mut(rows * t * h);
+        let mut fs = fin.chunks_mut(rows * 2 * h);
         let mut cs = cseq.chunks_mut(rows * t * h);
         let mut xs = x.chunks(rows * t * i);
         let mut ss = state0.chunks(rows * 2 * h);
-        while let (Some(hc), Some(cc), Some(xc), Some(sc)) =
-            (hs.next(), cs.next(), xs.next(), ss.next())
+        while let (Some(hc), Some(fc), Some(cc), Some(xc), Some(sc)) =
+            (hs.next(), fs.next(), cs.next(), xs.next(), ss.next())
         {
             let save = match (gs.as_mut(), xhs.as_mut()) {
                 (Some(gs), Some(xhs)) => gs.next().zip(xhs.next()),
@@ -115,6 +113,7 @@ pub(crate) fn forward(
                 x: xc,
                 state0: sc,
                 hseq: hc,
+                fin: fc,
                 cseq: cc,
                 save,
             });
@@ -126,15 +125,17 @@ pub(crate) fn forward(
     } else {
         chunks.into_iter().for_each(run);
     }
-    (out, saved)
+    (out, fin, saved)
 }
 
 struct FwdChunk<'a> {
     batch: usize,
     x: &'a [f32],
     state0: &'a [f32],
-    /// `[bc, T + 1, H]`, see [`forward`].
+    /// `[bc, T, H]`.
     hseq: &'a mut [f32],
+    /// `[bc, 2H]`.
+    fin: &'a mut [f32],
     /// `[bc, T, H]`.
     cseq: &'a mut [f32],
     save: Option<(&'a mut [f32], &'a mut [f32])>,
@@ -164,6 +165,7 @@ fn fwd_chunk<const FMA: bool>(d: Dims, wf: &PackedB, bias: &[f32], c: FwdChunk<'
         x,
         state0,
         hseq,
+        fin,
         cseq,
         save,
     } = c;
@@ -178,8 +180,7 @@ fn fwd_chunk<const FMA: bool>(d: Dims, wf: &PackedB, bias: &[f32], c: FwdChunk<'
         }
     };
     let bias = &bias[..g];
-    // Row stride of `hseq`: the final cell state follows each row's steps.
-    let hs = (t_len + 1) * h;
+    let hs = t_len * h;
 
     // `gates`, `xh` and `cseq` are time-major within the chunk (row `r` of
     // step `t` is row `t * bc + r`), so that each step reads and writes one
@@ -227,8 +228,9 @@ fn fwd_chunk<const FMA: bool>(d: Dims, wf: &PackedB, bias: &[f32], c: FwdChunk<'
         }
     }
     for r in 0..bc {
-        let c_last = &cseq[((t_len - 1) * bc + r) * h..][..h];
-        hseq[r * hs + t_len * h..][..h].copy_from_slice(c_last);
+        let (h_last, c_last) = fin[r * 2 * h..][..2 * h].split_at_mut(h);
+        h_last.copy_from_slice(&hseq[r * hs + (t_len - 1) * h..][..h]);
+        c_last.copy_from_slice(&cseq[((t_len - 1) * bc + r) * h..][..h]);
     }
 }
 
@@ -282,8 +284,9 @@ pub(crate) struct Grads {
 
 /// Backward through time.
 ///
-/// `saved` is what [`forward`] kept and `dout` the gradient of its result
-/// `[B, T + 1, H]` (hidden sequence, final cell state). The weight gradient is accumulated step by step
+/// `saved` is what [`forward`] kept; `dseq` the gradient of the hidden
+/// sequence `[B, T, H]` (`None`: zero) and `dfin` that of the final state
+/// `[B, 2H]`. The weight gradient is accumulated step by step
 /// (`dW^T += [x_t | h_{t-1}]^T dgates_t`) while this step's gate gradients
 /// are still in cache, so the `[B, T, 4H]` gate gradients never exist as a
 /// whole.
@@ -291,7 +294,8 @@ pub(crate) struct Grads {
 pub(crate) fn backward(
     d: Dims,
     saved: &Saved,
-    dout: &[f32],
+    dseq: Option<&[f32]>,
+    dfin: &[f32],
     w_ih: &[f32],
     w_hh: &[f32],
     state0: Option<&[f32]>,
@@ -322,24 +326,29 @@ pub(crate) fn backward(
     let acc_len = k * g + g;
     let mut acc = vec![0.0f32; n_chunks * acc_len];
     let per = |n: usize| rows * t * n;
+    let dseq_chunks: Vec<Option<&[f32]>> = match dseq {
+        Some(s) => s.chunks(per(h)).map(Some).collect(),
+        None => vec![None; n_chunks],
+    };
     let chunks: Vec<BwdChunk<'_>> = saved
         .gates
         .chunks(per(g))
         .zip(saved.xh.chunks(per(k)))
         .zip(saved.cseq.chunks(per(h)))
-        .zip(dout.chunks(rows * (t + 1) * h))
+        .zip(dfin.chunks(rows * 2 * h).zip(dseq_chunks))
         .zip(state0.chunks(rows * 2 * h))
         .zip(acc.chunks_mut(acc_len))
         .zip(dx.chunks_mut(per(i)).zip(dstate0.chunks_mut(rows * 2 * h)))
         .map(
-            |((((((gates, xh), cseq), dout), state0), acc), (dx, dstate0))| {
+            |((((((gates, xh), cseq), (dfin, dseq)), state0), acc), (dx, dstate0))| {
                 let (dw_t, db) = acc.split_at_mut(k * g);
                 BwdChunk {
                     batch: cseq.len() / (t * h).max(1),
                     gates,
                     xh,
                     cseq,
-                    dout,
+                    dseq,
+                    dfin,
                     state0,
                     dw_t,
                     db,
@@ -376,9 +385,10 @@ struct BwdChunk<'a> {
     gates: &'a [f32],
     xh: &'a [f32],
     cseq: &'a [f32],
-    /// `[bc, T + 1, H]`: gradients of the hidden sequence and the final cell
-    /// state.
-    dout: &'a [f32],
+    /// `[bc, T, H]`, `None` when zero.
+    dseq: Option<&'a [f32]>,
+    /// `[bc, 2H]`.
+    dfin: &'a [f32],
     state0: &'a [f32],
     /// `[I + H, 4H]`, accumulated into.
     dw_t: &'a mut [f32],
@@ -412,16 +422,17 @@ fn bwd_chunk<const FMA: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
         gates,
         xh,
         cseq,
-        dout,
+        dseq,
+        dfin,
         state0,
         dw_t,
         db,
         dx,
         dstate0,
     } = c;
-    // Row stride of `dout`; the cell state gets an outside gradient only
-    // at the last step.
-    let ds = (t_len + 1) * h;
+    // Outside gradients of step t's h and c: the sequence's (if any) and,
+    // at the last step, the final state's.
+    let mut dh_out = vec![0.0f32; bc * h];
     let no_dc = vec![0.0f32; h];
     // Gradients flowing into step t from step t + 1.
     let mut dh_next = vec![0.0f32; bc * h];
@@ -433,6 +444,18 @@ fn bwd_chunk<const FMA: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
     let mut dg_packed = PackedB::zeros(bc, g);
     let mut xh_t = vec![0.0f32; k * bc];
     for t in (0..t_len).rev() {
+        for r in 0..bc {
+            let dst = &mut dh_out[r * h..][..h];
+            match dseq {
+                Some(s) => dst.copy_from_slice(&s[(r * t_len + t) * h..][..h]),
+                None => dst.fill(0.0),
+            }
+            if t + 1 == t_len {
+                for (d, v) in dst.iter_mut().zip(&dfin[r * 2 * h..][..h]) {
+                    *d += v;
+                }
+            }
+        }
         let mut r0 = 0;
         while r0 < bc {
             let rows = (bc - r0).min(MR);
@@ -447,9 +470,9 @@ fn bwd_chunk<const FMA: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
                     &gates[(t * bc + r) * g..][..g],
                     &cseq[base..][..h],
                     c_prev,
-                    &dout[r * ds + t * h..][..h],
+                    &dh_out[r * h..][..h],
                     if t + 1 == t_len {
-                        &dout[r * ds + t_len * h..][..h]
+                        &dfin[r * 2 * h + h..][..h]
                     } else {
                         &no_dc
                     },
