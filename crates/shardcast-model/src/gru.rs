@@ -286,7 +286,7 @@ fn split_output(hidden: Tensor, d: cell::Dims) -> Result<GruOutput> {
 /// `W_hh`, `b_ih`, `b_hh` flattened and concatenated.
 struct GruOp {
     dims: cell::Dims,
-    saved: OnceLock<Vec<f32>>,
+    saved: OnceLock<crate::scratch::Buf>,
 }
 
 impl GruOp {

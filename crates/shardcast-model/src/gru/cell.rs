@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use crate::kernel::{self, MR, PackedB, Rows};
+use crate::scratch::{self, Buf};
 
 /// Sizes of one GRU layer call.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +50,7 @@ pub(crate) fn forward(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Option<Buf>) {
     run_forward::<true>(d, x, w_ih, w_hh, bias, state0, save)
 }
 
@@ -63,7 +64,7 @@ pub(crate) fn forward_portable(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Option<Buf>) {
     run_forward::<false>(d, x, w_ih, w_hh, bias, state0, save)
 }
 
@@ -76,7 +77,7 @@ fn run_forward<const SIMD: bool>(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Option<Buf>) {
     let (b, t, i, h, g, s) = (d.batch, d.seq, d.input, d.hidden, d.gates(), d.slots());
     let wx = PackedB::from_transposed(g, &[(w_ih, i)]);
     let wh = PackedB::from_transposed(g, &[(w_hh, h)]);
@@ -98,7 +99,8 @@ fn run_forward<const SIMD: bool>(
         }
     };
     let mut out = vec![0.0f32; b * t * h];
-    let mut saved = save.then(|| vec![0.0f32; b * t * s]);
+    // Recycled: every element is written (see `cell_forward`).
+    let mut saved = save.then(|| scratch::take(b * t * s));
 
     let rows = kernel::batch_chunk_rows(b);
     let mut gs = saved.as_mut().map(|v| v.chunks_mut(rows * t * s));
