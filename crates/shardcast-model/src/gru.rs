@@ -286,7 +286,7 @@ fn split_output(hidden: Tensor, d: cell::Dims) -> Result<GruOutput> {
 /// `W_hh`, `b_ih`, `b_hh` flattened and concatenated.
 struct GruOp {
     dims: cell::Dims,
-    saved: OnceLock<crate::scratch::Buf>,
+    saved: OnceLock<cell::Saved>,
 }
 
 impl GruOp {
@@ -335,64 +335,37 @@ impl GruOp {
         Ok((CpuStorage::F32(out), shape))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        params: &Tensor,
-        state0: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn bwd(&self, x: &Tensor, params: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
         let (b, t, i, h, g) = (d.batch, d.seq, d.input, d.hidden, d.gates());
-        let gates = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
-        let dev = x.device();
-        let (grads, w_nrz, h_prev) = with_f32(params, OP, "params", |ps| {
+        let saved = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
+        let dfin = vec![0.0f32; b * h];
+        let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(res, OP, "output", |out| {
-                with_f32(grad, OP, "output grad", |dout| {
-                    with_f32(state0, OP, "state0", |s0| {
-                        let grads = cell::backward(d, gates, out, dout, w_hh, Some(s0));
-                        // The GEMM rows of the hidden projection: h_{t-1}.
-                        let mut h_prev = Vec::with_capacity(b * t * h);
-                        for (h0, seq) in s0.chunks_exact(h).zip(out.chunks_exact(t * h)) {
-                            h_prev.extend_from_slice(h0);
-                            h_prev.extend_from_slice(&seq[..(t - 1) * h]);
-                        }
-                        // `W_ih` with its gates in the order of the input-side
-                        // gradient columns: n, r, z.
-                        let mut w_nrz = Vec::with_capacity(g * i);
-                        w_nrz.extend_from_slice(&w_ih[2 * h * i..]);
-                        w_nrz.extend_from_slice(&w_ih[..2 * h * i]);
-                        Ok((grads, Tensor::from_vec(w_nrz, (g, i), dev)?, h_prev))
-                    })
-                })
+            with_f32(grad, OP, "output grad", |dout| {
+                Ok(cell::backward(d, saved, Some(dout), &dfin, w_ih, w_hh))
             })
         })?;
-        // Column sums of `dn | dr | dz | dn ⊙ r` in one contiguous pass (a
-        // column sum in Candle walks the tensor with strides).
-        let mut sums = vec![0.0f32; 4 * h];
-        for row in grads.dg.chunks_exact(4 * h) {
-            for (acc, v) in sums.iter_mut().zip(row) {
-                *acc += v;
-            }
+        let dev = x.device();
+        // `[dW_ih | dW_hh | db_ih | db_hh]`, the weights from the transposed
+        // `[I + H, 3H]` gradient whose input rows have the gates in the
+        // order n, r, z.
+        let dw_t = &grads.dw_t;
+        let mut dparams = Vec::with_capacity(g * (i + h + 2));
+        for q in 0..g {
+            let col = if q < 2 * h { q + h } else { q - 2 * h };
+            dparams.extend((0..i).map(|p| dw_t[p * g + col]));
         }
+        for q in 0..g {
+            dparams.extend((i..i + h).map(|p| dw_t[p * g + q]));
+        }
+        let sums = &grads.sums;
         let (s_n, s_rz, s_hn) = (&sums[..h], &sums[h..3 * h], &sums[3 * h..]);
-        let db_ih = Tensor::from_vec([s_rz, s_n].concat(), g, dev)?;
-        let db_hh = Tensor::from_vec([s_rz, s_hn].concat(), g, dev)?;
-        let dg = Tensor::from_vec(grads.dg, (b * t, 4 * h), dev)?;
-        // Strided views: Candle's CPU matmul takes them as they are.
-        let dg_x = dg.narrow(1, 0, g)?;
-        let dg_h = dg.narrow(1, h, g)?;
-        let h_prev = Tensor::from_vec(h_prev, (b * t, h), dev)?;
-        let dx = dg_x.matmul(&w_nrz)?.reshape((b, t, i))?;
-        let dw_nrz = dg_x.t()?.matmul(&x.detach().reshape((b * t, i))?)?;
-        let dw_ih = Tensor::cat(&[dw_nrz.narrow(0, h, 2 * h)?, dw_nrz.narrow(0, 0, h)?], 0)?;
-        let dw_hh = dg_h.t()?.matmul(&h_prev)?;
-        let dparams = Tensor::cat(
-            &[dw_ih.flatten_all()?, dw_hh.flatten_all()?, db_ih, db_hh],
-            0,
-        )?;
+        for part in [s_rz, s_n, s_rz, s_hn] {
+            dparams.extend_from_slice(part);
+        }
+        let dparams = Tensor::from_vec(dparams, g * (i + h + 2), dev)?;
+        let dx = Tensor::from_vec(grads.dx, (b, t, i), dev)?;
         let dstate0 = Tensor::from_vec(grads.dh0, (b, h), dev)?;
         Ok((dx, dparams, dstate0))
     }
@@ -420,12 +393,11 @@ impl CustomOp3 for GruOp {
         &self,
         x: &Tensor,
         params: &Tensor,
-        state0: &Tensor,
-        res: &Tensor,
+        _state0: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp, ds) =
-            GruOp::bwd(self, x, params, state0, res, grad).map_err(candle_core::Error::wrap)?;
+        let (dx, dp, ds) = GruOp::bwd(self, x, params, grad).map_err(candle_core::Error::wrap)?;
         Ok((Some(dx), Some(dp), Some(ds)))
     }
 }

@@ -368,10 +368,14 @@ fn portable_kernels_match_simd_ones() -> TestResult {
     let (out_p, saved_p) = cell::forward_portable(d, &x, &w_ih, &w_hh, &bias, Some(&h0), true);
     let (saved, saved_p) = (saved.ok_or("not saved")?, saved_p.ok_or("not saved")?);
     close(&out, &out_p, "hidden sequence");
-    close(&saved, &saved_p, "saved gates");
-    let g = cell::backward(d, &saved, &out, &dout, &w_hh, Some(&h0));
-    let g_p = cell::backward_portable(d, &saved, &out, &dout, &w_hh, Some(&h0));
-    close(&g.dg, &g_p.dg, "gate gradients");
+    close(&saved.gates, &saved_p.gates, "saved gates");
+    close(&saved.xh, &saved_p.xh, "saved GEMM rows");
+    let dfin = crate::test_util::values(b * h, 7);
+    let g = cell::backward(d, &saved, Some(&dout), &dfin, &w_ih, &w_hh);
+    let g_p = cell::backward_portable(d, &saved, Some(&dout), &dfin, &w_ih, &w_hh);
+    close(&g.dw_t, &g_p.dw_t, "weight gradients");
+    close(&g.sums, &g_p.sums, "bias gradients");
+    close(&g.dx, &g_p.dx, "dx");
     close(&g.dh0, &g_p.dh0, "dh0");
     Ok(())
 }
