@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod onnx;
 mod rng;
 mod scratch;
+mod seq_out;
 mod storage;
 #[cfg(test)]
 mod test_util;

@@ -10,13 +10,14 @@ mod cell;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::seq_out::{SeqOp, Shared};
 use crate::storage::{self, cpu_f32, with_f32};
 
 const OP: &str = "lstm";
@@ -231,13 +232,17 @@ impl LstmLayer {
             Some(s) => Tensor::cat(&[&s.h, &s.c], 1)?,
             None => Tensor::zeros((d.batch, 2 * d.hidden), DType::F32, x.device())?,
         };
-        let shared = Arc::new(Shared::default());
+        let shared = Shared::new(OP);
         let op = LstmOp {
             dims: d,
             shared: Arc::clone(&shared),
         };
         let fin = x.contiguous()?.apply_op3(&params, &state0, op)?;
-        let hidden = fin.apply_op1(SeqOp { dims: d, shared })?;
+        let hidden = fin.apply_op1(SeqOp {
+            name: "shardcast-lstm-seq",
+            dims: (d.batch, d.seq, d.hidden),
+            shared,
+        })?;
         split_output(hidden, &fin, d)
     }
 
@@ -302,78 +307,12 @@ fn split_output(hidden: Tensor, fin: &Tensor, d: cell::Dims) -> Result<LstmOutpu
     })
 }
 
-/// What the two ops of one forward call share.
-#[derive(Default)]
-struct Shared {
-    /// Kept by [`LstmOp`]'s forward for its backward.
-    saved: OnceLock<cell::Saved>,
-    /// The hidden sequence, from [`LstmOp`]'s forward to [`SeqOp`]'s.
-    hseq: Mutex<Option<Vec<f32>>>,
-    /// The gradient of the hidden sequence, from [`SeqOp`]'s backward to
-    /// [`LstmOp`]'s (which Candle runs after it: `SeqOp` consumes
-    /// `LstmOp`'s result).
-    dseq: Mutex<Option<Tensor>>,
-}
-
 /// The whole-sequence op: `(x [B,T,I], params [4H*I + 4H*H + 4H], state0
-/// [B, 2H]) -> [B, 2H]`, the final state `h_T | c_T`.
-///
-/// The hidden sequence is [`SeqOp`]'s result, applied to this one's: that
-/// way a loss that reads only the final state (the usual case) never makes
-/// Candle's autograd build a `[B, T, H]` gradient (a slice's backward pads
-/// it with zeros and accumulates it into a zero tensor: several full-size
-/// temporaries, each fresh memory and page faults, ~10% of a step). When
-/// the sequence is used, `SeqOp`'s backward hands its gradient over here
-/// and one backward pass through time covers both.
+/// [B, 2H]) -> [B, 2H]`, the final state `h_T | c_T`. The hidden sequence
+/// is a [`SeqOp`] on this result (see [`crate::seq_out`]).
 struct LstmOp {
     dims: cell::Dims,
-    shared: Arc<Shared>,
-}
-
-/// `[B, 2H] -> [B, T, H]`: the hidden sequence that [`LstmOp`] computed
-/// alongside the final state it returned. Its input is that final state
-/// only to order the two in Candle's graph.
-struct SeqOp {
-    dims: cell::Dims,
-    shared: Arc<Shared>,
-}
-
-impl CustomOp1 for SeqOp {
-    fn name(&self) -> &'static str {
-        "shardcast-lstm-seq"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let hseq = self
-            .shared
-            .hseq
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lstm: poisoned lock".to_owned()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::wrap(Error::NotSaved { op: OP }))?;
-        let d = self.dims;
-        Ok((
-            CpuStorage::F32(hseq),
-            Shape::from((d.batch, d.seq, d.hidden)),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        *self
-            .shared
-            .dseq
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lstm: poisoned lock".to_owned()))? =
-            Some(grad.clone());
-        // A (zero) gradient for the final state makes sure that Candle runs
-        // `LstmOp`'s backward even when only the sequence is used.
-        Ok(Some(arg.zeros_like()?))
-    }
+    shared: Arc<Shared<cell::Saved>>,
 }
 
 impl LstmOp {
@@ -414,15 +353,7 @@ impl LstmOp {
         }
         let (w_ih, w_hh, bias) = self.split_params(ps)?;
         let (hseq, fin, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
-        if let Some(saved) = saved {
-            // A fresh op is built per forward call, so this is the only set.
-            let _ = self.shared.saved.set(saved);
-        }
-        *self
-            .shared
-            .hseq
-            .lock()
-            .map_err(|_| Error::NotSaved { op: OP })? = Some(hseq);
+        self.shared.put(saved, hseq);
         let shape = Shape::from((d.batch, 2 * d.hidden));
         Ok((CpuStorage::F32(fin), shape))
     }
@@ -435,14 +366,8 @@ impl LstmOp {
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
-        let saved = self.shared.saved.get().ok_or(Error::NotSaved { op: OP })?;
-        // Taken: each backward pass hands its own over.
-        let dseq = self
-            .shared
-            .dseq
-            .lock()
-            .map_err(|_| Error::NotSaved { op: OP })?
-            .take();
+        let saved = self.shared.saved()?;
+        let dseq = self.shared.take_dseq();
         let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
             with_f32(grad, OP, "final state grad", |dfin| {

@@ -364,9 +364,24 @@ fn finite_differences() -> TestResult {
 
 #[test]
 fn adamw_step_reduces_loss() -> TestResult {
+    // Two layers: the last layer's final state is the loss's only input,
+    // so the first layer learns through its hidden sequence alone.
+    for layers in [1, 2] {
+        adamw_steps_reduce_loss(layers)?;
+    }
+    Ok(())
+}
+
+fn adamw_steps_reduce_loss(layers: usize) -> TestResult {
     use candle_nn::Optimizer;
     let (vm, vb) = varmap();
-    let lstm = Lstm::new(LstmConfig::new(2, 8), vb)?;
+    let lstm = Lstm::new(
+        LstmConfig {
+            num_layers: layers,
+            ..LstmConfig::new(2, 8)
+        },
+        vb,
+    )?;
     let x = tensor(&[4, 6, 2], 5)?;
     let target = tensor(&[4, 8], 6)?.affine(0.5, 0.0)?;
     let mut opt = candle_nn::AdamW::new(
@@ -378,7 +393,7 @@ fn adamw_step_reduces_loss() -> TestResult {
     )?;
     let loss = |lstm: &Lstm| -> crate::Result<Tensor> {
         let out = lstm.forward(&x)?;
-        let h = &out.states[0].h;
+        let h = &out.states[layers - 1].h;
         Ok((h - &target)?.sqr()?.mean_all()?)
     };
     let first = loss(&lstm)?.to_scalar::<f32>()?;
@@ -387,7 +402,10 @@ fn adamw_step_reduces_loss() -> TestResult {
         opt.backward_step(&l)?;
     }
     let last = loss(&lstm)?.to_scalar::<f32>()?;
-    assert!(last < first * 0.8, "loss {first} -> {last}");
+    assert!(
+        last < first * 0.8,
+        "{layers} layers: loss {first} -> {last}"
+    );
     Ok(())
 }
 
