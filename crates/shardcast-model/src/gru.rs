@@ -17,13 +17,14 @@ mod cell;
 #[cfg(test)]
 mod tests;
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::seq_out::{SeqOp, Shared};
 use crate::storage::{self, cpu_f32, with_f32};
 
 const OP: &str = "gru";
@@ -228,12 +229,18 @@ impl GruLayer {
             Some(s) => s.clone(),
             None => Tensor::zeros((d.batch, d.hidden), DType::F32, x.device())?,
         };
+        let shared = Shared::new(OP);
         let op = GruOp {
             dims: d,
-            saved: OnceLock::new(),
+            shared: Arc::clone(&shared),
         };
-        let out = x.contiguous()?.apply_op3(&params, &state0, op)?;
-        split_output(out, d)
+        let state = x.contiguous()?.apply_op3(&params, &state0, op)?;
+        let hidden = state.apply_op1(SeqOp {
+            name: "shardcast-gru-seq",
+            dims: (d.batch, d.seq, d.hidden),
+            shared,
+        })?;
+        Ok(GruOutput { hidden, state })
     }
 
     fn dims(&self, x: &Tensor, state: Option<&Tensor>) -> Result<cell::Dims> {
@@ -282,11 +289,12 @@ fn split_output(hidden: Tensor, d: cell::Dims) -> Result<GruOutput> {
 }
 
 /// The whole-sequence op: `(x [B,T,I], params [3H*I + 3H*H + 3H + 3H],
-/// h0 [B, H]) -> [B, T, H]` (the hidden sequence). `params` is `W_ih`,
-/// `W_hh`, `b_ih`, `b_hh` flattened and concatenated.
+/// h0 [B, H]) -> [B, H]`, the final hidden state. `params` is `W_ih`,
+/// `W_hh`, `b_ih`, `b_hh` flattened and concatenated. The hidden sequence
+/// is a [`SeqOp`] on this result (see [`crate::seq_out`]).
 struct GruOp {
     dims: cell::Dims,
-    saved: OnceLock<cell::Saved>,
+    shared: Arc<Shared<cell::Saved>>,
 }
 
 impl GruOp {
@@ -326,24 +334,29 @@ impl GruOp {
             });
         }
         let (w_ih, w_hh, bias) = self.split_params(ps)?;
-        let (out, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
-        if let Some(saved) = saved {
-            // A fresh op is built per forward call, so this is the only set.
-            let _ = self.saved.set(saved);
+        let (hseq, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
+        let (t, h) = (d.seq, d.hidden);
+        let mut fin = Vec::with_capacity(d.batch * h);
+        for row in hseq.chunks_exact(t * h) {
+            fin.extend_from_slice(&row[(t - 1) * h..]);
         }
-        let shape = Shape::from((d.batch, d.seq, d.hidden));
-        Ok((CpuStorage::F32(out), shape))
+        self.shared.put(saved, hseq);
+        Ok((CpuStorage::F32(fin), Shape::from((d.batch, h))))
     }
 
     fn bwd(&self, x: &Tensor, params: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
         let (b, t, i, h, g) = (d.batch, d.seq, d.input, d.hidden, d.gates());
-        let saved = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
-        let dfin = vec![0.0f32; b * h];
+        let saved = self.shared.saved()?;
+        let dseq = self.shared.take_dseq();
         let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(grad, OP, "output grad", |dout| {
-                Ok(cell::backward(d, saved, Some(dout), &dfin, w_ih, w_hh))
+            with_f32(grad, OP, "final state grad", |dfin| {
+                let run = |dseq: Option<&[f32]>| cell::backward(d, saved, dseq, dfin, w_ih, w_hh);
+                match &dseq {
+                    Some(t) => with_f32(t, OP, "hidden grad", |s| Ok(run(Some(s)))),
+                    None => Ok(run(None)),
+                }
             })
         })?;
         let dev = x.device();
