@@ -9,6 +9,10 @@
 //! Each step therefore runs `x_t W_ih^T` and `h_{t-1} W_hh^T` as two GEMMs
 //! (a fused `[x_t | h_{t-1}]` GEMM would need a fourth, half-zero block of
 //! columns) and the activation pass combines them.
+//!
+//! Backward steps through time the same way; each step's gate gradients go
+//! through `W_hh` and `W_ih` (the gradients of `h_{t-1}` and `x_t`) and into
+//! the weight gradients while still in cache.
 
 use rayon::prelude::*;
 

@@ -266,7 +266,16 @@ fn threaded_batch_split_matches_candle_nn() -> TestResult {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build()?;
     pool.install(|| {
         assert!(crate::kernel::batch_chunk_rows(40) < 40);
-        compare_with_candle_nn(&case(40, 4, 3, 6)).map_err(|e| e.to_string())
+        // Also with only the final state in the loss: no sequence gradient
+        // for any chunk.
+        for terms in [[true, true], [false, true]] {
+            compare_with_candle_nn(&Case {
+                terms,
+                ..case(40, 4, 3, 6)
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
     })?;
     Ok(())
 }
