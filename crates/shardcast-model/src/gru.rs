@@ -17,13 +17,14 @@ mod cell;
 #[cfg(test)]
 mod tests;
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::seq_out::{SeqOp, Shared};
 use crate::storage::{self, cpu_f32, with_f32};
 
 const OP: &str = "gru";
@@ -228,12 +229,18 @@ impl GruLayer {
             Some(s) => s.clone(),
             None => Tensor::zeros((d.batch, d.hidden), DType::F32, x.device())?,
         };
+        let shared = Shared::new(OP);
         let op = GruOp {
             dims: d,
-            saved: OnceLock::new(),
+            shared: Arc::clone(&shared),
         };
-        let out = x.contiguous()?.apply_op3(&params, &state0, op)?;
-        split_output(out, d)
+        let state = x.contiguous()?.apply_op3(&params, &state0, op)?;
+        let hidden = state.apply_op1(SeqOp {
+            name: "shardcast-gru-seq",
+            dims: (d.batch, d.seq, d.hidden),
+            shared,
+        })?;
+        Ok(GruOutput { hidden, state })
     }
 
     fn dims(&self, x: &Tensor, state: Option<&Tensor>) -> Result<cell::Dims> {
@@ -282,11 +289,12 @@ fn split_output(hidden: Tensor, d: cell::Dims) -> Result<GruOutput> {
 }
 
 /// The whole-sequence op: `(x [B,T,I], params [3H*I + 3H*H + 3H + 3H],
-/// h0 [B, H]) -> [B, T, H]` (the hidden sequence). `params` is `W_ih`,
-/// `W_hh`, `b_ih`, `b_hh` flattened and concatenated.
+/// h0 [B, H]) -> [B, H]`, the final hidden state. `params` is `W_ih`,
+/// `W_hh`, `b_ih`, `b_hh` flattened and concatenated. The hidden sequence
+/// is a [`SeqOp`] on this result (see [`crate::seq_out`]).
 struct GruOp {
     dims: cell::Dims,
-    saved: OnceLock<Vec<f32>>,
+    shared: Arc<Shared<cell::Saved>>,
 }
 
 impl GruOp {
@@ -326,73 +334,51 @@ impl GruOp {
             });
         }
         let (w_ih, w_hh, bias) = self.split_params(ps)?;
-        let (out, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
-        if let Some(saved) = saved {
-            // A fresh op is built per forward call, so this is the only set.
-            let _ = self.saved.set(saved);
+        let (hseq, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
+        let (t, h) = (d.seq, d.hidden);
+        let mut fin = Vec::with_capacity(d.batch * h);
+        for row in hseq.chunks_exact(t * h) {
+            fin.extend_from_slice(&row[(t - 1) * h..]);
         }
-        let shape = Shape::from((d.batch, d.seq, d.hidden));
-        Ok((CpuStorage::F32(out), shape))
+        self.shared.put(saved, hseq);
+        Ok((CpuStorage::F32(fin), Shape::from((d.batch, h))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        params: &Tensor,
-        state0: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn bwd(&self, x: &Tensor, params: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
         let (b, t, i, h, g) = (d.batch, d.seq, d.input, d.hidden, d.gates());
-        let gates = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
-        let dev = x.device();
-        let (grads, w_nrz, h_prev) = with_f32(params, OP, "params", |ps| {
+        let saved = self.shared.saved()?;
+        let dseq = self.shared.take_dseq();
+        let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(res, OP, "output", |out| {
-                with_f32(grad, OP, "output grad", |dout| {
-                    with_f32(state0, OP, "state0", |s0| {
-                        let grads = cell::backward(d, gates, out, dout, w_hh, Some(s0));
-                        // The GEMM rows of the hidden projection: h_{t-1}.
-                        let mut h_prev = Vec::with_capacity(b * t * h);
-                        for (h0, seq) in s0.chunks_exact(h).zip(out.chunks_exact(t * h)) {
-                            h_prev.extend_from_slice(h0);
-                            h_prev.extend_from_slice(&seq[..(t - 1) * h]);
-                        }
-                        // `W_ih` with its gates in the order of the input-side
-                        // gradient columns: n, r, z.
-                        let mut w_nrz = Vec::with_capacity(g * i);
-                        w_nrz.extend_from_slice(&w_ih[2 * h * i..]);
-                        w_nrz.extend_from_slice(&w_ih[..2 * h * i]);
-                        Ok((grads, Tensor::from_vec(w_nrz, (g, i), dev)?, h_prev))
-                    })
-                })
+            with_f32(grad, OP, "final state grad", |dfin| {
+                let run = |dseq: Option<&[f32]>| cell::backward(d, saved, dseq, dfin, w_ih, w_hh);
+                match &dseq {
+                    Some(t) => with_f32(t, OP, "hidden grad", |s| Ok(run(Some(s)))),
+                    None => Ok(run(None)),
+                }
             })
         })?;
-        // Column sums of `dn | dr | dz | dn ⊙ r` in one contiguous pass (a
-        // column sum in Candle walks the tensor with strides).
-        let mut sums = vec![0.0f32; 4 * h];
-        for row in grads.dg.chunks_exact(4 * h) {
-            for (acc, v) in sums.iter_mut().zip(row) {
-                *acc += v;
-            }
+        let dev = x.device();
+        // `[dW_ih | dW_hh | db_ih | db_hh]`, the weights from the transposed
+        // `[I + H, 3H]` gradient whose input rows have the gates in the
+        // order n, r, z.
+        let dw_t = &grads.dw_t;
+        let mut dparams = Vec::with_capacity(g * (i + h + 2));
+        for q in 0..g {
+            let col = if q < 2 * h { q + h } else { q - 2 * h };
+            dparams.extend((0..i).map(|p| dw_t[p * g + col]));
         }
+        for q in 0..g {
+            dparams.extend((i..i + h).map(|p| dw_t[p * g + q]));
+        }
+        let sums = &grads.sums;
         let (s_n, s_rz, s_hn) = (&sums[..h], &sums[h..3 * h], &sums[3 * h..]);
-        let db_ih = Tensor::from_vec([s_rz, s_n].concat(), g, dev)?;
-        let db_hh = Tensor::from_vec([s_rz, s_hn].concat(), g, dev)?;
-        let dg = Tensor::from_vec(grads.dg, (b * t, 4 * h), dev)?;
-        // Strided views: Candle's CPU matmul takes them as they are.
-        let dg_x = dg.narrow(1, 0, g)?;
-        let dg_h = dg.narrow(1, h, g)?;
-        let h_prev = Tensor::from_vec(h_prev, (b * t, h), dev)?;
-        let dx = dg_x.matmul(&w_nrz)?.reshape((b, t, i))?;
-        let dw_nrz = dg_x.t()?.matmul(&x.detach().reshape((b * t, i))?)?;
-        let dw_ih = Tensor::cat(&[dw_nrz.narrow(0, h, 2 * h)?, dw_nrz.narrow(0, 0, h)?], 0)?;
-        let dw_hh = dg_h.t()?.matmul(&h_prev)?;
-        let dparams = Tensor::cat(
-            &[dw_ih.flatten_all()?, dw_hh.flatten_all()?, db_ih, db_hh],
-            0,
-        )?;
+        for part in [s_rz, s_n, s_rz, s_hn] {
+            dparams.extend_from_slice(part);
+        }
+        let dparams = Tensor::from_vec(dparams, g * (i + h + 2), dev)?;
+        let dx = Tensor::from_vec(grads.dx, (b, t, i), dev)?;
         let dstate0 = Tensor::from_vec(grads.dh0, (b, h), dev)?;
         Ok((dx, dparams, dstate0))
     }
@@ -420,12 +406,11 @@ impl CustomOp3 for GruOp {
         &self,
         x: &Tensor,
         params: &Tensor,
-        state0: &Tensor,
-        res: &Tensor,
+        _state0: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp, ds) =
-            GruOp::bwd(self, x, params, state0, res, grad).map_err(candle_core::Error::wrap)?;
+        let (dx, dp, ds) = GruOp::bwd(self, x, params, grad).map_err(candle_core::Error::wrap)?;
         Ok((Some(dx), Some(dp), Some(ds)))
     }
 }

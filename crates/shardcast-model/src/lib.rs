@@ -24,6 +24,8 @@ pub mod lstm;
 pub mod metrics;
 pub mod onnx;
 mod rng;
+mod scratch;
+mod seq_out;
 mod storage;
 #[cfg(test)]
 mod test_util;

@@ -10,13 +10,14 @@ mod cell;
 #[cfg(test)]
 mod tests;
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::seq_out::{SeqOp, Shared};
 use crate::storage::{self, cpu_f32, with_f32};
 
 const OP: &str = "lstm";
@@ -196,15 +197,24 @@ impl LstmLayer {
         let d = self.dims(x, state)?;
         let bias = self.bias_vec()?;
         let state0 = state.map(|s| state_rows(s, d)).transpose()?;
-        let out = with_f32(x, OP, "input", |xs| {
+        let (hseq, fin, _) = with_f32(x, OP, "input", |xs| {
             with_f32(&self.w_ih, OP, "weight_ih", |wi| {
                 with_f32(&self.w_hh, OP, "weight_hh", |wh| {
-                    Ok(cell::forward(d, xs, wi, wh, &bias, state0.as_deref(), false).0)
+                    Ok(cell::forward(
+                        d,
+                        xs,
+                        wi,
+                        wh,
+                        &bias,
+                        state0.as_deref(),
+                        false,
+                    ))
                 })
             })
         })?;
-        let out = Tensor::from_vec(out, (2, d.batch, d.seq, d.hidden), &Device::Cpu)?;
-        split_output(&out, d)
+        let hidden = Tensor::from_vec(hseq, (d.batch, d.seq, d.hidden), &Device::Cpu)?;
+        let fin = Tensor::from_vec(fin, (d.batch, 2 * d.hidden), &Device::Cpu)?;
+        split_output(hidden, &fin, d)
     }
 
     fn forward_train(&self, x: &Tensor, state: Option<&LstmState>) -> Result<LstmOutput> {
@@ -222,12 +232,18 @@ impl LstmLayer {
             Some(s) => Tensor::cat(&[&s.h, &s.c], 1)?,
             None => Tensor::zeros((d.batch, 2 * d.hidden), DType::F32, x.device())?,
         };
+        let shared = Shared::new(OP);
         let op = LstmOp {
             dims: d,
-            saved: OnceLock::new(),
+            shared: Arc::clone(&shared),
         };
-        let out = x.contiguous()?.apply_op3(&params, &state0, op)?;
-        split_output(&out, d)
+        let fin = x.contiguous()?.apply_op3(&params, &state0, op)?;
+        let hidden = fin.apply_op1(SeqOp {
+            name: "shardcast-lstm-seq",
+            dims: (d.batch, d.seq, d.hidden),
+            shared,
+        })?;
+        split_output(hidden, &fin, d)
     }
 
     fn dims(&self, x: &Tensor, state: Option<&LstmState>) -> Result<cell::Dims> {
@@ -279,30 +295,24 @@ fn state_rows(s: &LstmState, d: cell::Dims) -> Result<Vec<f32>> {
     Ok(rows)
 }
 
-fn split_output(out: &Tensor, d: cell::Dims) -> Result<LstmOutput> {
-    let hidden = out.get(0)?;
-    let cells = out.get(1)?;
-    let last = d.seq - 1;
+/// The output from the hidden sequence and the final state `[B, 2H]`.
+fn split_output(hidden: Tensor, fin: &Tensor, d: cell::Dims) -> Result<LstmOutput> {
+    let h = d.hidden;
     Ok(LstmOutput {
         state: LstmState {
-            h: hidden.narrow(1, last, 1)?.squeeze(1)?,
-            c: cells.narrow(1, last, 1)?.squeeze(1)?,
+            h: fin.narrow(1, 0, h)?,
+            c: fin.narrow(1, h, h)?,
         },
         hidden,
     })
 }
 
 /// The whole-sequence op: `(x [B,T,I], params [4H*I + 4H*H + 4H], state0
-/// [B, 2H]) -> [2, B, T, H]` (hidden sequence, cell sequence).
+/// [B, 2H]) -> [B, 2H]`, the final state `h_T | c_T`. The hidden sequence
+/// is a [`SeqOp`] on this result (see [`crate::seq_out`]).
 struct LstmOp {
     dims: cell::Dims,
-    saved: OnceLock<SavedTensors>,
-}
-
-struct SavedTensors {
-    gates: Vec<f32>,
-    /// `[B*T, I+H]`, kept as a tensor for the weight-gradient matmul.
-    xh: Tensor,
+    shared: Arc<Shared<cell::Saved>>,
 }
 
 impl LstmOp {
@@ -342,21 +352,10 @@ impl LstmOp {
             });
         }
         let (w_ih, w_hh, bias) = self.split_params(ps)?;
-        let (out, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
-        if let Some(saved) = saved {
-            let xh = Tensor::from_vec(
-                saved.xh,
-                (d.batch * d.seq, d.input + d.hidden),
-                &Device::Cpu,
-            )?;
-            // A fresh op is built per forward call, so this is the only set.
-            let _ = self.saved.set(SavedTensors {
-                gates: saved.gates,
-                xh,
-            });
-        }
-        let shape = Shape::from((2, d.batch, d.seq, d.hidden));
-        Ok((CpuStorage::F32(out), shape))
+        let (hseq, fin, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
+        self.shared.put(saved, hseq);
+        let shape = Shape::from((d.batch, 2 * d.hidden));
+        Ok((CpuStorage::F32(fin), shape))
     }
 
     fn bwd(
@@ -364,51 +363,38 @@ impl LstmOp {
         x: &Tensor,
         params: &Tensor,
         state0: &Tensor,
-        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
-        let saved = self.saved.get().ok_or(Error::NotSaved { op: OP })?;
+        let saved = self.shared.saved()?;
+        let dseq = self.shared.take_dseq();
         let grads = with_f32(params, OP, "params", |ps| {
             let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(res, OP, "output", |out| {
-                with_f32(grad, OP, "output grad", |dout| {
-                    with_f32(state0, OP, "state0", |s0| {
-                        Ok(cell::backward(
-                            d,
-                            &saved.gates,
-                            out,
-                            dout,
-                            w_ih,
-                            w_hh,
-                            Some(s0),
-                        ))
-                    })
+            with_f32(grad, OP, "final state grad", |dfin| {
+                with_f32(state0, OP, "state0", |s0| {
+                    let run = |dseq: Option<&[f32]>| {
+                        cell::backward(d, saved, dseq, dfin, w_ih, w_hh, Some(s0))
+                    };
+                    match &dseq {
+                        Some(t) => with_f32(t, OP, "hidden grad", |s| Ok(run(Some(s)))),
+                        None => Ok(run(None)),
+                    }
                 })
             })
         })?;
         let dev = x.device();
-        let (b, t, i, h) = (d.batch, d.seq, d.input, d.hidden);
-        // A column sum in Candle walks the tensor with strides; this is one
-        // contiguous pass.
-        let mut db = vec![0.0f32; 4 * h];
-        for row in grads.dgates.chunks_exact(4 * h) {
-            for (acc, v) in db.iter_mut().zip(row) {
-                *acc += v;
+        let (b, t, i, h, g) = (d.batch, d.seq, d.input, d.hidden, 4 * d.hidden);
+        // `[dW_ih | dW_hh | db]` from the transposed `[I + H, 4H]` gradient.
+        let dw_t = &grads.dw_t;
+        let mut dparams = Vec::with_capacity(g * (i + h + 1));
+        for (lo, hi) in [(0, i), (i, i + h)] {
+            for j in 0..g {
+                dparams.extend((lo..hi).map(|p| dw_t[p * g + j]));
             }
         }
-        let db = Tensor::from_vec(db, 4 * h, dev)?;
+        dparams.extend_from_slice(&grads.db);
+        let dparams = Tensor::from_vec(dparams, g * (i + h + 1), dev)?;
         let dx = Tensor::from_vec(grads.dx, (b, t, i), dev)?;
-        let dg = Tensor::from_vec(grads.dgates, (b * t, 4 * h), dev)?;
-        let dw = dg.t()?.matmul(&saved.xh)?;
-        let dparams = Tensor::cat(
-            &[
-                dw.narrow(1, 0, i)?.flatten_all()?,
-                dw.narrow(1, i, h)?.flatten_all()?,
-                db,
-            ],
-            0,
-        )?;
         let dstate0 = Tensor::from_vec(grads.dstate0, (b, 2 * h), dev)?;
         Ok((dx, dparams, dstate0))
     }
@@ -437,11 +423,11 @@ impl CustomOp3 for LstmOp {
         x: &Tensor,
         params: &Tensor,
         state0: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dp, ds) =
-            LstmOp::bwd(self, x, params, state0, res, grad).map_err(candle_core::Error::wrap)?;
+            LstmOp::bwd(self, x, params, state0, grad).map_err(candle_core::Error::wrap)?;
         Ok((Some(dx), Some(dp), Some(ds)))
     }
 }

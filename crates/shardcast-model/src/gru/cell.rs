@@ -9,10 +9,15 @@
 //! Each step therefore runs `x_t W_ih^T` and `h_{t-1} W_hh^T` as two GEMMs
 //! (a fused `[x_t | h_{t-1}]` GEMM would need a fourth, half-zero block of
 //! columns) and the activation pass combines them.
+//!
+//! Backward steps through time the same way; each step's gate gradients go
+//! through `W_hh` and `W_ih` (the gradients of `h_{t-1}` and `x_t`) and into
+//! the weight gradients while still in cache.
 
 use rayon::prelude::*;
 
 use crate::kernel::{self, MR, PackedB, Rows};
+use crate::scratch::{self, Buf};
 
 /// Sizes of one GRU layer call.
 #[derive(Debug, Clone, Copy)]
@@ -33,14 +38,33 @@ impl Dims {
     fn slots(&self) -> usize {
         4 * self.hidden
     }
+
+    /// Width of a saved GEMM row `[x_t | h_{t-1}]`.
+    fn xh(&self) -> usize {
+        self.input + self.hidden
+    }
+}
+
+/// What the forward pass keeps for backward, in recycled buffers (every
+/// element is written).
+#[derive(Debug)]
+pub(crate) struct Saved {
+    /// Activations, `4H` per batch row and step: `r | z | n | W_hn h + b_hn`.
+    pub(crate) gates: Buf,
+    /// The GEMM rows `[x_t | h_{t-1}]`, `I + H` per batch row and step.
+    ///
+    /// Both are split like the batch (see [`kernel::batch_chunk_rows`]) and
+    /// time-major within each chunk, `[chunk][T][chunk rows][..]`, so that
+    /// a step reads one contiguous block.
+    pub(crate) xh: Buf,
 }
 
 /// Forward over a whole sequence.
 ///
 /// `x` is `[B, T, I]`, `w_ih` `[3H, I]`, `w_hh` `[3H, H]`, `bias` `[6H]`
 /// (`b_ih | b_hh`, zeros for a missing one), `state0` `[B, H]` (zeros when
-/// `None`). Returns the hidden sequence `[B, T, H]` and, when `save`, the
-/// activations backward needs: `[B, T, 4H]` rows `r | z | n | W_hn h + b_hn`.
+/// `None`). Returns the hidden sequence `[B, T, H]` and, when `save`, what
+/// backward needs.
 pub(crate) fn forward(
     d: Dims,
     x: &[f32],
@@ -49,7 +73,7 @@ pub(crate) fn forward(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Option<Saved>) {
     run_forward::<true>(d, x, w_ih, w_hh, bias, state0, save)
 }
 
@@ -63,7 +87,7 @@ pub(crate) fn forward_portable(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Option<Saved>) {
     run_forward::<false>(d, x, w_ih, w_hh, bias, state0, save)
 }
 
@@ -76,10 +100,18 @@ fn run_forward<const SIMD: bool>(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
-    let (b, t, i, h, g, s) = (d.batch, d.seq, d.input, d.hidden, d.gates(), d.slots());
-    let wx = PackedB::from_fn(i, g, |p, j| w_ih[j * i + p]);
-    let wh = PackedB::from_fn(h, g, |p, j| w_hh[j * h + p]);
+) -> (Vec<f32>, Option<Saved>) {
+    let (b, t, i, h, g, s, k) = (
+        d.batch,
+        d.seq,
+        d.input,
+        d.hidden,
+        d.gates(),
+        d.slots(),
+        d.xh(),
+    );
+    let wx = PackedB::from_transposed(g, &[(w_ih, i)]);
+    let wh = PackedB::from_transposed(g, &[(w_hh, h)]);
     // The r and z biases of both projections add up (on the input side);
     // n keeps `b_hn` apart, inside `r ⊙ (W_hn h + b_hn)`.
     let (b_ih, b_hh) = bias.split_at(g);
@@ -98,10 +130,18 @@ fn run_forward<const SIMD: bool>(
         }
     };
     let mut out = vec![0.0f32; b * t * h];
-    let mut saved = save.then(|| vec![0.0f32; b * t * s]);
+    // Recycled: every element is written (see `fwd_chunk`).
+    let mut saved = save.then(|| Saved {
+        gates: scratch::take(b * t * s),
+        xh: scratch::take(b * t * k),
+    });
 
     let rows = kernel::batch_chunk_rows(b);
-    let mut gs = saved.as_mut().map(|v| v.chunks_mut(rows * t * s));
+    let mut gs = saved.as_mut().map(|v| {
+        v.gates
+            .chunks_mut(rows * t * s)
+            .zip(v.xh.chunks_mut(rows * t * k))
+    });
     let chunks: Vec<FwdChunk<'_>> = out
         .chunks_mut(rows * t * h)
         .zip(x.chunks(rows * t * i))
@@ -111,7 +151,7 @@ fn run_forward<const SIMD: bool>(
             x,
             state0,
             hseq,
-            gates: gs.as_mut().and_then(Iterator::next),
+            save: gs.as_mut().and_then(Iterator::next),
         })
         .collect();
     let ctx = FwdCtx {
@@ -148,7 +188,8 @@ struct FwdChunk<'a> {
     x: &'a [f32],
     state0: &'a [f32],
     hseq: &'a mut [f32],
-    gates: Option<&'a mut [f32]>,
+    /// Where to save the gates and the GEMM rows, see [`Saved`].
+    save: Option<(&'a mut [f32], &'a mut [f32])>,
 }
 
 fn fwd_dispatch<const SIMD: bool>(ctx: &FwdCtx<'_>, c: FwdChunk<'_>) {
@@ -170,31 +211,43 @@ fn fwd_avx2(ctx: &FwdCtx<'_>, c: FwdChunk<'_>) {
 #[inline(always)]
 fn fwd_chunk<const FMA: bool>(ctx: &FwdCtx<'_>, c: FwdChunk<'_>) {
     let d = ctx.d;
-    let (t_len, i, h, g, s) = (d.seq, d.input, d.hidden, d.gates(), d.slots());
+    let (t_len, i, h, g, s, k) = (d.seq, d.input, d.hidden, d.gates(), d.slots(), d.xh());
     let FwdChunk {
         batch: bc,
         x,
         state0,
         hseq,
-        gates,
+        save,
     } = c;
     // Training keeps every step's rows; inference reuses one step's worth.
     let mut scratch;
-    let (gates, t_stride) = match gates {
-        Some(gs) => (gs, 1),
+    let (gates, mut xh, t_stride) = match save {
+        Some((gs, xh)) => (gs, Some(xh), 1),
         None => {
             scratch = vec![0.0f32; bc * s];
-            (&mut scratch[..], 0)
+            (&mut scratch[..], None, 0)
         }
     };
-    let g_ld = if t_stride == 1 { t_len * s } else { s };
     // One step's hidden projections, kept apart from the input ones until
     // the activation pass (n needs them apart).
     let mut gh = vec![0.0f32; bc * g];
     let (bias_x, bias_h) = (&ctx.bias_x[..g], &ctx.bias_h[..g]);
 
     for t in 0..t_len {
-        let g_t = t * t_stride * s;
+        // Row `r` of this step's gates is row `t0 + r`.
+        let t0 = t * t_stride * bc;
+        if let Some(xh) = xh.as_deref_mut() {
+            for r in 0..bc {
+                let row = &mut xh[(t * bc + r) * k..][..k];
+                row[..i].copy_from_slice(&x[(r * t_len + t) * i..][..i]);
+                let h_prev = if t == 0 {
+                    &state0[r * h..][..h]
+                } else {
+                    &hseq[(r * t_len + t - 1) * h..][..h]
+                };
+                row[i..].copy_from_slice(h_prev);
+            }
+        }
         let mut r0 = 0;
         while r0 < bc {
             let rows = (bc - r0).min(MR);
@@ -207,7 +260,7 @@ fn fwd_chunk<const FMA: bool>(ctx: &FwdCtx<'_>, c: FwdChunk<'_>) {
             // keeps them vector loops, where a plain copy would become a
             // `memcpy` call per tile row.
             kernel::gemm_rows::<FMA>(xa, rows, ctx.wx, |r, j0, acc| {
-                let dst = &mut gates[(r0 + r) * g_ld + g_t + j0..][..acc.len()];
+                let dst = &mut gates[(t0 + r0 + r) * s + j0..][..acc.len()];
                 for ((d, a), b) in dst.iter_mut().zip(acc).zip(&bias_x[j0..]) {
                     *d = a + b;
                 }
@@ -240,7 +293,7 @@ fn fwd_chunk<const FMA: bool>(ctx: &FwdCtx<'_>, c: FwdChunk<'_>) {
                     &before[base - h..]
                 };
                 cell_forward::<FMA>(
-                    &mut gates[r * g_ld + g_t..][..s],
+                    &mut gates[(t0 + r) * s..][..s],
                     &gh[r * g..][..g],
                     h_prev,
                     &mut cur[..h],
@@ -287,171 +340,281 @@ fn cell_forward<const FMA: bool>(gates: &mut [f32], gh: &[f32], h_prev: &[f32], 
     }
 }
 
-/// Gradients of one layer call, apart from those of the weights and the
-/// input, which come from large GEMMs over the whole sequence afterwards.
+/// Gradients of one layer call.
 pub(crate) struct Grads {
-    /// Pre-activation gradients `[B, T, 4H]`, rows `dn | dr | dz | dn ⊙ r`:
-    /// columns `0..3H` are the gradient of the input projection
-    /// `x_t W_ih^T + b_ih` with its gates in the order n, r, z, and columns
-    /// `H..4H` that of the hidden projection `h_{t-1} W_hh^T + b_hh` in
-    /// PyTorch's order r, z, n. One buffer serves both: they differ only in
-    /// n, which `r` scales on the hidden side.
-    pub(crate) dg: Vec<f32>,
+    /// `[I + H, 3H]`: rows `0..I` the gradient of `W_ih`, transposed, with
+    /// its gates in the order n, r, z; rows `I..` that of `W_hh`, transposed,
+    /// in PyTorch's order r, z, n.
+    pub(crate) dw_t: Vec<f32>,
+    /// `[4H]`: column sums of the pre-activation gradients
+    /// `dn | dr | dz | dn ⊙ r` (see [`cell_backward`]), from which both
+    /// bias gradients follow.
+    pub(crate) sums: Vec<f32>,
+    /// `[B, T, I]`.
+    pub(crate) dx: Vec<f32>,
     /// `[B, H]`.
     pub(crate) dh0: Vec<f32>,
 }
 
 /// Backward through time.
 ///
-/// `gates` are the saved activations, `hseq` the forward result `[B, T, H]`
-/// and `dout` its gradient.
+/// `saved` is what [`forward`] kept; `dseq` the gradient of the hidden
+/// sequence `[B, T, H]` (`None`: zero) and `dfin` that of the final state
+/// `[B, H]`. Each step's pre-activation gradients feed, while still in
+/// cache, the gradients of the input and of the previous state and the
+/// weight gradients (`dW^T += rows^T dgates_t`), so that the `[B, T, 4H]`
+/// gate gradients never exist as a whole.
 pub(crate) fn backward(
     d: Dims,
-    gates: &[f32],
-    hseq: &[f32],
-    dout: &[f32],
+    saved: &Saved,
+    dseq: Option<&[f32]>,
+    dfin: &[f32],
+    w_ih: &[f32],
     w_hh: &[f32],
-    state0: Option<&[f32]>,
 ) -> Grads {
-    run_backward::<true>(d, gates, hseq, dout, w_hh, state0)
+    run_backward::<true>(d, saved, dseq, dfin, w_ih, w_hh)
 }
 
 /// [`backward`] on the portable kernels, whatever the CPU has.
 #[cfg(test)]
 pub(crate) fn backward_portable(
     d: Dims,
-    gates: &[f32],
-    hseq: &[f32],
-    dout: &[f32],
+    saved: &Saved,
+    dseq: Option<&[f32]>,
+    dfin: &[f32],
+    w_ih: &[f32],
     w_hh: &[f32],
-    state0: Option<&[f32]>,
 ) -> Grads {
-    run_backward::<false>(d, gates, hseq, dout, w_hh, state0)
+    run_backward::<false>(d, saved, dseq, dfin, w_ih, w_hh)
 }
 
 fn run_backward<const SIMD: bool>(
     d: Dims,
-    gates: &[f32],
-    hseq: &[f32],
-    dout: &[f32],
+    saved: &Saved,
+    dseq: Option<&[f32]>,
+    dfin: &[f32],
+    w_ih: &[f32],
     w_hh: &[f32],
-    state0: Option<&[f32]>,
 ) -> Grads {
-    let (b, t, h, g, s) = (d.batch, d.seq, d.hidden, d.gates(), d.slots());
-    // dh_{t-1} gets dgh_t @ W_hh.
-    let wb = PackedB::from_fn(g, h, |p, j| w_hh[p * h + j]);
-    let zeros;
-    let state0 = match state0 {
-        Some(s) => s,
-        None => {
-            zeros = vec![0.0; b * h];
-            &zeros
-        }
-    };
-    let mut grads = Grads {
-        dg: vec![0.0; b * t * s],
-        dh0: vec![0.0; b * h],
-    };
+    let (b, t, i, h, g, s, k) = (
+        d.batch,
+        d.seq,
+        d.input,
+        d.hidden,
+        d.gates(),
+        d.slots(),
+        d.xh(),
+    );
+    // dh_{t-1} gets `(dr | dz | dn ⊙ r) @ W_hh`, dx_t `(dn | dr | dz) @ W_ih`
+    // with `W_ih`'s gates in that order.
+    let wh = PackedB::from_fn(g, h, |p, j| w_hh[p * h + j]);
+    let wx = PackedB::from_fn(g, i, |p, j| {
+        let q = if p < h { p + 2 * h } else { p - h };
+        w_ih[q * i + j]
+    });
+    let mut dx = vec![0.0f32; b * t * i];
+    let mut dh0 = vec![0.0f32; b * h];
+
     let rows = kernel::batch_chunk_rows(b);
+    let n_chunks = b.div_ceil(rows);
+    // Per chunk: its `dW^T` then its column sums, summed into the first at
+    // the end.
+    let acc_len = k * g + s;
+    let mut acc = vec![0.0f32; n_chunks * acc_len];
     let per = |n: usize| rows * t * n;
-    let chunks: Vec<BwdChunk<'_>> = gates
+    let dseq_chunks: Vec<Option<&[f32]>> = match dseq {
+        Some(v) => v.chunks(per(h)).map(Some).collect(),
+        None => vec![None; n_chunks],
+    };
+    let chunks: Vec<BwdChunk<'_>> = saved
+        .gates
         .chunks(per(s))
-        .zip(hseq.chunks(per(h)).zip(dout.chunks(per(h))))
-        .zip(state0.chunks(rows * h))
-        .zip(grads.dg.chunks_mut(per(s)))
-        .zip(grads.dh0.chunks_mut(rows * h))
-        .map(|((((gates, (hseq, dh_seq)), state0), dg), dh0)| BwdChunk {
-            batch: hseq.len() / (t * h).max(1),
-            gates,
-            hseq,
-            dh_seq,
-            state0,
-            dg,
-            dh0,
+        .zip(saved.xh.chunks(per(k)))
+        .zip(dfin.chunks(rows * h).zip(dseq_chunks))
+        .zip(acc.chunks_mut(acc_len))
+        .zip(dx.chunks_mut(per(i)).zip(dh0.chunks_mut(rows * h)))
+        .map(|((((gates, xh), (dfin, dseq)), acc), (dx, dh0))| {
+            let (dw_t, sums) = acc.split_at_mut(k * g);
+            BwdChunk {
+                batch: dfin.len() / h,
+                gates,
+                xh,
+                dseq,
+                dfin,
+                dw_t,
+                sums,
+                dx,
+                dh0,
+            }
         })
         .collect();
-    let run = |c: BwdChunk<'_>| bwd_dispatch::<SIMD>(d, &wb, c);
+    let ctx = BwdCtx {
+        d,
+        wx: &wx,
+        wh: &wh,
+    };
+    let run = |c: BwdChunk<'_>| bwd_dispatch::<SIMD>(&ctx, c);
     if chunks.len() > 1 {
         chunks.into_par_iter().for_each(run);
     } else {
         chunks.into_iter().for_each(run);
     }
-    grads
+    let (first, rest) = acc.split_at_mut(acc_len);
+    for other in rest.chunks_exact(acc_len) {
+        for (a, v) in first.iter_mut().zip(other) {
+            *a += v;
+        }
+    }
+    acc.truncate(acc_len);
+    let sums = acc.split_off(k * g);
+    Grads {
+        dw_t: acc,
+        sums,
+        dx,
+        dh0,
+    }
+}
+
+/// What every backward chunk shares.
+struct BwdCtx<'a> {
+    d: Dims,
+    /// `W_ih` `[3H, I]`, gates in the order n, r, z.
+    wx: &'a PackedB,
+    /// `W_hh` `[3H, H]`.
+    wh: &'a PackedB,
 }
 
 struct BwdChunk<'a> {
     batch: usize,
+    /// See [`Saved`].
     gates: &'a [f32],
-    hseq: &'a [f32],
-    dh_seq: &'a [f32],
-    state0: &'a [f32],
-    dg: &'a mut [f32],
+    xh: &'a [f32],
+    /// `[bc, T, H]`, `None` when zero.
+    dseq: Option<&'a [f32]>,
+    /// `[bc, H]`.
+    dfin: &'a [f32],
+    /// `[I + H, 3H]`, accumulated into (see [`Grads`]).
+    dw_t: &'a mut [f32],
+    /// `[4H]`, accumulated into.
+    sums: &'a mut [f32],
+    dx: &'a mut [f32],
     dh0: &'a mut [f32],
 }
 
-fn bwd_dispatch<const SIMD: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
+fn bwd_dispatch<const SIMD: bool>(ctx: &BwdCtx<'_>, c: BwdChunk<'_>) {
     #[cfg(target_arch = "x86_64")]
     if SIMD && kernel::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        unsafe { bwd_avx2(d, wb, c) };
+        unsafe { bwd_avx2(ctx, c) };
         return;
     }
-    bwd_chunk::<false>(d, wb, c);
+    bwd_chunk::<false>(ctx, c);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn bwd_avx2(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
-    bwd_chunk::<true>(d, wb, c);
+fn bwd_avx2(ctx: &BwdCtx<'_>, c: BwdChunk<'_>) {
+    bwd_chunk::<true>(ctx, c);
 }
 
 #[inline(always)]
-fn bwd_chunk<const FMA: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
-    let (t_len, h, s) = (d.seq, d.hidden, d.slots());
+fn bwd_chunk<const FMA: bool>(ctx: &BwdCtx<'_>, c: BwdChunk<'_>) {
+    let d = ctx.d;
+    let (t_len, i, h, g, s, k) = (d.seq, d.input, d.hidden, d.gates(), d.slots(), d.xh());
     let BwdChunk {
         batch: bc,
         gates,
-        hseq,
-        dh_seq,
-        state0,
-        dg,
+        xh,
+        dseq,
+        dfin,
+        dw_t,
+        sums,
+        dx,
         dh0,
     } = c;
-    // On entry to a step: the gradient flowing into h_t from step t + 1.
-    let mut dh_next = vec![0.0f32; bc * h];
+    let no_dh = vec![0.0f32; h];
+    // On entry to a step: the gradient flowing into h_t from step t + 1
+    // (from the final state's gradient at the last step).
+    let mut dh_next = dfin.to_vec();
+    // This step's pre-activation gradients `[bc, 4H]`; their input-side
+    // (`dn | dr | dz`) and hidden-side (`dr | dz | dn ⊙ r`) columns packed
+    // as right-hand sides of the weight-gradient GEMMs, and this step's
+    // GEMM rows transposed, `[I + H, bc]`, as their left-hand side.
+    let mut dg = vec![0.0f32; bc * s];
+    let mut dg_x = PackedB::zeros(bc, g);
+    let mut dg_h = PackedB::zeros(bc, g);
+    let mut xh_t = vec![0.0f32; k * bc];
     for t in (0..t_len).rev() {
         let mut r0 = 0;
         while r0 < bc {
             let rows = (bc - r0).min(MR);
             for r in r0..r0 + rows {
-                let base = (r * t_len + t) * h;
-                let h_prev = if t == 0 {
-                    &state0[r * h..][..h]
-                } else {
-                    &hseq[base - h..][..h]
-                };
-                let row = (r * t_len + t) * s;
+                let row = t * bc + r;
                 cell_backward::<FMA>(
-                    &gates[row..][..s],
-                    h_prev,
-                    &dh_seq[base..][..h],
+                    &gates[row * s..][..s],
+                    &xh[row * k + i..][..h],
+                    match dseq {
+                        Some(v) => &v[(r * t_len + t) * h..][..h],
+                        None => &no_dh,
+                    },
                     &mut dh_next[r * h..][..h],
-                    &mut dg[row..][..s],
+                    &mut dg[r * s..][..s],
                 );
             }
-            // The hidden-side gradient `dr | dz | dn ⊙ r`, the last 3H.
+            // The hidden-side gradient, the last 3H.
             let a = Rows {
-                data: dg,
-                start: (r0 * t_len + t) * s + h,
-                ld: t_len * s,
+                data: &dg,
+                start: r0 * s + h,
+                ld: s,
             };
-            kernel::gemm_rows::<FMA>(a, rows, wb, |r, j0, acc| {
+            kernel::gemm_rows::<FMA>(a, rows, ctx.wh, |r, j0, acc| {
                 let dst = &mut dh_next[(r0 + r) * h + j0..][..acc.len()];
                 for (d, a) in dst.iter_mut().zip(acc) {
                     *d += a;
                 }
             });
+            // The input-side gradient, the first 3H.
+            let a = Rows {
+                data: &dg,
+                start: r0 * s,
+                ld: s,
+            };
+            kernel::gemm_rows::<FMA>(a, rows, ctx.wx, |r, j0, acc| {
+                dx[((r0 + r) * t_len + t) * i + j0..][..acc.len()].copy_from_slice(acc);
+            });
             r0 += rows;
+        }
+
+        // Weight and bias gradients of this step.
+        for row in dg.chunks_exact(s) {
+            for (a, v) in sums.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        dg_x.fill_rows(&dg, s);
+        dg_h.fill_rows(&dg[h..], s);
+        for (r, src) in xh[t * bc * k..][..bc * k].chunks_exact(k).enumerate() {
+            for (p, v) in src.iter().enumerate() {
+                xh_t[p * bc + r] = *v;
+            }
+        }
+        for (lo, hi, dg_packed) in [(0, i, &dg_x), (i, k, &dg_h)] {
+            let mut p0 = lo;
+            while p0 < hi {
+                let rows = (hi - p0).min(MR);
+                let a = Rows {
+                    data: &xh_t,
+                    start: p0 * bc,
+                    ld: bc,
+                };
+                kernel::gemm_rows::<FMA>(a, rows, dg_packed, |r, j0, acc| {
+                    let dst = &mut dw_t[(p0 + r) * g + j0..][..acc.len()];
+                    for (d, a) in dst.iter_mut().zip(acc) {
+                        *d += a;
+                    }
+                });
+                p0 += rows;
+            }
         }
     }
     dh0.copy_from_slice(&dh_next);

@@ -15,6 +15,8 @@ struct Case {
     layers: usize,
     bias: bool,
     with_state: bool,
+    /// Which outputs the loss reads: hidden sequence, final h.
+    terms: [bool; 2],
 }
 
 const fn case(batch: usize, seq: usize, input: usize, hidden: usize) -> Case {
@@ -26,6 +28,7 @@ const fn case(batch: usize, seq: usize, input: usize, hidden: usize) -> Case {
         layers: 1,
         bias: true,
         with_state: true,
+        terms: [true; 2],
     }
 }
 
@@ -111,7 +114,13 @@ fn compare_with_candle_nn(c: &Case) -> TestResult {
     assert!(max_abs_diff(&our_h, &ref_h)? < 1e-5, "final h");
 
     let loss = |s: &Tensor, h: &Tensor| -> candle_core::Result<Tensor> {
-        (s * &w_out)?.sum_all()? + (h * &w_h)?.sum_all()?
+        let mut total = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+        for (on, out, w) in [(0, s, &w_out), (1, h, &w_h)] {
+            if c.terms[on] {
+                total = (total + (out * w)?.sum_all()?)?;
+            }
+        }
+        Ok(total)
     };
     let g_ours = loss(&our_seq, &our_h)?.backward()?;
     let g_ref = loss(&ref_seq, &ref_h)?.backward()?;
@@ -139,6 +148,54 @@ fn compare_with_candle_nn(c: &Case) -> TestResult {
             .ok_or(format!("no gradient for {name} (candle-nn)"))?;
         let rel = rel_diff(a, b)?;
         assert!(rel < 1e-4, "gradient of {name}: relative difference {rel}");
+    }
+    Ok(())
+}
+
+#[test]
+fn matches_candle_nn_with_one_output_in_the_loss() -> TestResult {
+    // The final state and the hidden sequence come from two ops whose
+    // backward passes cooperate; each must work without the other.
+    for terms in [[true, false], [false, true]] {
+        for layers in [1, 2] {
+            compare_with_candle_nn(&Case {
+                layers,
+                terms,
+                ..case(3, 6, 2, 5)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn backward_twice_through_one_forward() -> TestResult {
+    let (vm, vb) = varmap();
+    let gru = Gru::new(GruConfig::new(3, 4), vb)?;
+    let x = var(&[2, 5, 3], 1)?;
+    let out = gru.forward(x.as_tensor())?;
+    let seq_loss = out.hidden.sum_all()?;
+    let h_loss = out.states[0].sum_all()?;
+    let both = (&seq_loss + &h_loss)?;
+    // In either order, each pass sees only its own loss's gradients.
+    let g_seq = seq_loss.backward()?;
+    let g_h = h_loss.backward()?;
+    let g_both = both.backward()?;
+    let g_h_again = h_loss.backward()?;
+    for v in vm
+        .all_vars()
+        .iter()
+        .map(Var::as_tensor)
+        .chain([x.as_tensor()])
+    {
+        let (a, b, c, d) = (
+            g_seq.get(v).ok_or("seq grad")?,
+            g_h.get(v).ok_or("h grad")?,
+            g_both.get(v).ok_or("both grad")?,
+            g_h_again.get(v).ok_or("h grad again")?,
+        );
+        assert!(max_abs_diff(&(a + b)?, c)? < 1e-5);
+        assert!(max_abs_diff(b, d)? < 1e-7);
     }
     Ok(())
 }
@@ -209,7 +266,16 @@ fn threaded_batch_split_matches_candle_nn() -> TestResult {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build()?;
     pool.install(|| {
         assert!(crate::kernel::batch_chunk_rows(40) < 40);
-        compare_with_candle_nn(&case(40, 4, 3, 6)).map_err(|e| e.to_string())
+        // Also with only the final state in the loss: no sequence gradient
+        // for any chunk.
+        for terms in [[true, true], [false, true]] {
+            compare_with_candle_nn(&Case {
+                terms,
+                ..case(40, 4, 3, 6)
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
     })?;
     Ok(())
 }
@@ -368,19 +434,38 @@ fn portable_kernels_match_simd_ones() -> TestResult {
     let (out_p, saved_p) = cell::forward_portable(d, &x, &w_ih, &w_hh, &bias, Some(&h0), true);
     let (saved, saved_p) = (saved.ok_or("not saved")?, saved_p.ok_or("not saved")?);
     close(&out, &out_p, "hidden sequence");
-    close(&saved, &saved_p, "saved gates");
-    let g = cell::backward(d, &saved, &out, &dout, &w_hh, Some(&h0));
-    let g_p = cell::backward_portable(d, &saved, &out, &dout, &w_hh, Some(&h0));
-    close(&g.dg, &g_p.dg, "gate gradients");
+    close(&saved.gates, &saved_p.gates, "saved gates");
+    close(&saved.xh, &saved_p.xh, "saved GEMM rows");
+    let dfin = crate::test_util::values(b * h, 7);
+    let g = cell::backward(d, &saved, Some(&dout), &dfin, &w_ih, &w_hh);
+    let g_p = cell::backward_portable(d, &saved, Some(&dout), &dfin, &w_ih, &w_hh);
+    close(&g.dw_t, &g_p.dw_t, "weight gradients");
+    close(&g.sums, &g_p.sums, "bias gradients");
+    close(&g.dx, &g_p.dx, "dx");
     close(&g.dh0, &g_p.dh0, "dh0");
     Ok(())
 }
 
 #[test]
 fn adamw_step_reduces_loss() -> TestResult {
+    // Two layers: the last layer's final state is the loss's only input,
+    // so the first layer learns through its hidden sequence alone.
+    for layers in [1, 2] {
+        adamw_steps_reduce_loss(layers)?;
+    }
+    Ok(())
+}
+
+fn adamw_steps_reduce_loss(layers: usize) -> TestResult {
     use candle_nn::Optimizer;
     let (vm, vb) = varmap();
-    let gru = Gru::new(GruConfig::new(2, 8), vb)?;
+    let gru = Gru::new(
+        GruConfig {
+            num_layers: layers,
+            ..GruConfig::new(2, 8)
+        },
+        vb,
+    )?;
     let x = tensor(&[4, 6, 2], 5)?;
     let target = tensor(&[4, 8], 6)?.affine(0.5, 0.0)?;
     let mut opt = candle_nn::AdamW::new(
@@ -392,7 +477,7 @@ fn adamw_step_reduces_loss() -> TestResult {
     )?;
     let loss = |gru: &Gru| -> crate::Result<Tensor> {
         let out = gru.forward(&x)?;
-        Ok((&out.states[0] - &target)?.sqr()?.mean_all()?)
+        Ok((&out.states[layers - 1] - &target)?.sqr()?.mean_all()?)
     };
     let first = loss(&gru)?.to_scalar::<f32>()?;
     for _ in 0..20 {
@@ -400,7 +485,10 @@ fn adamw_step_reduces_loss() -> TestResult {
         opt.backward_step(&l)?;
     }
     let last = loss(&gru)?.to_scalar::<f32>()?;
-    assert!(last < first * 0.8, "loss {first} -> {last}");
+    assert!(
+        last < first * 0.8,
+        "{layers} layers: loss {first} -> {last}"
+    );
     Ok(())
 }
 

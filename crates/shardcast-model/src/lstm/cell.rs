@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::kernel::{self, MR, PackedB, Rows};
+use crate::scratch::{self, Buf};
 
 /// Sizes of one LSTM layer call.
 #[derive(Debug, Clone, Copy)]
@@ -27,19 +28,28 @@ impl Dims {
     }
 }
 
-/// What the forward pass keeps for backward: gate activations `[B, T, 4H]`
-/// and the GEMM rows `[x_t | h_{t-1}]` as `[B, T, I + H]`.
+/// What the forward pass keeps for backward, in recycled buffers (every
+/// element is written).
 #[derive(Debug)]
 pub(crate) struct Saved {
-    pub(crate) gates: Vec<f32>,
-    pub(crate) xh: Vec<f32>,
+    /// Gate activations, `4H` per batch row and step.
+    pub(crate) gates: Buf,
+    /// The GEMM rows `[x_t | h_{t-1}]`, `I + H` per batch row and step.
+    pub(crate) xh: Buf,
+    /// The cell sequence, `H` per batch row and step.
+    ///
+    /// All three are split like the batch (see
+    /// [`kernel::batch_chunk_rows`]), and time-major within each chunk:
+    /// `[chunk][T][chunk rows][..]`.
+    pub(crate) cseq: Buf,
 }
 
 /// Forward over a whole sequence.
 ///
 /// `x` is `[B, T, I]`, `w_ih` `[4H, I]`, `w_hh` `[4H, H]`, `bias` `[4H]`
 /// (`b_ih + b_hh`), `state0` `[B, 2H]` (`h0 | c0`, zeros when `None`).
-/// Returns `[2, B, T, H]`: the hidden sequence then the cell sequence.
+/// Returns the hidden sequence `[B, T, H]` and the final state `[B, 2H]`
+/// (`h_T | c_T`); the cell sequence is internal.
 pub(crate) fn forward(
     d: Dims,
     x: &[f32],
@@ -48,17 +58,11 @@ pub(crate) fn forward(
     bias: &[f32],
     state0: Option<&[f32]>,
     save: bool,
-) -> (Vec<f32>, Option<Saved>) {
+) -> (Vec<f32>, Vec<f32>, Option<Saved>) {
     let (b, t, i, h, g, k) = (d.batch, d.seq, d.input, d.hidden, d.gates(), d.xh());
     // B = [W_ih^T ; W_hh^T], so one GEMM over the row [x_t | h_{t-1}] gives
     // all pre-activations of a step.
-    let wf = PackedB::from_fn(k, g, |p, j| {
-        if p < i {
-            w_ih[j * i + p]
-        } else {
-            w_hh[j * h + p - i]
-        }
-    });
+    let wf = PackedB::from_transposed(g, &[(w_ih, i), (w_hh, h)]);
     let zeros;
     let state0 = match state0 {
         Some(s) => s,
@@ -67,39 +71,49 @@ pub(crate) fn forward(
             &zeros
         }
     };
-    let mut out = vec![0.0f32; 2 * b * t * h];
+    let mut out = vec![0.0f32; b * t * h];
+    let mut fin = vec![0.0f32; b * 2 * h];
     let mut saved = save.then(|| Saved {
-        gates: vec![0.0; b * t * g],
-        xh: vec![0.0; b * t * k],
+        gates: scratch::take(b * t * g),
+        xh: scratch::take(b * t * k),
+        cseq: scratch::take(b * t * h),
     });
+    // Inference needs the cell sequence only while it runs.
+    let mut cseq_scratch = if save {
+        Buf::default()
+    } else {
+        scratch::take(b * t * h)
+    };
 
     let rows = kernel::batch_chunk_rows(b);
-    let (hseq, cseq) = out.split_at_mut(b * t * h);
     let mut chunks = Vec::with_capacity(b.div_ceil(rows));
     {
-        let mut hs = hseq.chunks_mut(rows * t * h);
-        let mut cs = cseq.chunks_mut(rows * t * h);
-        let mut xs = x.chunks(rows * t * i);
-        let mut ss = state0.chunks(rows * 2 * h);
-        let (mut gs, mut xhs) = match saved.as_mut() {
+        let (cseq, mut gs, mut xhs) = match saved.as_mut() {
             Some(s) => (
+                &mut s.cseq[..],
                 Some(s.gates.chunks_mut(rows * t * g)),
                 Some(s.xh.chunks_mut(rows * t * k)),
             ),
-            None => (None, None),
+            None => (&mut cseq_scratch[..], None, None),
         };
-        while let (Some(hc), Some(cc), Some(xc), Some(sc)) =
-            (hs.next(), cs.next(), xs.next(), ss.next())
+        let mut hs = out.chunks_mut(rows * t * h);
+        let mut fs = fin.chunks_mut(rows * 2 * h);
+        let mut cs = cseq.chunks_mut(rows * t * h);
+        let mut xs = x.chunks(rows * t * i);
+        let mut ss = state0.chunks(rows * 2 * h);
+        while let (Some(hc), Some(fc), Some(cc), Some(xc), Some(sc)) =
+            (hs.next(), fs.next(), cs.next(), xs.next(), ss.next())
         {
             let save = match (gs.as_mut(), xhs.as_mut()) {
                 (Some(gs), Some(xhs)) => gs.next().zip(xhs.next()),
                 _ => None,
             };
             chunks.push(FwdChunk {
-                batch: hc.len() / (t * h).max(1),
+                batch: cc.len() / (t * h).max(1),
                 x: xc,
                 state0: sc,
                 hseq: hc,
+                fin: fc,
                 cseq: cc,
                 save,
             });
@@ -111,14 +125,18 @@ pub(crate) fn forward(
     } else {
         chunks.into_iter().for_each(run);
     }
-    (out, saved)
+    (out, fin, saved)
 }
 
 struct FwdChunk<'a> {
     batch: usize,
     x: &'a [f32],
     state0: &'a [f32],
+    /// `[bc, T, H]`.
     hseq: &'a mut [f32],
+    /// `[bc, 2H]`.
+    fin: &'a mut [f32],
+    /// `[bc, T, H]`.
     cseq: &'a mut [f32],
     save: Option<(&'a mut [f32], &'a mut [f32])>,
 }
@@ -147,6 +165,7 @@ fn fwd_chunk<const FMA: bool>(d: Dims, wf: &PackedB, bias: &[f32], c: FwdChunk<'
         x,
         state0,
         hseq,
+        fin,
         cseq,
         save,
     } = c;
@@ -160,22 +179,21 @@ fn fwd_chunk<const FMA: bool>(d: Dims, wf: &PackedB, bias: &[f32], c: FwdChunk<'
             (&mut gates_scratch[..], &mut xh_scratch[..], 0)
         }
     };
-    let (g_ld, xh_ld) = if t_stride == 1 {
-        (t_len * g, t_len * k)
-    } else {
-        (g, k)
-    };
     let bias = &bias[..g];
+    let hs = t_len * h;
 
+    // `gates`, `xh` and `cseq` are time-major within the chunk (row `r` of
+    // step `t` is row `t * bc + r`), so that each step reads and writes one
+    // contiguous block, forward and backward.
     for t in 0..t_len {
-        let (g_t, xh_t) = (t * t_stride * g, t * t_stride * k);
+        let t0 = t * t_stride * bc;
         for r in 0..bc {
-            let row = &mut xh[r * xh_ld + xh_t..][..k];
+            let row = &mut xh[(t0 + r) * k..][..k];
             row[..i].copy_from_slice(&x[(r * t_len + t) * i..][..i]);
             let h_prev = if t == 0 {
                 &state0[r * 2 * h..][..h]
             } else {
-                &hseq[(r * t_len + t - 1) * h..][..h]
+                &hseq[r * hs + (t - 1) * h..][..h]
             };
             row[i..].copy_from_slice(h_prev);
         }
@@ -184,29 +202,35 @@ fn fwd_chunk<const FMA: bool>(d: Dims, wf: &PackedB, bias: &[f32], c: FwdChunk<'
             let rows = (bc - r0).min(MR);
             let a = Rows {
                 data: xh,
-                start: r0 * xh_ld + xh_t,
-                ld: xh_ld,
+                start: (t0 + r0) * k,
+                ld: k,
             };
             kernel::gemm_rows::<FMA>(a, rows, wf, |r, j0, acc| {
-                let dst = &mut gates[(r0 + r) * g_ld + g_t + j0..][..acc.len()];
+                let dst = &mut gates[(t0 + r0 + r) * g + j0..][..acc.len()];
                 let b = &bias[j0..][..acc.len()];
                 for ((d, a), b) in dst.iter_mut().zip(acc).zip(b) {
                     *d = a + b;
                 }
             });
             for r in r0..r0 + rows {
-                let gate_row = &mut gates[r * g_ld + g_t..][..g];
-                let base = (r * t_len + t) * h;
+                let gate_row = &mut gates[(t0 + r) * g..][..g];
+                let base = (t * bc + r) * h;
                 let (c_prev_buf, c_cur) = cseq.split_at_mut(base);
                 let c_prev = if t == 0 {
                     &state0[r * 2 * h + h..][..h]
                 } else {
-                    &c_prev_buf[base - h..]
+                    &c_prev_buf[base - bc * h..][..h]
                 };
-                cell_forward::<FMA>(gate_row, c_prev, &mut c_cur[..h], &mut hseq[base..][..h]);
+                let h_cur = &mut hseq[r * hs + t * h..][..h];
+                cell_forward::<FMA>(gate_row, c_prev, &mut c_cur[..h], h_cur);
             }
             r0 += rows;
         }
+    }
+    for r in 0..bc {
+        let (h_last, c_last) = fin[r * 2 * h..][..2 * h].split_at_mut(h);
+        h_last.copy_from_slice(&hseq[r * hs + (t_len - 1) * h..][..h]);
+        c_last.copy_from_slice(&cseq[((t_len - 1) * bc + r) * h..][..h]);
     }
 }
 
@@ -246,11 +270,12 @@ fn cell_forward<const FMA: bool>(gates: &mut [f32], c_prev: &[f32], c: &mut [f32
     }
 }
 
-/// Gradients of one layer call, apart from the weight gradients that come
-/// from one large GEMM over the whole sequence afterwards.
+/// Gradients of one layer call.
 pub(crate) struct Grads {
-    /// Pre-activation gate gradients `[B, T, 4H]`.
-    pub(crate) dgates: Vec<f32>,
+    /// `[I + H, 4H]`: the gradient of `[W_ih | W_hh]`, transposed.
+    pub(crate) dw_t: Vec<f32>,
+    /// `[4H]`: the gradient of the summed bias.
+    pub(crate) db: Vec<f32>,
     /// `[B, T, I]`.
     pub(crate) dx: Vec<f32>,
     /// `[B, 2H]`: `dh0 | dc0`.
@@ -259,13 +284,18 @@ pub(crate) struct Grads {
 
 /// Backward through time.
 ///
-/// `gates` are the saved activations, `out` the forward result `[2, B, T, H]`
-/// and `dout` its gradient.
+/// `saved` is what [`forward`] kept; `dseq` the gradient of the hidden
+/// sequence `[B, T, H]` (`None`: zero) and `dfin` that of the final state
+/// `[B, 2H]`. The weight gradient is accumulated step by step
+/// (`dW^T += [x_t | h_{t-1}]^T dgates_t`) while this step's gate gradients
+/// are still in cache, so the `[B, T, 4H]` gate gradients never exist as a
+/// whole.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     d: Dims,
-    gates: &[f32],
-    out: &[f32],
-    dout: &[f32],
+    saved: &Saved,
+    dseq: Option<&[f32]>,
+    dfin: &[f32],
     w_ih: &[f32],
     w_hh: &[f32],
     state0: Option<&[f32]>,
@@ -287,38 +317,44 @@ pub(crate) fn backward(
             &zeros
         }
     };
-    let mut grads = Grads {
-        dgates: vec![0.0; b * t * g],
-        dx: vec![0.0; b * t * i],
-        dstate0: vec![0.0; b * 2 * h],
-    };
-    let (cseq, dh_seq, dc_seq) = (&out[b * t * h..], &dout[..b * t * h], &dout[b * t * h..]);
+    let mut dx = vec![0.0; b * t * i];
+    let mut dstate0 = vec![0.0; b * 2 * h];
 
     let rows = kernel::batch_chunk_rows(b);
+    let n_chunks = b.div_ceil(rows);
+    // Per chunk: its `dW^T` then its `db`, summed into the first at the end.
+    let acc_len = k * g + g;
+    let mut acc = vec![0.0f32; n_chunks * acc_len];
     let per = |n: usize| rows * t * n;
-    let chunks: Vec<BwdChunk<'_>> = gates
+    let dseq_chunks: Vec<Option<&[f32]>> = match dseq {
+        Some(s) => s.chunks(per(h)).map(Some).collect(),
+        None => vec![None; n_chunks],
+    };
+    let chunks: Vec<BwdChunk<'_>> = saved
+        .gates
         .chunks(per(g))
-        .zip(cseq.chunks(per(h)))
-        .zip(dh_seq.chunks(per(h)).zip(dc_seq.chunks(per(h))))
+        .zip(saved.xh.chunks(per(k)))
+        .zip(saved.cseq.chunks(per(h)))
+        .zip(dfin.chunks(rows * 2 * h).zip(dseq_chunks))
         .zip(state0.chunks(rows * 2 * h))
-        .zip(grads.dgates.chunks_mut(per(g)))
-        .zip(
-            grads
-                .dx
-                .chunks_mut(per(i))
-                .zip(grads.dstate0.chunks_mut(rows * 2 * h)),
-        )
+        .zip(acc.chunks_mut(acc_len))
+        .zip(dx.chunks_mut(per(i)).zip(dstate0.chunks_mut(rows * 2 * h)))
         .map(
-            |(((((gates, cseq), (dh_seq, dc_seq)), state0), dgates), (dx, dstate0))| BwdChunk {
-                batch: cseq.len() / (t * h).max(1),
-                gates,
-                cseq,
-                dh_seq,
-                dc_seq,
-                state0,
-                dgates,
-                dx,
-                dstate0,
+            |((((((gates, xh), cseq), (dfin, dseq)), state0), acc), (dx, dstate0))| {
+                let (dw_t, db) = acc.split_at_mut(k * g);
+                BwdChunk {
+                    batch: cseq.len() / (t * h).max(1),
+                    gates,
+                    xh,
+                    cseq,
+                    dseq,
+                    dfin,
+                    state0,
+                    dw_t,
+                    db,
+                    dx,
+                    dstate0,
+                }
             },
         )
         .collect();
@@ -328,17 +364,36 @@ pub(crate) fn backward(
     } else {
         chunks.into_iter().for_each(run);
     }
-    grads
+    let (first, rest) = acc.split_at_mut(acc_len);
+    for other in rest.chunks_exact(acc_len) {
+        for (a, v) in first.iter_mut().zip(other) {
+            *a += v;
+        }
+    }
+    acc.truncate(acc_len);
+    let db = acc.split_off(k * g);
+    Grads {
+        dw_t: acc,
+        db,
+        dx,
+        dstate0,
+    }
 }
 
 struct BwdChunk<'a> {
     batch: usize,
     gates: &'a [f32],
+    xh: &'a [f32],
     cseq: &'a [f32],
-    dh_seq: &'a [f32],
-    dc_seq: &'a [f32],
+    /// `[bc, T, H]`, `None` when zero.
+    dseq: Option<&'a [f32]>,
+    /// `[bc, 2H]`.
+    dfin: &'a [f32],
     state0: &'a [f32],
-    dgates: &'a mut [f32],
+    /// `[I + H, 4H]`, accumulated into.
+    dw_t: &'a mut [f32],
+    /// `[4H]`, accumulated into.
+    db: &'a mut [f32],
     dx: &'a mut [f32],
     dstate0: &'a mut [f32],
 }
@@ -361,47 +416,75 @@ fn bwd_avx2(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
 
 #[inline(always)]
 fn bwd_chunk<const FMA: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
-    let (t_len, i, h, g) = (d.seq, d.input, d.hidden, d.gates());
+    let (t_len, i, h, g, k) = (d.seq, d.input, d.hidden, d.gates(), d.xh());
     let BwdChunk {
         batch: bc,
         gates,
+        xh,
         cseq,
-        dh_seq,
-        dc_seq,
+        dseq,
+        dfin,
         state0,
-        dgates,
+        dw_t,
+        db,
         dx,
         dstate0,
     } = c;
+    // Outside gradients of step t's h and c: the sequence's (if any) and,
+    // at the last step, the final state's.
+    let mut dh_out = vec![0.0f32; bc * h];
+    let no_dc = vec![0.0f32; h];
     // Gradients flowing into step t from step t + 1.
     let mut dh_next = vec![0.0f32; bc * h];
     let mut dc_next = vec![0.0f32; bc * h];
+    // This step's pre-activation gate gradients `[bc, 4H]`, the same packed
+    // as the right-hand side of the weight-gradient GEMM, and this step's
+    // GEMM rows transposed, `[I + H, bc]`, as its left-hand side.
+    let mut dg = vec![0.0f32; bc * g];
+    let mut dg_packed = PackedB::zeros(bc, g);
+    let mut xh_t = vec![0.0f32; k * bc];
     for t in (0..t_len).rev() {
+        for r in 0..bc {
+            let dst = &mut dh_out[r * h..][..h];
+            match dseq {
+                Some(s) => dst.copy_from_slice(&s[(r * t_len + t) * h..][..h]),
+                None => dst.fill(0.0),
+            }
+            if t + 1 == t_len {
+                for (d, v) in dst.iter_mut().zip(&dfin[r * 2 * h..][..h]) {
+                    *d += v;
+                }
+            }
+        }
         let mut r0 = 0;
         while r0 < bc {
             let rows = (bc - r0).min(MR);
             for r in r0..r0 + rows {
-                let base = (r * t_len + t) * h;
+                let base = (t * bc + r) * h;
                 let c_prev = if t == 0 {
                     &state0[r * 2 * h + h..][..h]
                 } else {
-                    &cseq[base - h..][..h]
+                    &cseq[base - bc * h..][..h]
                 };
                 cell_backward::<FMA>(
-                    &gates[(r * t_len + t) * g..][..g],
+                    &gates[(t * bc + r) * g..][..g],
                     &cseq[base..][..h],
                     c_prev,
-                    &dh_seq[base..][..h],
-                    &dc_seq[base..][..h],
+                    &dh_out[r * h..][..h],
+                    if t + 1 == t_len {
+                        &dfin[r * 2 * h + h..][..h]
+                    } else {
+                        &no_dc
+                    },
                     &dh_next[r * h..][..h],
                     &mut dc_next[r * h..][..h],
-                    &mut dgates[(r * t_len + t) * g..][..g],
+                    &mut dg[r * g..][..g],
                 );
             }
             let a = Rows {
-                data: dgates,
-                start: (r0 * t_len + t) * g,
-                ld: t_len * g,
+                data: &dg,
+                start: r0 * g,
+                ld: g,
             };
             kernel::gemm_rows::<FMA>(a, rows, wb, |r, j0, acc| {
                 let row = r0 + r;
@@ -416,6 +499,35 @@ fn bwd_chunk<const FMA: bool>(d: Dims, wb: &PackedB, c: BwdChunk<'_>) {
                 }
             });
             r0 += rows;
+        }
+
+        // Weight and bias gradients of this step.
+        for row in dg.chunks_exact(g) {
+            for (a, v) in db.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        dg_packed.fill_rows(&dg, g);
+        for (r, src) in xh[t * bc * k..][..bc * k].chunks_exact(k).enumerate() {
+            for (p, v) in src.iter().enumerate() {
+                xh_t[p * bc + r] = *v;
+            }
+        }
+        let mut p0 = 0;
+        while p0 < k {
+            let rows = (k - p0).min(MR);
+            let a = Rows {
+                data: &xh_t,
+                start: p0 * bc,
+                ld: bc,
+            };
+            kernel::gemm_rows::<FMA>(a, rows, &dg_packed, |r, j0, acc| {
+                let dst = &mut dw_t[(p0 + r) * g + j0..][..acc.len()];
+                for (d, a) in dst.iter_mut().zip(acc) {
+                    *d += a;
+                }
+            });
+            p0 += rows;
         }
     }
     for r in 0..bc {

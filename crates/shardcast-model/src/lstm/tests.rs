@@ -12,6 +12,8 @@ struct Case {
     layers: usize,
     bias: bool,
     with_state: bool,
+    /// Which outputs the loss reads: hidden sequence, final h, final c.
+    terms: [bool; 3],
 }
 
 const fn case(batch: usize, seq: usize, input: usize, hidden: usize) -> Case {
@@ -23,6 +25,7 @@ const fn case(batch: usize, seq: usize, input: usize, hidden: usize) -> Case {
         layers: 1,
         bias: true,
         with_state: true,
+        terms: [true; 3],
     }
 }
 
@@ -104,7 +107,13 @@ fn compare_with_candle_nn(c: &Case) -> TestResult {
     assert!(max_abs_diff(&our_c, &ref_c)? < 1e-5, "final c");
 
     let loss = |s: &Tensor, h: &Tensor, cc: &Tensor| -> candle_core::Result<Tensor> {
-        (s * &w_out)?.sum_all()? + ((h * &w_h)?.sum_all()? + (cc * &w_c)?.sum_all()?)?
+        let mut total = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+        for (on, out, w) in [(0, s, &w_out), (1, h, &w_h), (2, cc, &w_c)] {
+            if c.terms[on] {
+                total = (total + (out * w)?.sum_all()?)?;
+            }
+        }
+        Ok(total)
     };
     let g_ours = loss(&our_seq, &our_h, &our_c)?.backward()?;
     let g_ref = loss(&ref_seq, &ref_h, &ref_c)?.backward()?;
@@ -131,6 +140,58 @@ fn compare_with_candle_nn(c: &Case) -> TestResult {
             .ok_or(format!("no gradient for {name} (candle-nn)"))?;
         let rel = rel_diff(a, b)?;
         assert!(rel < 1e-4, "gradient of {name}: relative difference {rel}");
+    }
+    Ok(())
+}
+
+#[test]
+fn matches_candle_nn_with_one_output_in_the_loss() -> TestResult {
+    // The final state and the hidden sequence come from two ops whose
+    // backward passes cooperate; each must work without the other.
+    for terms in [
+        [true, false, false],
+        [false, true, false],
+        [false, false, true],
+    ] {
+        for layers in [1, 2] {
+            compare_with_candle_nn(&Case {
+                layers,
+                terms,
+                ..case(3, 6, 2, 5)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn backward_twice_through_one_forward() -> TestResult {
+    let (vm, vb) = varmap();
+    let lstm = Lstm::new(LstmConfig::new(3, 4), vb)?;
+    let x = var(&[2, 5, 3], 1)?;
+    let out = lstm.forward(x.as_tensor())?;
+    let seq_loss = out.hidden.sum_all()?;
+    let h_loss = out.states[0].h.sum_all()?;
+    let both = (&seq_loss + &h_loss)?;
+    // In either order, each pass sees only its own loss's gradients.
+    let g_seq = seq_loss.backward()?;
+    let g_h = h_loss.backward()?;
+    let g_both = both.backward()?;
+    let g_h_again = h_loss.backward()?;
+    for v in vm
+        .all_vars()
+        .iter()
+        .map(Var::as_tensor)
+        .chain([x.as_tensor()])
+    {
+        let (a, b, c, d) = (
+            g_seq.get(v).ok_or("seq grad")?,
+            g_h.get(v).ok_or("h grad")?,
+            g_both.get(v).ok_or("both grad")?,
+            g_h_again.get(v).ok_or("h grad again")?,
+        );
+        assert!(max_abs_diff(&(a + b)?, c)? < 1e-5);
+        assert!(max_abs_diff(b, d)? < 1e-7);
     }
     Ok(())
 }
@@ -303,9 +364,24 @@ fn finite_differences() -> TestResult {
 
 #[test]
 fn adamw_step_reduces_loss() -> TestResult {
+    // Two layers: the last layer's final state is the loss's only input,
+    // so the first layer learns through its hidden sequence alone.
+    for layers in [1, 2] {
+        adamw_steps_reduce_loss(layers)?;
+    }
+    Ok(())
+}
+
+fn adamw_steps_reduce_loss(layers: usize) -> TestResult {
     use candle_nn::Optimizer;
     let (vm, vb) = varmap();
-    let lstm = Lstm::new(LstmConfig::new(2, 8), vb)?;
+    let lstm = Lstm::new(
+        LstmConfig {
+            num_layers: layers,
+            ..LstmConfig::new(2, 8)
+        },
+        vb,
+    )?;
     let x = tensor(&[4, 6, 2], 5)?;
     let target = tensor(&[4, 8], 6)?.affine(0.5, 0.0)?;
     let mut opt = candle_nn::AdamW::new(
@@ -317,7 +393,7 @@ fn adamw_step_reduces_loss() -> TestResult {
     )?;
     let loss = |lstm: &Lstm| -> crate::Result<Tensor> {
         let out = lstm.forward(&x)?;
-        let h = &out.states[0].h;
+        let h = &out.states[layers - 1].h;
         Ok((h - &target)?.sqr()?.mean_all()?)
     };
     let first = loss(&lstm)?.to_scalar::<f32>()?;
@@ -326,7 +402,10 @@ fn adamw_step_reduces_loss() -> TestResult {
         opt.backward_step(&l)?;
     }
     let last = loss(&lstm)?.to_scalar::<f32>()?;
-    assert!(last < first * 0.8, "loss {first} -> {last}");
+    assert!(
+        last < first * 0.8,
+        "{layers} layers: loss {first} -> {last}"
+    );
     Ok(())
 }
 
