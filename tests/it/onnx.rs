@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use shardcast_model::forecaster::{
-    CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
+    Baseline, CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
 };
 use shardcast_model::onnx::{self, OnnxInputs, OnnxModel};
 
@@ -189,6 +189,23 @@ fn small_model(cell: CellKind, layers: usize) -> (Model, Vec<Grid>) {
         season: 24,
         lags: vec![24, 48],
         head_hidden: 12,
+        // One case also exercises the baselines and the hybrid blend.
+        baselines: if cell == CellKind::Gru && layers == 1 {
+            vec![
+                Baseline {
+                    days: 3,
+                    weeks: 0,
+                    recent: 6,
+                },
+                Baseline {
+                    days: 0,
+                    weeks: 1,
+                    recent: 12,
+                },
+            ]
+        } else {
+            Vec::new()
+        },
         ..ModelConfig::default()
     };
     let tc = TrainConfig {

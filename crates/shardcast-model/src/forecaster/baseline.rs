@@ -146,10 +146,11 @@ pub(crate) fn weights(
 
 /// The baselines a model gets by default for a season of `season` steps,
 /// horizon `horizon` and a shortest training series of `shortest` points:
-/// daily shapes over up to a week with the level of the last season, half
-/// season and quarter season, and the same with weekly shapes (over one week
-/// and over up to three) when the series hold several weeks beyond the
-/// windows they are needed for.
+/// a daily shape over up to a week with the level of the last season and
+/// of the last half season, and the same with a weekly shape over up to
+/// three weeks when the series hold that much beyond the windows it is
+/// needed for. (Quarter-season levels and a one-week shape beside the
+/// longest were tried too: more candidates made protocol F worse.)
 pub fn default_baselines(season: usize, horizon: usize, shortest: usize) -> Vec<Baseline> {
     if season < 2 || horizon > 7 * season {
         return Vec::new();
@@ -206,7 +207,7 @@ mod tests {
 
     #[test]
     fn recent_level_follows_a_shift() {
-        // Flat shape; the last two points jumped by 8.
+        // Flat, until the last two points jump by 8.
         let hist = [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 13.0, 13.0];
         let b = Baseline {
             days: 2,
@@ -276,10 +277,10 @@ mod tests {
     #[test]
     fn defaults_follow_the_history() {
         assert!(default_baselines(0, 12, 10_000).is_empty());
-        let short = default_baselines(288, 12, 4032);
+        let short = default_baselines(288, 12, 3000);
         assert!(short.iter().all(|b| b.weeks == 0 && b.days >= 1));
         let long = default_baselines(48, 48, 10_000);
-        assert_eq!(long.len(), 9);
+        assert_eq!(long.len(), 4);
         assert!(long.iter().any(|b| b.weeks == 3));
     }
 

@@ -25,6 +25,18 @@ fn small_config() -> (ModelConfig, TrainConfig) {
         season: 24,
         lags: vec![24],
         head_hidden: 16,
+        baselines: vec![
+            Baseline {
+                days: 3,
+                weeks: 0,
+                recent: 24,
+            },
+            Baseline {
+                days: 3,
+                weeks: 0,
+                recent: 6,
+            },
+        ],
         ..ModelConfig::default()
     };
     let tc = TrainConfig {
@@ -123,6 +135,8 @@ fn artifact_round_trip_gives_identical_forecasts() {
     let loaded = Model::load(&path).unwrap();
     assert_eq!(windows(&model, &d), windows(&loaded, &d));
     assert_eq!(loaded.series(), model.series());
+    assert!(model.hybrid().is_some());
+    assert_eq!(loaded.hybrid(), model.hybrid());
     assert!(Model::load_metrics(&path).unwrap()["members"].is_array());
     // Saving over an existing version is refused.
     assert!(model.save(&path, &serde_json::Value::Null).is_err());
@@ -172,6 +186,13 @@ fn malformed_artifacts_are_refused_with_the_reason() {
     )
     .unwrap();
     assert!(err(&p).contains("model.safetensors"), "{}", err(&p));
+
+    let p = fresh("hybrid");
+    let c = std::fs::read_to_string(p.join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&c).unwrap();
+    v["hybrid"]["weight"] = serde_json::json!(7.0);
+    std::fs::write(p.join("config.json"), v.to_string()).unwrap();
+    assert!(err(&p).contains("hybrid"), "{}", err(&p));
 
     assert!(err(&dir.path().join("missing")).contains("config.json"));
 }

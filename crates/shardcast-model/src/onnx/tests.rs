@@ -7,7 +7,7 @@ use super::eval::run_node;
 use super::proto::{ModelProto, tensor_shape_proto, type_proto};
 use super::*;
 use crate::forecaster::{
-    Calibration, CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
+    Baseline, Calibration, CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
 };
 use crate::test_util::values;
 
@@ -175,6 +175,29 @@ fn models_without_events_calendar_or_lags_and_ensembles_match_forecast() {
         ..config(CellKind::Gru, 2)
     };
     check_matches(&model(&ensemble, true), true);
+}
+
+#[test]
+fn models_with_baselines_and_a_hybrid_match_forecast() {
+    let cfg = ModelConfig {
+        baselines: vec![
+            Baseline {
+                days: 3,
+                weeks: 0,
+                recent: 6,
+            },
+            Baseline {
+                days: 0,
+                weeks: 1,
+                recent: 24,
+            },
+        ],
+        ..config(CellKind::Gru, 1)
+    };
+    let m = model(&cfg, true);
+    let hybrid = m.hybrid().expect("a model with baselines gets a hybrid");
+    assert!(hybrid.baseline < 2);
+    check_matches(&m, true);
 }
 
 #[test]
