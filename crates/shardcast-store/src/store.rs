@@ -23,6 +23,7 @@ use arrow::array::{
 use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -95,9 +96,10 @@ impl Store {
             Ok(url) if url.scheme() == "file" => url
                 .to_file_path()
                 .map_err(|()| bad("not a local file URL".into()))?,
+            Ok(url) if url.scheme() == "s3" => return Self::open_s3(&url).map_err(bad),
             Ok(url) if url.scheme().len() > 1 => {
                 return Err(bad(format!(
-                    "scheme {:?} is not supported by this build (local paths and file:// are)",
+                    "scheme {:?} is not supported by this build (local paths, file:// and s3:// are)",
                     url.scheme()
                 )));
             }
@@ -111,6 +113,28 @@ impl Store {
             root,
             base_url: Url::parse("file:///").expect("static URL"),
         })
+    }
+
+    /// A store in an S3 (or S3-compatible) bucket, `s3://bucket/prefix`,
+    /// configured from the `AWS_*` environment variables (credentials,
+    /// `AWS_REGION`, `AWS_ENDPOINT` for compatible servers, `AWS_ALLOW_HTTP`
+    /// for plain-HTTP ones). Manifests are published with S3's conditional
+    /// put (`If-None-Match: *`), which the server must support.
+    fn open_s3(url: &Url) -> std::result::Result<Self, String> {
+        let bucket = url
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or("an s3:// URL names a bucket: s3://bucket/prefix")?;
+        let s3 = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let base_url = Url::parse(&format!("s3://{bucket}/")).map_err(|e| e.to_string())?;
+        Ok(Self::with_object_store(
+            Arc::new(s3),
+            base_url,
+            url.path().trim_matches('/'),
+        ))
     }
 
     /// A store over any object store; `base_url` is the URL DataFusion uses
