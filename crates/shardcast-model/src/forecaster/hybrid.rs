@@ -3,7 +3,8 @@
 //! quantiles.
 //!
 //! After the network is trained, the baseline with the smallest absolute
-//! error over the training windows is chosen, and the quantiles of its
+//! error over the latest windows of the training range (the last eight
+//! seasons of each series) is chosen, and the quantiles of its
 //! normalised errors at every horizon step become its forecast distribution
 //! (`baseline + error quantile`, ordered by construction). The forecast is
 //! then `weight * network + (1 - weight) * baseline` level by level (a
