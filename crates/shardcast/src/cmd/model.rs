@@ -367,6 +367,18 @@ fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
         bt.fit.members.len(),
         bt.forecast_seconds
     );
+    print_hybrid(&bt.model);
+}
+
+/// The statistical half the fit chose, if the model has one.
+fn print_hybrid(model: &Model) {
+    if let Some(h) = model.hybrid() {
+        let b = &model.config().baselines[h.baseline];
+        println!(
+            "hybrid: baseline (days {}, weeks {}, recent {}) blended at network weight {}",
+            b.days, b.weeks, b.recent, h.weight
+        );
+    }
 }
 
 pub(crate) async fn train(args: TrainArgs) -> Result<()> {
@@ -437,6 +449,7 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
             m.seconds
         );
     }
+    print_hybrid(&model);
     println!("model written to {}", out.display());
     Ok(())
 }
