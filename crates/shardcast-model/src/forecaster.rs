@@ -18,6 +18,7 @@ mod config;
 mod features;
 mod hybrid;
 mod network;
+mod statistical;
 mod train;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use baseline::{Baseline, default_baselines};
 pub use config::{CellKind, ModelConfig, TrainConfig};
 pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
+pub use statistical::Statistical;
 pub use train::{FitReport, MemberReport, Progress};
 
 use crate::error::{Error, Result};
@@ -39,8 +41,13 @@ use network::Network;
 
 /// Windows forecast per network call.
 const CHUNK: usize = 256;
-/// Most training windows the hybrid's baseline errors are taken from.
-const HYBRID_WINDOWS: usize = 4096;
+/// Most training windows the hybrid's statistical forecaster is fitted on.
+const HYBRID_WINDOWS: usize = 2048;
+/// The hybrid's statistical forecaster is chosen on the last this many
+/// seasons (or horizons, if longer) of each series' training range...
+const HYBRID_SELECT_SEASONS: usize = 8;
+/// ... and its error quantiles are taken over the last this many.
+const HYBRID_ERROR_SEASONS: usize = 16;
 
 /// One series the model was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,9 +258,11 @@ impl Model {
         Ok(model)
     }
 
-    /// Fits the statistical half of the forecast ([`Hybrid`]): the baseline
-    /// and its error quantiles on (at most [`HYBRID_WINDOWS`] of) the
-    /// training windows, the blend weight on the validation windows.
+    /// Fits the statistical half of the forecast ([`Hybrid`]): the member of
+    /// the statistical family and its error quantiles on (at most
+    /// [`HYBRID_WINDOWS`] of) the latest training windows, the blend weight
+    /// on the validation windows. `None` without a season, or when the
+    /// series are too short for any member.
     fn fit_hybrid(
         &self,
         inputs: &[SeriesInput<'_>],
@@ -261,34 +270,43 @@ impl Model {
         split: &train::Split,
     ) -> Result<Option<Hybrid>> {
         let cfg = &self.config;
-        let fill = |windows: &mut dyn Iterator<Item = &(usize, usize)>| -> Result<Batch> {
-            let mut b = Batch::default();
-            for &(s, o) in windows {
-                push_window(cfg, &scales[s], &inputs[s], o, true, &mut b)?;
-            }
-            Ok(b)
+        let span = cfg.season.max(cfg.horizon);
+        // Every member must find its history before the selection windows.
+        let shortest = inputs.iter().map(|s| s.values.len()).min().unwrap_or(0);
+        let max_lookback = shortest.saturating_sub(HYBRID_SELECT_SEASONS * span + cfg.horizon);
+        let candidates = statistical::candidates(cfg.season, cfg.horizon, max_lookback);
+        let Some(history_len) = candidates.iter().map(|c| c.lookback(cfg.season)).max() else {
+            return Ok(None);
         };
-        // The baseline is chosen on the most recent weeks of each series'
-        // training range (all of it when that leaves nothing).
-        let recent_span = 8 * cfg.season.max(cfg.horizon);
-        let recent: Vec<(usize, usize)> = split
+        let recent =
+            |s: usize, o: usize, seasons: usize| o + seasons * span >= inputs[s].values.len();
+        let pool: Vec<(usize, usize)> = split
             .train
             .iter()
             .chain(&split.val)
+            .filter(|&&(s, o)| recent(s, o, HYBRID_ERROR_SEASONS))
             .copied()
-            .filter(|&(s, o)| o + recent_span >= inputs[s].values.len())
             .collect();
-        let pool = if recent.is_empty() {
-            &split.train
-        } else {
-            &recent
-        };
         let stride = pool.len().div_ceil(HYBRID_WINDOWS).max(1);
-        let train_batch = fill(&mut pool.iter().step_by(stride))?;
-        let Some(mut hybrid) = hybrid::fit_baseline(cfg, &train_batch) else {
+        let mut batch = Batch {
+            history_len,
+            ..Batch::default()
+        };
+        let mut select = Vec::new();
+        for (s, o) in pool.iter().step_by(stride) {
+            push_window(cfg, &scales[*s], &inputs[*s], *o, true, &mut batch)?;
+            select.push(recent(*s, *o, HYBRID_SELECT_SEASONS));
+        }
+        let Some(mut hybrid) = hybrid::fit_statistical(cfg, &batch, &select, &candidates) else {
             return Ok(None);
         };
-        let val = fill(&mut split.val.iter())?;
+        let mut val = Batch {
+            history_len: hybrid.lookback(cfg),
+            ..Batch::default()
+        };
+        for &(s, o) in &split.val {
+            push_window(cfg, &scales[s], &inputs[s], o, true, &mut val)?;
+        }
         let net = self.network_quantiles(&val)?;
         hybrid::choose_weight(cfg, &mut hybrid, &val, &net);
         Ok(Some(hybrid))
@@ -363,9 +381,19 @@ impl Model {
         self.calibration
     }
 
-    /// The statistical half of the forecast, when the model has baselines.
+    /// The statistical half of the forecast, when the model has one.
     pub fn hybrid(&self) -> Option<&Hybrid> {
         self.hybrid.as_ref()
+    }
+
+    /// Points of history before an origin that a forecast reads: the
+    /// network's context and lags, the window normalisation and the
+    /// hybrid's statistical forecaster. Shorter histories are filled from
+    /// the same phase of the earliest observed season.
+    pub fn window(&self) -> usize {
+        let cfg = &self.config;
+        let stat = self.hybrid.as_ref().map_or(0, |hy| hy.lookback(cfg));
+        cfg.history_needed().max(cfg.norm_len()).max(stat)
     }
 
     /// The network shape.
@@ -449,7 +477,13 @@ impl Model {
             }
         }
         let mut out = vec![0f32; windows.len() * h * q];
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            history_len: self
+                .hybrid
+                .as_ref()
+                .map_or(0, |hy| hy.lookback(&self.config)),
+            ..Batch::default()
+        };
         for (c, chunk) in windows.chunks(CHUNK).enumerate() {
             batch.clear();
             for (input, origin) in chunk {

@@ -86,6 +86,13 @@ pub(crate) struct Batch {
     pub loc: Vec<f32>,
     /// See `loc`.
     pub scale: Vec<f32>,
+    /// Normalised points of history kept per window in `history` (set by
+    /// the caller; 0 keeps none).
+    pub history_len: usize,
+    /// `[n, history_len]` the normalised (and clipped) values before each
+    /// window's origin, oldest first: what the hybrid's statistical
+    /// forecast reads.
+    pub history: Vec<f32>,
 }
 
 impl Batch {
@@ -99,6 +106,7 @@ impl Batch {
         self.target.clear();
         self.loc.clear();
         self.scale.clear();
+        self.history.clear();
     }
 }
 
@@ -217,6 +225,9 @@ pub(crate) fn push_window(
         .push((s / scale.deviation).ln().clamp(-INPUT_CLIP, INPUT_CLIP));
     batch.series.push(input.series as u32);
     batch.shard_types.push(input.shard_type as u32);
+    batch
+        .history
+        .extend((o - batch.history_len as isize..o).map(z));
     batch.loc.push(m);
     batch.scale.push(s);
     batch.n += 1;

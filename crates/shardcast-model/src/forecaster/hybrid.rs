@@ -1,13 +1,14 @@
-//! The statistical half of the hybrid forecast: one of the model's seasonal
-//! baselines with empirical error quantiles, blended with the network's
-//! quantiles.
+//! The statistical half of the hybrid forecast: a level-plus-shape
+//! forecaster ([`Statistical`]) with empirical error quantiles, blended with
+//! the network's quantiles.
 //!
-//! After the network is trained, the baseline with the smallest absolute
-//! error over the latest windows of the training range (the last eight
-//! seasons of each series) is chosen, and the quantiles of its
-//! normalised errors at every horizon step become its forecast distribution
-//! (`baseline + error quantile`, ordered by construction). The forecast is
-//! then `weight * network + (1 - weight) * baseline` level by level (a
+//! After the network is trained, the member of the statistical family with
+//! the smallest absolute error over the latest training windows (the last
+//! eight seasons of each series) is chosen, and the quantiles of its
+//! normalised errors at every horizon step over a longer span (sixteen
+//! seasons) become its forecast distribution (`forecast + error quantile`,
+//! ordered by construction). The forecast is then
+//! `weight * network + (1 - weight) * statistical` level by level (a
 //! quantile average of two ordered forecasts is ordered), with the weight
 //! that gives the smallest pinball loss on the validation windows. A
 //! statistical forecaster adapts to a shift it has never seen in training
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
 use super::features::Batch;
+use super::statistical::Statistical;
 use crate::error::{Error, Result};
 
 /// Network weights tried on the validation windows.
@@ -27,19 +29,21 @@ const WEIGHTS: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hybrid {
-    /// Index of the chosen baseline in the model's `baselines`.
-    pub baseline: usize,
-    /// Weight of the network's quantiles; the baseline gets `1 - weight`.
+    /// The chosen statistical forecaster.
+    pub statistical: Statistical,
+    /// Weight of the network's quantiles; the statistical forecast gets
+    /// `1 - weight`.
     pub weight: f32,
-    /// `[horizon, quantiles]` normalised error quantiles of the baseline.
+    /// `[horizon, quantiles]` normalised error quantiles of the statistical
+    /// forecast.
     pub errors: Vec<f32>,
 }
 
 impl Hybrid {
     /// Checks it against the model's shape.
     pub(crate) fn validate(&self, cfg: &ModelConfig) -> Result<()> {
-        let ok = self.baseline < cfg.baselines.len()
-            && (0.0..=1.0).contains(&self.weight)
+        self.statistical.validate(cfg.season, cfg.horizon)?;
+        let ok = (0.0..=1.0).contains(&self.weight)
             && self.errors.len() == cfg.horizon * cfg.quantiles.len()
             && self.errors.iter().all(|e| e.is_finite())
             && self
@@ -50,9 +54,7 @@ impl Hybrid {
             Ok(())
         } else {
             Err(Error::Invalid(format!(
-                "hybrid: baseline {} of {}, weight {}, {} error quantiles (want {} ascending per step)",
-                self.baseline,
-                cfg.baselines.len(),
+                "hybrid: weight {}, {} error quantiles (want a weight in [0, 1] and {} ascending per step)",
                 self.weight,
                 self.errors.len(),
                 cfg.horizon * cfg.quantiles.len()
@@ -60,61 +62,104 @@ impl Hybrid {
         }
     }
 
-    /// The baseline's normalised forecast of window `w`, step `k` in `batch`.
-    pub(crate) fn base(&self, cfg: &ModelConfig, batch: &Batch, w: usize, k: usize) -> f32 {
-        base_of(cfg, batch, w, k, self.baseline)
+    /// Points of normalised history the statistical forecast reads.
+    pub(crate) fn lookback(&self, cfg: &ModelConfig) -> usize {
+        self.statistical.lookback(cfg.season)
     }
 
     /// Blends the network's normalised quantiles `net` (`[windows, h, q]`)
-    /// with the baseline's, in place.
+    /// with the statistical forecast of each window of `batch` (whose
+    /// `history` holds at least [`Self::lookback`] points), in place.
     pub(crate) fn blend(&self, cfg: &ModelConfig, batch: &Batch, net: &mut [f32]) {
         let (h, q) = (cfg.horizon, cfg.quantiles.len());
+        let mut base = vec![0f32; h];
         for (w, win) in net.chunks_mut(h * q).enumerate() {
+            forecast_of(cfg, batch, w, &self.statistical, &mut base);
             for (k, row) in win.chunks_mut(q).enumerate() {
-                let b = self.base(cfg, batch, w, k);
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = self.weight * *v + (1.0 - self.weight) * (b + self.errors[k * q + j]);
+                    *v =
+                        self.weight * *v + (1.0 - self.weight) * (base[k] + self.errors[k * q + j]);
                 }
             }
         }
     }
 }
 
-fn base_of(cfg: &ModelConfig, batch: &Batch, w: usize, k: usize, b: usize) -> f32 {
-    let f = cfg.future_size();
-    let first = f - cfg.baselines.len();
-    batch.future[(w * cfg.horizon + k) * f + first + b]
+/// Forecast of `stat` for window `w` of `batch` into `out` (`[horizon]`).
+fn forecast_of(cfg: &ModelConfig, batch: &Batch, w: usize, stat: &Statistical, out: &mut [f32]) {
+    let l = batch.history_len;
+    let hist = &batch.history[w * l..(w + 1) * l];
+    stat.forecast(
+        cfg.season,
+        cfg.horizon,
+        |j| hist[(l as isize + j) as usize],
+        &mut |k, v| out[k] = v,
+    );
 }
 
-/// Chooses the baseline and its error quantiles from the training windows
-/// in `train` (targets included), or `None` when the model has no
-/// baselines or the batch is empty.
-pub(crate) fn fit_baseline(cfg: &ModelConfig, train: &Batch) -> Option<Hybrid> {
-    let (h, nb) = (cfg.horizon, cfg.baselines.len());
-    if nb == 0 || train.n == 0 {
+/// Chooses the member of `candidates` with the smallest absolute error over
+/// the windows of `train` marked in `select` (targets and a history of
+/// every candidate's lookback included), and its error quantiles over all
+/// windows of `train`; `None` without candidates or windows.
+pub(crate) fn fit_statistical(
+    cfg: &ModelConfig,
+    train: &Batch,
+    select: &[bool],
+    candidates: &[Statistical],
+) -> Option<Hybrid> {
+    let h = cfg.horizon;
+    if train.n == 0 || !select.contains(&true) {
         return None;
     }
-    let err = |b: usize, w: usize, k: usize| train.target[w * h + k] - base_of(cfg, train, w, k, b);
-    let mae = |b: usize| -> f64 {
-        (0..train.n)
-            .flat_map(|w| (0..h).map(move |k| (w, k)))
-            .map(|(w, k)| f64::from(err(b, w, k).abs()))
-            .sum()
+    let mut base = vec![0f32; h];
+    let errors_of = |c: &Statistical, w: usize, base: &mut [f32]| {
+        forecast_of(cfg, train, w, c, base);
+        let t = &train.target[w * h..(w + 1) * h];
+        base.iter_mut().zip(t).for_each(|(b, &t)| *b = t - *b);
     };
-    let best = (0..nb).min_by(|&a, &b| mae(a).total_cmp(&mae(b)))?;
+    let mut best: Option<(f64, Statistical)> = None;
+    for c in candidates {
+        let mut err = 0f64;
+        for w in (0..train.n).filter(|&w| select[w]) {
+            errors_of(c, w, &mut base);
+            err += relative_error(train, w, &base);
+        }
+        if best.is_none_or(|(b, _)| err < b) {
+            best = Some((err, *c));
+        }
+    }
+    let (_, statistical) = best?;
+    let mut by_step = vec![Vec::with_capacity(train.n); h];
+    for w in 0..train.n {
+        errors_of(&statistical, w, &mut base);
+        for (col, &e) in by_step.iter_mut().zip(&base) {
+            col.push(e);
+        }
+    }
     let mut errors = Vec::with_capacity(h * cfg.quantiles.len());
-    let mut col = Vec::with_capacity(train.n);
-    for k in 0..h {
-        col.clear();
-        col.extend((0..train.n).map(|w| err(best, w, k)));
+    for col in &mut by_step {
         col.sort_by(f32::total_cmp);
-        errors.extend(cfg.quantiles.iter().map(|&tau| quantile(&col, tau)));
+        errors.extend(cfg.quantiles.iter().map(|&tau| quantile(col, tau)));
     }
     Some(Hybrid {
-        baseline: best,
+        statistical,
         weight: 1.0,
         errors,
     })
+}
+
+/// Absolute error of window `w` of `batch` given its normalised errors
+/// `e`, relative to the absolute target in the series' units (at least the
+/// window's scale per step), so that every window and series counts alike.
+fn relative_error(batch: &Batch, w: usize, e: &[f32]) -> f64 {
+    let (m, s) = (f64::from(batch.loc[w]), f64::from(batch.scale[w]));
+    let h = e.len();
+    let abs_err: f64 = e.iter().map(|&e| f64::from(e.abs())).sum::<f64>() * s;
+    let abs_y: f64 = batch.target[w * h..(w + 1) * h]
+        .iter()
+        .map(|&z| (m + s * f64::from(z)).abs())
+        .sum();
+    abs_err / abs_y.max(s * h as f64)
 }
 
 /// The `tau` quantile of sorted `v` by linear interpolation.
@@ -162,7 +207,6 @@ pub(crate) fn choose_weight(cfg: &ModelConfig, hybrid: &mut Hybrid, val: &Batch,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forecaster::Baseline;
 
     fn cfg() -> ModelConfig {
         ModelConfig {
@@ -173,68 +217,83 @@ mod tests {
             calendar: false,
             events: false,
             quantiles: vec![0.1, 0.5, 0.9],
-            baselines: vec![
-                Baseline {
-                    days: 1,
-                    weeks: 0,
-                    recent: 4,
-                },
-                Baseline {
-                    days: 2,
-                    weeks: 0,
-                    recent: 1,
-                },
-            ],
             ..ModelConfig::default()
         }
     }
 
-    /// A batch whose baseline features are given per window and step.
-    fn batch(base: &[[f32; 2]], target: &[f32]) -> Batch {
-        let c = cfg();
-        let f = c.future_size();
-        let mut b = Batch::default();
-        for (i, pair) in base.chunks(c.horizon).enumerate() {
-            for row in pair {
-                let mut v = vec![0f32; f];
-                v[f - 2..].copy_from_slice(row);
-                b.future.extend(v);
-            }
-            b.target.extend(&target[i * c.horizon..(i + 1) * c.horizon]);
+    fn stat(days: usize) -> Statistical {
+        Statistical {
+            days,
+            weeks: 0,
+            weekly_share: 0.0,
+            recent: 4,
+            recent_share: 1.0,
+        }
+    }
+
+    /// Windows over `series` at `origins` with 8 points of history.
+    fn batch(series: &[f32], origins: &[usize]) -> Batch {
+        let mut b = Batch {
+            history_len: 8,
+            ..Batch::default()
+        };
+        for &o in origins {
+            b.history.extend(&series[o - 8..o]);
+            b.target.extend(&series[o..o + 2]);
+            b.loc.push(0.0);
+            b.scale.push(1.0);
             b.n += 1;
         }
         b
     }
 
     #[test]
-    fn picks_the_better_baseline_and_its_error_quantiles() {
-        // Baseline 1 is always 0.5 below the target, baseline 0 far off.
-        let n = 11;
-        let target: Vec<f32> = (0..2 * n).map(|i| i as f32).collect();
-        let base: Vec<[f32; 2]> = target.iter().map(|&t| [t + 5.0, t - 0.5]).collect();
-        let h = fit_baseline(&cfg(), &batch(&base, &target)).unwrap();
-        assert_eq!(h.baseline, 1);
+    fn picks_the_better_forecaster_and_its_error_quantiles() {
+        // A season whose first point alternates between seasons: the mean
+        // of two seasons is off by a constant, the last season by more.
+        let series: Vec<f32> = (0..40)
+            .map(|i| match i % 8 {
+                0 => 10.0,
+                4 => 0.0,
+                _ => 5.0,
+            })
+            .collect();
+        let origins: Vec<usize> = (8..38).filter(|o| o % 4 == 0).collect();
+        let b = batch(&series, &origins);
+        let select = vec![true; b.n];
+        let h = fit_statistical(&cfg(), &b, &select, &[stat(1), stat(2)]).unwrap();
+        assert_eq!(h.statistical, stat(2));
+        // Two seasons' mean: step 0 off by 6.25 either way in equal counts,
+        // step 1 by 1.25 (the last season alone: 10 and 0).
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
         assert!(
-            h.errors.iter().all(|&e| (e - 0.5).abs() < 1e-6),
+            close(h.errors[0], -6.25) && close(h.errors[2], 6.25),
+            "{:?}",
+            h.errors
+        );
+        assert!(
+            h.errors[3..].iter().all(|e| e.abs() <= 1.25 + 1e-5),
             "{:?}",
             h.errors
         );
         assert!(h.validate(&cfg()).is_ok());
+        // Nothing selected: no hybrid.
+        assert!(fit_statistical(&cfg(), &b, &vec![false; b.n], &[stat(1)]).is_none());
     }
 
     #[test]
     fn blend_keeps_levels_ordered_and_weight_follows_the_better_half() {
         let c = cfg();
-        let target = vec![1.0f32, 2.0, 3.0, 4.0];
-        let base = vec![[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]];
-        let val = batch(&base, &target);
+        let series: Vec<f32> = (0..20).map(|i| (i % 4) as f32).collect();
+        let val = batch(&series, &[8, 12]);
         let mut hy = Hybrid {
-            baseline: 1,
+            statistical: stat(1),
             weight: 1.0,
             errors: vec![-0.1, 0.0, 0.1, -0.1, 0.0, 0.1],
         };
-        // A network that is 3 off: the exact baseline should win.
-        let net: Vec<f32> = target
+        // A network that is 3 off: the exact statistical forecast wins.
+        let net: Vec<f32> = val
+            .target
             .iter()
             .flat_map(|&t| [t + 2.0, t + 3.0, t + 4.0])
             .collect();
@@ -244,21 +303,22 @@ mod tests {
         hy.weight = 0.5;
         hy.blend(&c, &val, &mut z);
         assert!(z.chunks(3).all(|r| r[0] <= r[1] && r[1] <= r[2]));
-        assert!((z[1] - (0.5 * 4.0 + 0.5 * 1.0)).abs() < 1e-6);
+        // Window 0, step 0: target 0, network median 3, statistical 0.
+        assert!((z[1] - 1.5).abs() < 1e-6, "{z:?}");
     }
 
     #[test]
     fn malformed_hybrids_are_refused() {
         let c = cfg();
         let good = Hybrid {
-            baseline: 0,
+            statistical: stat(1),
             weight: 0.5,
             errors: vec![0.0; 6],
         };
         assert!(good.validate(&c).is_ok());
         for bad in [
             Hybrid {
-                baseline: 2,
+                statistical: stat(0),
                 ..good.clone()
             },
             Hybrid {

@@ -165,7 +165,7 @@ impl Contract {
     /// The contract of `model`'s export.
     pub fn of(model: &Model) -> Self {
         let cfg = model.config();
-        let window = cfg.history_needed().max(cfg.norm_len());
+        let window = model.window();
         let (c, h) = (cfg.context, cfg.horizon);
         let b = || Dim::Named(BATCH.to_owned());
         let mut inputs = vec![

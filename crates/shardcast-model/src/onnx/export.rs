@@ -567,10 +567,13 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
     let k_c = g.f32s("members", &[], &[cfg.members as f32]);
     let mut zk = g.op("Div", "ensemble_mean", &[&acc, &k_c], vec![]);
     if let Some(hy) = model.hybrid() {
-        // The statistical half: the chosen baseline plus its error quantiles,
-        // blended level by level (as `Hybrid::blend`).
-        let col = cfg.future_size() - cfg.baselines.len() + hy.baseline;
-        let base = g.slice("hybrid_baseline", &fut, 2, col, col + 1); // [B, H, 1]
+        // The statistical half: its forecast (linear in the normalised
+        // window: one product) plus its error quantiles, blended level by
+        // level (as `Hybrid::blend`).
+        let w = hy.statistical.weights(cfg.season, h, l);
+        let w = g.f32s("hybrid_weights", &[l, h], &w);
+        let flat = g.op("MatMul", "hybrid_forecast", &[&z, &w], vec![]); // [B, H]
+        let base = g.unsqueeze("hybrid_baseline", &flat, &ax2); // [B, H, 1]
         let errors = g.f32s("hybrid_errors", &[h, q], &hy.errors);
         let stat = g.op("Add", "hybrid_statistical", &[&base, &errors], vec![]);
         let wn = g.f32s("hybrid_weight", &[], &[hy.weight]);

@@ -195,8 +195,8 @@ fn models_with_baselines_and_a_hybrid_match_forecast() {
         ..config(CellKind::Gru, 1)
     };
     let m = model(&cfg, true);
-    let hybrid = m.hybrid().expect("a model with baselines gets a hybrid");
-    assert!(hybrid.baseline < 2);
+    let hybrid = m.hybrid().expect("a model with a season gets a hybrid");
+    assert!(Contract::of(&m).window >= hybrid.statistical.lookback(cfg.season));
     check_matches(&m, true);
 }
 
