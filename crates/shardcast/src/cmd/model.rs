@@ -491,3 +491,28 @@ pub(crate) fn newest_model(models_dir: &Path, name: &str) -> Option<std::path::P
     versions.sort();
     versions.pop().map(|(_, p)| p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    #[test]
+    fn weekly_lag_needs_four_weeks_of_data() {
+        let args = Cli::try_parse_from(["shardcast", "--horizon", "24"])
+            .unwrap()
+            .model;
+        let hourly = GridStep::from_millis(3_600_000).unwrap();
+        // Three weeks (azure_vm_hourly_h24): the daily lag only.
+        let (c, _) = configure(&args, hourly, 552, DEFAULT_HORIZON).unwrap();
+        assert_eq!(c.lags, vec![24]);
+        let (c, _) = configure(&args, hourly, 4 * 168 + 24, DEFAULT_HORIZON).unwrap();
+        assert_eq!(c.lags, vec![24, 168]);
+    }
+}
