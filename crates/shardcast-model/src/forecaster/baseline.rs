@@ -111,7 +111,8 @@ impl Baseline {
     }
 }
 
-fn mean(it: impl Iterator<Item = f32>) -> f32 {
+/// The mean of `it` (0 when empty), summed in f64.
+pub(super) fn mean(it: impl Iterator<Item = f32>) -> f32 {
     let (mut s, mut n) = (0f64, 0usize);
     for v in it {
         s += f64::from(v);

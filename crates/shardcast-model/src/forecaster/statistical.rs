@@ -21,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::baseline::mean;
 use crate::error::{Error, Result};
 
 /// One member of the family (see the module documentation).
@@ -128,15 +129,6 @@ impl Statistical {
         }
         w
     }
-}
-
-fn mean(it: impl Iterator<Item = f32>) -> f32 {
-    let (mut s, mut n) = (0f64, 0usize);
-    for v in it {
-        s += f64::from(v);
-        n += 1;
-    }
-    (s / n.max(1) as f64) as f32
 }
 
 /// The family tried for a season of `season` steps and horizon `horizon`,
