@@ -262,7 +262,7 @@ impl Model {
     /// the statistical family and its error quantiles on (at most
     /// [`HYBRID_WINDOWS`] of) the latest training windows, the blend weight
     /// on the validation windows. `None` without a season, or when the
-    /// series are too short for any member.
+    /// series are mostly too short for any member.
     fn fit_hybrid(
         &self,
         inputs: &[SeriesInput<'_>],
@@ -271,9 +271,13 @@ impl Model {
     ) -> Result<Option<Hybrid>> {
         let cfg = &self.config;
         let span = cfg.season.max(cfg.horizon);
-        // Every member must find its history before the selection windows.
-        let shortest = inputs.iter().map(|s| s.values.len()).min().unwrap_or(0);
-        let max_lookback = shortest.saturating_sub(HYBRID_SELECT_SEASONS * span + cfg.horizon);
+        // Every member must find its history before the selection windows
+        // of at least half the series (shorter ones are filled, as in
+        // forecasts).
+        let mut lengths: Vec<usize> = inputs.iter().map(|s| s.values.len()).collect();
+        lengths.sort_unstable();
+        let median = lengths.get(lengths.len() / 2).copied().unwrap_or(0);
+        let max_lookback = median.saturating_sub(HYBRID_SELECT_SEASONS * span + cfg.horizon);
         let candidates = statistical::candidates(cfg.season, cfg.horizon, max_lookback);
         let Some(history_len) = candidates.iter().map(|c| c.lookback(cfg.season)).max() else {
             return Ok(None);

@@ -56,9 +56,13 @@ pub struct ModelConfig {
     pub shard_type_embedding: usize,
     /// Width of the hidden layer of the per-step output head.
     pub head_hidden: usize,
-    /// Whether time-of-day and day-of-week features are inputs.
+    /// Whether time-of-day (and, with `weekday`, day-of-week) features are
+    /// inputs.
     #[serde(default = "yes")]
     pub calendar: bool,
+    /// Whether the day-of-week pair is among the calendar features.
+    #[serde(default = "yes")]
+    pub weekday: bool,
     /// Whether an event indicator is an input.
     pub events: bool,
     /// Seasonal baselines whose forecasts are known features of every
@@ -85,6 +89,7 @@ impl Default for ModelConfig {
             shard_type_embedding: 4,
             head_hidden: 64,
             calendar: true,
+            weekday: true,
             events: true,
             baselines: Vec::new(),
             members: 1,
@@ -102,7 +107,11 @@ impl ModelConfig {
     }
 
     pub(crate) fn calendar_size(&self) -> usize {
-        if self.calendar { CALENDAR } else { 0 }
+        match (self.calendar, self.weekday) {
+            (false, _) => 0,
+            (true, true) => CALENDAR,
+            (true, false) => CALENDAR - 2,
+        }
     }
 
     /// Known features per horizon step fed to the head.
@@ -121,6 +130,8 @@ impl ModelConfig {
                 "day_of_week_sin",
                 "day_of_week_cos",
             ]
+            .into_iter()
+            .take(self.calendar_size())
             .map(str::to_owned),
         );
         if self.events {

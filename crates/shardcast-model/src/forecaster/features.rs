@@ -110,18 +110,16 @@ impl Batch {
     }
 }
 
-fn calendar(ts: i64, out: &mut Vec<f32>) {
+fn calendar(ts: i64, weekday: bool, out: &mut Vec<f32>) {
     const DAY: i64 = 86_400_000;
     let tod = ts.rem_euclid(DAY) as f64 / DAY as f64;
     // 1970-01-01 was a Thursday: shift so that 0 is Monday.
     let dow = ((ts.div_euclid(DAY) + 3).rem_euclid(7) as f64 + tod) / 7.0;
     let tau = std::f64::consts::TAU;
-    out.extend([
-        (tau * tod).sin() as f32,
-        (tau * tod).cos() as f32,
-        (tau * dow).sin() as f32,
-        (tau * dow).cos() as f32,
-    ]);
+    out.extend([(tau * tod).sin() as f32, (tau * tod).cos() as f32]);
+    if weekday {
+        out.extend([(tau * dow).sin() as f32, (tau * dow).cos() as f32]);
+    }
 }
 
 /// Appends the window whose first forecast point is `origin` (an index into
@@ -186,7 +184,7 @@ pub(crate) fn push_window(
             .context
             .extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
         if cfg.calendar {
-            calendar(ts(i), &mut batch.context);
+            calendar(ts(i), cfg.weekday, &mut batch.context);
         }
         if cfg.events {
             batch.context.push(event(i));
@@ -205,7 +203,7 @@ pub(crate) fn push_window(
             .future
             .extend(cfg.lags.iter().map(|&l| z(i - l as isize)));
         if cfg.calendar {
-            calendar(ts(i), &mut batch.future);
+            calendar(ts(i), cfg.weekday, &mut batch.future);
         }
         if cfg.events {
             batch.future.push(event(i));

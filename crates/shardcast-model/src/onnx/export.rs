@@ -454,9 +454,13 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
             let v = g.op(op, name, &[a], vec![]);
             feats.push(g.unsqueeze(&format!("{name}_col"), &v, &ax2));
         }
-        let refs: Vec<&str> = feats.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = feats
+            .iter()
+            .take(cfg.calendar_size())
+            .map(String::as_str)
+            .collect();
         let cal_d = g.op("Concat", "calendar_f64", &refs, vec![attr_int("axis", 2)]);
-        let cal = g.cast("calendar", &cal_d, data_type::FLOAT); // [B, C+H, 4]
+        let cal = g.cast("calendar", &cal_d, data_type::FLOAT); // [B, C+H, 4 or 2]
         ctx_parts.push(g.slice("calendar_context", &cal, 1, 0, c));
         fut_parts.push(g.slice("calendar_horizon", &cal, 1, c, c + h));
     }

@@ -192,6 +192,8 @@ fn models_with_baselines_and_a_hybrid_match_forecast() {
                 recent: 24,
             },
         ],
+        // Time of day only: the day-of-week pair is left out.
+        weekday: false,
         ..config(CellKind::Gru, 1)
     };
     let m = model(&cfg, true);
