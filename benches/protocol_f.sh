@@ -5,6 +5,7 @@
 # the forecasts with the protocol's own scorer (needs numpy and pandas).
 #
 #   benches/protocol_f.sh [flags...]          SETUPS="nab_aws_5min_h12" to pick
+#   SEEDS="1 2 3" benches/protocol_f.sh      each setup once per seed, and the mean
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SHARDCAST_DATA:-../shared/data}
@@ -20,10 +21,26 @@ $BIN ingest --store "$OUT/azure" "$DATA/azure_vm_cpu_2017/azure.csv" --app azure
 $BIN ingest --store "$OUT/taxi" "$DATA/nab/realKnownCause/nyc_taxi.csv" --app taxi --series-from file-stem >/dev/null
 run() {
     local setup=$1; shift
-    local start=$SECONDS
-    $BIN backtest "$@" --out "$OUT/$setup.csv" >"$OUT/$setup.log" 2>&1
-    echo "== $setup (fit + backtest $((SECONDS - start)) s, log in $OUT/$setup.log)"
-    $PY "$SCORER" "$setup" "$OUT/$setup.csv" | tail -8
+    if [ -z "${SEEDS:-}" ]; then
+        local start=$SECONDS
+        $BIN backtest "$@" --out "$OUT/$setup.csv" >"$OUT/$setup.log" 2>&1
+        echo "== $setup (fit + backtest $((SECONDS - start)) s, log in $OUT/$setup.log)"
+        $PY "$SCORER" "$setup" "$OUT/$setup.csv" | tail -8
+        return
+    fi
+    # One line per seed and their mean: single runs of the small setups
+    # move by 0.05-0.1 relative WQL from the seed alone.
+    echo "== $setup, seeds $SEEDS (relative WQL, 80% coverage)"
+    local seed
+    for seed in $SEEDS; do
+        local tag="$setup.seed$seed" start=$SECONDS
+        $BIN backtest "$@" --seed "$seed" --out "$OUT/$tag.csv" >"$OUT/$tag.log" 2>&1
+        $PY "$SCORER" "$setup" "$OUT/$tag.csv" |
+            awk -v s="$seed" -v t=$((SECONDS - start)) \
+                '$1 == "relWQL_vs_seasonal_naive_gmean" { w = $2 } $1 == "cov80_mean" { c = $2 }
+                 END { printf "seed %-6s %.4f  %.3f  (%d s)\n", s, w, c, t }'
+    done | tee "$OUT/$setup.seeds"
+    awk '{ w += $3; c += $4; n++ } END { printf "mean        %.4f  %.3f\n", w / n, c / n }' "$OUT/$setup.seeds"
 }
 for s in ${SETUPS:-nab_aws_5min_h12 nab_aws_hourly_h24 azure_vm_5min_h12 azure_vm_hourly_h24 nyc_taxi_30min_h48}; do
     case $s in
