@@ -32,6 +32,7 @@ pub use baseline::{Baseline, default_baselines};
 pub use config::{CellKind, ModelConfig, TrainConfig};
 pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
+pub(crate) use hybrid::MISS_CAP;
 pub use statistical::Statistical;
 pub use train::{FitReport, MemberReport, Progress};
 
@@ -434,6 +435,12 @@ impl Model {
             .ok_or_else(|| Error::Invalid(format!("the model has no weight `{name}`")))
     }
 
+    /// Replaces the statistical half (tests).
+    #[cfg(test)]
+    pub(crate) fn set_hybrid(&mut self, hybrid: Option<Hybrid>) {
+        self.hybrid = hybrid;
+    }
+
     /// Replaces the calibration (tests exercise non-trivial factors).
     #[cfg(test)]
     pub(crate) fn set_calibration(&mut self, calibration: Calibration) {
@@ -503,6 +510,11 @@ impl Model {
             let dst = &mut out[c * CHUNK * h * q..][..chunk.len() * h * q];
             for (w, vals) in dst.chunks_mut(h * q).enumerate() {
                 let (m, s) = (batch.loc[w], batch.scale[w]);
+                let miss = self
+                    .hybrid
+                    .as_ref()
+                    .map_or(1.0, |hy| hy.miss_factor(&self.config, &batch, w));
+                let (lower, upper) = (lower * miss, upper * miss);
                 for (d, z) in vals.chunks_mut(q).zip(z[w * h * q..].chunks(q)) {
                     let med = z[mid];
                     for (j, (d, &z)) in d.iter_mut().zip(z).enumerate() {

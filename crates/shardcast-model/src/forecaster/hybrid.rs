@@ -14,6 +14,13 @@
 //! statistical forecaster adapts to a shift it has never seen in training
 //! (a storm, a new level) where a network trained on little data does not;
 //! the network is far sharper in normal times; the blend keeps both.
+//!
+//! The statistical forecaster also watches for shifts: its forecast made
+//! one horizon before the origin is compared with what happened since. When
+//! that miss exceeds what nine in ten training windows saw
+//! (`miss_reference`), the blended spread is widened by the ratio, at most
+//! [`MISS_CAP`] times, so the bands open up after a surprise instead of
+//! staying as narrow as in calm weeks.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +31,10 @@ use crate::error::{Error, Result};
 
 /// Network weights tried on the validation windows.
 const WEIGHTS: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+/// Most widening after a miss.
+pub(crate) const MISS_CAP: f32 = 2.0;
+/// Share of training windows whose miss stays below `miss_reference`.
+const MISS_QUANTILE: f64 = 0.9;
 
 /// The fitted statistical half (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +48,11 @@ pub struct Hybrid {
     /// `[horizon, quantiles]` normalised error quantiles of the statistical
     /// forecast.
     pub errors: Vec<f32>,
+    /// Mean absolute normalised error over a horizon of the statistical
+    /// forecast that nine in ten training windows stay below; the spread is
+    /// widened by the ratio of the last horizon's miss to it (0: never).
+    #[serde(default)]
+    pub miss_reference: f32,
 }
 
 impl Hybrid {
@@ -44,6 +60,8 @@ impl Hybrid {
     pub(crate) fn validate(&self, cfg: &ModelConfig) -> Result<()> {
         self.statistical.validate(cfg.season, cfg.horizon)?;
         let ok = (0.0..=1.0).contains(&self.weight)
+            && self.miss_reference.is_finite()
+            && self.miss_reference >= 0.0
             && self.errors.len() == cfg.horizon * cfg.quantiles.len()
             && self.errors.iter().all(|e| e.is_finite())
             && self
@@ -62,9 +80,21 @@ impl Hybrid {
         }
     }
 
-    /// Points of normalised history the statistical forecast reads.
+    /// Points of normalised history the hybrid reads: the statistical
+    /// forecast's lookback, one horizon earlier (to measure its last miss).
     pub(crate) fn lookback(&self, cfg: &ModelConfig) -> usize {
-        self.statistical.lookback(cfg.season)
+        self.statistical.lookback(cfg.season) + cfg.horizon
+    }
+
+    /// The spread factor of window `w` of `batch`: the statistical
+    /// forecast's mean absolute miss over the last horizon relative to
+    /// `miss_reference`, within `[1, MISS_CAP]` (1 when off).
+    pub(crate) fn miss_factor(&self, cfg: &ModelConfig, batch: &Batch, w: usize) -> f32 {
+        if self.miss_reference <= 0.0 {
+            return 1.0;
+        }
+        let miss = recent_miss(cfg, batch, w, &self.statistical);
+        (miss / self.miss_reference).clamp(1.0, MISS_CAP)
     }
 
     /// Blends the network's normalised quantiles `net` (`[windows, h, q]`)
@@ -85,16 +115,44 @@ impl Hybrid {
     }
 }
 
-/// Forecast of `stat` for window `w` of `batch` into `out` (`[horizon]`).
-fn forecast_of(cfg: &ModelConfig, batch: &Batch, w: usize, stat: &Statistical, out: &mut [f32]) {
+/// Forecast of `stat` for window `w` of `batch` into `out` (`[horizon]`),
+/// from the origin `back` points before the window's.
+fn forecast_back(
+    cfg: &ModelConfig,
+    batch: &Batch,
+    w: usize,
+    back: usize,
+    stat: &Statistical,
+    out: &mut [f32],
+) {
     let l = batch.history_len;
-    let hist = &batch.history[w * l..(w + 1) * l];
+    let hist = &batch.history[w * l..(w + 1) * l - back];
+    let end = hist.len() as isize;
     stat.forecast(
         cfg.season,
         cfg.horizon,
-        |j| hist[(l as isize + j) as usize],
+        |j| hist[(end + j) as usize],
         &mut |k, v| out[k] = v,
     );
+}
+
+/// Forecast of `stat` for window `w` of `batch` into `out` (`[horizon]`).
+fn forecast_of(cfg: &ModelConfig, batch: &Batch, w: usize, stat: &Statistical, out: &mut [f32]) {
+    forecast_back(cfg, batch, w, 0, stat, out);
+}
+
+/// Mean absolute error over the last horizon before window `w`'s origin of
+/// `stat`'s forecast made one horizon earlier (normalised units).
+fn recent_miss(cfg: &ModelConfig, batch: &Batch, w: usize, stat: &Statistical) -> f32 {
+    let (h, l) = (cfg.horizon, batch.history_len);
+    let mut past = vec![0f32; h];
+    forecast_back(cfg, batch, w, h, stat, &mut past);
+    let seen = &batch.history[(w + 1) * l - h..(w + 1) * l];
+    past.iter()
+        .zip(seen)
+        .map(|(p, y)| (y - p).abs())
+        .sum::<f32>()
+        / h as f32
 }
 
 /// Chooses the member of `candidates` with the smallest absolute error over
@@ -141,10 +199,19 @@ pub(crate) fn fit_statistical(
         col.sort_by(f32::total_cmp);
         errors.extend(cfg.quantiles.iter().map(|&tau| quantile(col, tau)));
     }
+    // The miss of a horizon: its errors' mean absolute value, per window.
+    let mut misses: Vec<f32> = (0..train.n)
+        .map(|w| {
+            errors_of(&statistical, w, &mut base);
+            base.iter().map(|e| e.abs()).sum::<f32>() / h as f32
+        })
+        .collect();
+    misses.sort_by(f32::total_cmp);
     Some(Hybrid {
         statistical,
         weight: 1.0,
         errors,
+        miss_reference: quantile(&misses, MISS_QUANTILE),
     })
 }
 
@@ -290,6 +357,7 @@ mod tests {
             statistical: stat(1),
             weight: 1.0,
             errors: vec![-0.1, 0.0, 0.1, -0.1, 0.0, 0.1],
+            miss_reference: 0.0,
         };
         // A network that is 3 off: the exact statistical forecast wins.
         let net: Vec<f32> = val
@@ -308,12 +376,35 @@ mod tests {
     }
 
     #[test]
+    fn spread_widens_after_a_miss_up_to_the_cap() {
+        let c = cfg();
+        let mut series: Vec<f32> = (0..20).map(|i| (i % 4) as f32).collect();
+        let hy = |miss_reference| Hybrid {
+            statistical: stat(1),
+            weight: 0.5,
+            errors: vec![0.0; 6],
+            miss_reference,
+        };
+        // The last season repeats: no miss, no widening.
+        let calm = batch(&series, &[12]);
+        assert_eq!(hy(0.5).miss_factor(&c, &calm, 0), 1.0);
+        // The last horizon 1 higher than the season before: miss 1.
+        series[10] += 1.0;
+        series[11] += 1.0;
+        let shifted = batch(&series, &[12]);
+        assert!((hy(0.8).miss_factor(&c, &shifted, 0) - 1.25).abs() < 1e-6);
+        assert_eq!(hy(0.1).miss_factor(&c, &shifted, 0), MISS_CAP);
+        assert_eq!(hy(0.0).miss_factor(&c, &shifted, 0), 1.0);
+    }
+
+    #[test]
     fn malformed_hybrids_are_refused() {
         let c = cfg();
         let good = Hybrid {
             statistical: stat(1),
             weight: 0.5,
             errors: vec![0.0; 6],
+            miss_reference: 1.0,
         };
         assert!(good.validate(&c).is_ok());
         for bad in [
@@ -323,6 +414,10 @@ mod tests {
             },
             Hybrid {
                 weight: 1.5,
+                ..good.clone()
+            },
+            Hybrid {
+                miss_reference: -1.0,
                 ..good.clone()
             },
             Hybrid {

@@ -593,7 +593,32 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
         .map(|j| if j < mid { cal.lower } else { cal.upper })
         .collect();
     let fac = g.f32s("calibration", &[q], &factors);
-    let wide = g.op("Mul", "spread_calibrated", &[&fac, &diff], vec![]);
+    let mut wide = g.op("Mul", "spread_calibrated", &[&fac, &diff], vec![]);
+    if let Some(hy) = model.hybrid().filter(|hy| hy.miss_reference > 0.0) {
+        // Widening after a miss (as `Hybrid::miss_factor`): the statistical
+        // forecast from one horizon before the origin against the last
+        // horizon's values, mean absolute error over `miss_reference`.
+        let mut w = hy.statistical.weights(cfg.season, h, l - h);
+        w.resize(l * h, 0.0);
+        let w = g.f32s("miss_weights", &[l, h], &w);
+        let past = g.op("MatMul", "miss_forecast", &[&z, &w], vec![]); // [B, H]
+        let seen = g.slice("miss_seen", &z, 1, l - h, l);
+        let err = g.op("Sub", "miss_error", &[&seen, &past], vec![]);
+        let abs = g.op("Abs", "miss_abs", &[&err], vec![]);
+        let sum = g.op(
+            "ReduceSum",
+            "miss_sum",
+            &[&abs, &ax1],
+            vec![attr_int("keepdims", 1)],
+        ); // [B, 1]
+        let denom = g.f32s("miss_denominator", &[], &[h as f32 * hy.miss_reference]);
+        let ratio = g.op("Div", "miss_ratio", &[&sum, &denom], vec![]);
+        let lo = g.f32s("miss_floor", &[], &[1.0]);
+        let hi = g.f32s("miss_cap", &[], &[crate::forecaster::MISS_CAP]);
+        let f = g.op("Clip", "miss_factor", &[&ratio, &lo, &hi], vec![]);
+        let f3 = g.unsqueeze("miss_factor_3d", &f, &ax2);
+        wide = g.op("Mul", "spread_after_miss", &[&wide, &f3], vec![]);
+    }
     let zq = g.op("Add", "normalised_quantiles", &[&medk, &wide], vec![]);
     let s3 = g.unsqueeze("scale_3d", &scale, &ax2);
     let m3 = g.unsqueeze("loc_3d", &loc, &ax2);

@@ -7,7 +7,8 @@ use super::eval::run_node;
 use super::proto::{ModelProto, tensor_shape_proto, type_proto};
 use super::*;
 use crate::forecaster::{
-    Baseline, Calibration, CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
+    Baseline, Calibration, CellKind, Hybrid, Model, ModelConfig, SeriesInput, TrainConfig,
+    TrainSeries,
 };
 use crate::test_util::values;
 
@@ -196,9 +197,25 @@ fn models_with_baselines_and_a_hybrid_match_forecast() {
         weekday: false,
         ..config(CellKind::Gru, 1)
     };
-    let m = model(&cfg, true);
-    let hybrid = m.hybrid().expect("a model with a season gets a hybrid");
-    assert!(Contract::of(&m).window >= hybrid.statistical.lookback(cfg.season));
+    let mut m = model(&cfg, true);
+    let hybrid = m
+        .hybrid()
+        .expect("a model with a season gets a hybrid")
+        .clone();
+    assert!(Contract::of(&m).window >= hybrid.lookback(&cfg));
+    assert!(hybrid.miss_reference > 0.0);
+    check_matches(&m, true);
+    // A small miss reference widens every window's spread after its miss,
+    // in both: the forecasts change and still match.
+    let d = data(true);
+    let ev = events(40);
+    let before = m.forecast(&windows(&m, &d, &ev)).unwrap();
+    m.set_hybrid(Some(Hybrid {
+        miss_reference: hybrid.miss_reference / 4.0,
+        ..hybrid
+    }));
+    let after = m.forecast(&windows(&m, &d, &ev)).unwrap();
+    assert!(before.iter().zip(&after).any(|(a, b)| (a - b).abs() > 1e-3));
     check_matches(&m, true);
 }
 
