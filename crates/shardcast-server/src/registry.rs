@@ -76,7 +76,7 @@ impl Engine {
     /// Points of history one forecast reads.
     pub fn history_points(&self) -> usize {
         match self {
-            Self::Candle(m) => m.window().max(m.config().season).max(1),
+            Self::Candle(m) => m.window().max(1),
             Self::Onnx(m) => m.contract().window.max(1),
         }
     }

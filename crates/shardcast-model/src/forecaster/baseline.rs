@@ -121,6 +121,25 @@ pub(super) fn mean(it: impl Iterator<Item = f32>) -> f32 {
     (s / n.max(1) as f64) as f32
 }
 
+/// The matrix `[window, cols]` of a forecast that is linear in the last
+/// `window` points (oldest first): `forecast(x, out)` reads the history
+/// `x(j)` (`j = -1` the newest point) and writes column `c` with
+/// `out(c, value)`; it is run on each unit vector in turn.
+pub(super) fn linear_map(
+    window: usize,
+    cols: usize,
+    mut forecast: impl FnMut(&dyn Fn(isize) -> f32, &mut dyn FnMut(usize, f32)),
+) -> Vec<f32> {
+    let mut w = vec![0f32; window * cols];
+    for i in 0..window {
+        // The unit vector at window index i, i.e. history offset i - window.
+        let at = i as isize - window as isize;
+        let row = &mut w[i * cols..(i + 1) * cols];
+        forecast(&|j| if j == at { 1.0 } else { 0.0 }, &mut |c, v| row[c] = v);
+    }
+    w
+}
+
 /// The baselines as one matrix `[window, horizon * baselines]` over the last
 /// `window` points (oldest first): column `k * baselines + b` holds baseline
 /// `b`'s weights for horizon step `k`.
@@ -131,18 +150,11 @@ pub(crate) fn weights(
     window: usize,
 ) -> Vec<f32> {
     let nb = baselines.len();
-    let mut w = vec![0f32; window * horizon * nb];
-    for i in 0..window {
-        // The unit vector at window index i, i.e. history offset i - window.
-        let at = i as isize - window as isize;
-        let x = |j: isize| if j == at { 1.0 } else { 0.0 };
+    linear_map(window, horizon * nb, |x, out| {
         for (b, base) in baselines.iter().enumerate() {
-            base.forecast(season, horizon, x, &mut |k, v| {
-                w[i * horizon * nb + k * nb + b] = v;
-            });
+            base.forecast(season, horizon, x, &mut |k, v| out(k * nb + b, v));
         }
-    }
-    w
+    })
 }
 
 /// The baselines a model gets by default for a season of `season` steps,

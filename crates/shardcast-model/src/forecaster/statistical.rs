@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::baseline::mean;
+use super::baseline::{linear_map, mean};
 use crate::error::{Error, Result};
 
 /// One member of the family (see the module documentation).
@@ -121,13 +121,9 @@ impl Statistical {
     /// Its weights `[window, horizon]` over the last `window` points (oldest
     /// first): the forecast is the window times this matrix.
     pub(crate) fn weights(&self, season: usize, horizon: usize, window: usize) -> Vec<f32> {
-        let mut w = vec![0f32; window * horizon];
-        for i in 0..window {
-            let at = i as isize - window as isize;
-            let x = |j: isize| if j == at { 1.0 } else { 0.0 };
-            self.forecast(season, horizon, x, &mut |k, v| w[i * horizon + k] = v);
-        }
-        w
+        linear_map(window, horizon, |x, out| {
+            self.forecast(season, horizon, x, &mut |k, v| out(k, v));
+        })
     }
 }
 
