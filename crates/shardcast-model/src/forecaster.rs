@@ -47,7 +47,7 @@ const HYBRID_WINDOWS: usize = 2048;
 /// The hybrid's statistical forecaster is chosen on the last this many
 /// seasons (or horizons, if longer) of each series' training range...
 const HYBRID_SELECT_SEASONS: usize = 8;
-/// ... and its error quantiles are taken over the last this many.
+/// ... and its error distribution is fitted on the last this many.
 const HYBRID_ERROR_SEASONS: usize = 16;
 
 /// One series the model was trained on.
@@ -260,7 +260,7 @@ impl Model {
     }
 
     /// Fits the statistical half of the forecast ([`Hybrid`]): the member of
-    /// the statistical family and its error quantiles on (at most
+    /// the statistical family and its error distribution on (at most
     /// [`HYBRID_WINDOWS`] of) the latest training windows, the blend weight
     /// on the validation windows. `None` without a season, or when the
     /// series are mostly too short for any member.
