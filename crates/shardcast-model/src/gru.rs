@@ -24,6 +24,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::portable;
 use crate::seq_out::{SeqOp, Shared};
 use crate::storage::{self, cpu_f32, with_f32};
 
@@ -268,6 +269,32 @@ impl GruLayer {
         })
     }
 
+    /// The layer from standard tensor ops on any device (see
+    /// [`crate::portable`]): per-step inputs `xs` (`[batch, input]` each) to
+    /// per-step hidden states; the last is the final state.
+    fn forward_portable(&self, xs: &[Tensor], state: Option<&Tensor>) -> Result<Vec<Tensor>> {
+        let hs = self.hidden_size;
+        let (w_ih, w_hh) = (self.w_ih.t()?, self.w_hh.t()?);
+        let mut h = match state {
+            Some(s) => s.clone(),
+            None => Tensor::zeros((xs[0].dim(0)?, hs), DType::F32, xs[0].device())?,
+        };
+        let mut out = Vec::with_capacity(xs.len());
+        for x in xs {
+            let gi = portable::affine(x, &w_ih, self.b_ih.as_ref())?;
+            let gh = portable::affine(&h, &w_hh, self.b_hh.as_ref())?;
+            let r =
+                portable::sigmoid(&(portable::gate(&gi, 0, hs)? + portable::gate(&gh, 0, hs)?)?)?;
+            let z =
+                portable::sigmoid(&(portable::gate(&gi, 1, hs)? + portable::gate(&gh, 1, hs)?)?)?;
+            let n = (portable::gate(&gi, 2, hs)? + (r * portable::gate(&gh, 2, hs)?)?)?.tanh()?;
+            // (1 - z) n + z h = n + z (h - n)
+            h = (&n + (z * (&h - &n)?)?)?;
+            out.push(h.clone());
+        }
+        Ok(out)
+    }
+
     /// `b_ih | b_hh`, zeros for a missing one.
     fn bias_vec(&self) -> Result<Vec<f32>> {
         let g = 3 * self.hidden_size;
@@ -493,6 +520,9 @@ impl Gru {
                 reason: "need one state per layer",
             });
         }
+        if !x.device().is_cpu() {
+            return self.run_portable(x, states);
+        }
         let mut hidden = x.clone();
         let mut out_states = Vec::with_capacity(self.layers.len());
         for (k, layer) in self.layers.iter().enumerate() {
@@ -502,6 +532,25 @@ impl Gru {
         }
         Ok(GruStackOutput {
             hidden,
+            states: out_states,
+        })
+    }
+
+    /// The stack from standard tensor ops (see [`crate::portable`]): what
+    /// runs on a device other than the CPU.
+    pub(crate) fn run_portable(
+        &self,
+        x: &Tensor,
+        states: Option<&[Tensor]>,
+    ) -> Result<GruStackOutput> {
+        let mut xs = portable::steps(x, OP, self.config.input_size)?;
+        let mut out_states = Vec::with_capacity(self.layers.len());
+        for (k, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward_portable(&xs, states.map(|s| &s[k]))?;
+            out_states.push(xs.last().expect("at least one step").clone());
+        }
+        Ok(GruStackOutput {
+            hidden: Tensor::stack(&xs, 1)?,
             states: out_states,
         })
     }

@@ -23,6 +23,7 @@ mod kernel;
 pub mod lstm;
 pub mod metrics;
 pub mod onnx;
+mod portable;
 mod rng;
 mod scratch;
 mod seq_out;

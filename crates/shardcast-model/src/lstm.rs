@@ -17,6 +17,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::portable;
 use crate::seq_out::{SeqOp, Shared};
 use crate::storage::{self, cpu_f32, with_f32};
 
@@ -272,6 +273,41 @@ impl LstmLayer {
         })
     }
 
+    /// The layer from standard tensor ops on any device (see
+    /// [`crate::portable`]): per-step inputs `xs` (`[batch, input]` each) to
+    /// per-step hidden states and the final state.
+    fn forward_portable(
+        &self,
+        xs: &[Tensor],
+        state: Option<&LstmState>,
+    ) -> Result<(Vec<Tensor>, LstmState)> {
+        let hs = self.hidden_size;
+        let (w_ih, w_hh) = (self.w_ih.t()?, self.w_hh.t()?);
+        let bias = match (&self.b_ih, &self.b_hh) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        let (mut h, mut c) = match state {
+            Some(s) => (s.h.clone(), s.c.clone()),
+            None => {
+                let zeros = Tensor::zeros((xs[0].dim(0)?, hs), DType::F32, xs[0].device())?;
+                (zeros.clone(), zeros)
+            }
+        };
+        let mut out = Vec::with_capacity(xs.len());
+        for x in xs {
+            let g = (portable::affine(x, &w_ih, bias.as_ref())? + h.matmul(&w_hh)?)?;
+            let i = portable::sigmoid(&portable::gate(&g, 0, hs)?)?;
+            let f = portable::sigmoid(&portable::gate(&g, 1, hs)?)?;
+            let cand = portable::gate(&g, 2, hs)?.tanh()?;
+            let o = portable::sigmoid(&portable::gate(&g, 3, hs)?)?;
+            c = ((f * &c)? + (i * cand)?)?;
+            h = (o * c.tanh()?)?;
+            out.push(h.clone());
+        }
+        Ok((out, LstmState { h, c }))
+    }
+
     fn bias_vec(&self) -> Result<Vec<f32>> {
         let mut bias = vec![0.0f32; 4 * self.hidden_size];
         for b in [&self.b_ih, &self.b_hh].into_iter().flatten() {
@@ -510,6 +546,9 @@ impl Lstm {
                 reason: "need one state per layer",
             });
         }
+        if !x.device().is_cpu() {
+            return self.run_portable(x, states);
+        }
         let mut hidden = x.clone();
         let mut out_states = Vec::with_capacity(self.layers.len());
         for (k, layer) in self.layers.iter().enumerate() {
@@ -519,6 +558,26 @@ impl Lstm {
         }
         Ok(LstmStackOutput {
             hidden,
+            states: out_states,
+        })
+    }
+
+    /// The stack from standard tensor ops (see [`crate::portable`]): what
+    /// runs on a device other than the CPU.
+    pub(crate) fn run_portable(
+        &self,
+        x: &Tensor,
+        states: Option<&[LstmState]>,
+    ) -> Result<LstmStackOutput> {
+        let mut xs = portable::steps(x, OP, self.config.input_size)?;
+        let mut out_states = Vec::with_capacity(self.layers.len());
+        for (k, layer) in self.layers.iter().enumerate() {
+            let (hs, state) = layer.forward_portable(&xs, states.map(|s| &s[k]))?;
+            xs = hs;
+            out_states.push(state);
+        }
+        Ok(LstmStackOutput {
+            hidden: Tensor::stack(&xs, 1)?,
             states: out_states,
         })
     }
