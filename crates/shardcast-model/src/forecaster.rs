@@ -23,13 +23,14 @@ mod train;
 
 use std::collections::HashMap;
 
+use candle_core::Device;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 pub use artifact::FORMAT_VERSION;
 pub(crate) use baseline::weights as baseline_weights;
 pub use baseline::{Baseline, default_baselines};
-pub use config::{CellKind, ModelConfig, TrainConfig};
+pub use config::{CellKind, ComputeDevice, ModelConfig, TrainConfig};
 pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
 pub(crate) use hybrid::MISS_CAP;
@@ -200,10 +201,21 @@ impl Model {
             inputs: &inputs,
             scales: &scales,
         };
+        let dev = train.device.open()?;
         let start = std::time::Instant::now();
+        // The members train as copies on the device, and their weights are
+        // copied into the model after training: the model runs on the CPU.
+        let trained = VarMap::new();
+        let nets = train::build_members(
+            config,
+            model.series.len(),
+            model.shard_types.len(),
+            &trained,
+            &dev,
+        )?;
         let mut members = Vec::new();
-        for (k, net) in model.members.iter().enumerate() {
-            let vars = train::member_vars(&model.varmap, k);
+        for (k, net) in nets.iter().enumerate() {
+            let vars = train::member_vars(&trained, k);
             let warm = from.map(|m| {
                 let j = k % m.members.len();
                 train::member_vars(&m.varmap, j)
@@ -219,6 +231,13 @@ impl Model {
                 &split,
                 &mut progress,
             )?);
+        }
+        {
+            let trained = trained.data().lock().expect("var map lock");
+            let cpu = model.varmap.data().lock().expect("var map lock");
+            for (name, var) in trained.iter() {
+                cpu[name].set(&var.as_tensor().to_device(&Device::Cpu)?)?;
+            }
         }
         model.hybrid = model.fit_hybrid(&inputs, &scales, &split)?;
         model.calibration = model.calibrate(&inputs, &split.val)?;
@@ -242,7 +261,13 @@ impl Model {
         shard_types: Vec<String>,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let members = train::build_members(&config, series.len(), shard_types.len(), &varmap)?;
+        let members = train::build_members(
+            &config,
+            series.len(),
+            shard_types.len(),
+            &varmap,
+            &Device::Cpu,
+        )?;
         let mut model = Self {
             config,
             train,

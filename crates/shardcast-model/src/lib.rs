@@ -4,7 +4,9 @@
 //! This crate owns the model: Candle LSTM/GRU layers whose recurrence over a
 //! whole sequence is a single custom op with a hand-written backward pass
 //! (so `loss.backward()` and candle-nn optimizers work unchanged), the CPU
-//! kernels behind them, the global quantile forecaster with its training
+//! kernels behind them (and the same recurrences from standard tensor ops
+//! for training on a CUDA GPU, the `cuda` feature), the global quantile
+//! forecaster with its training
 //! loop and model directories ([`forecaster`]), protocol F's backtest and
 //! metrics ([`backtest`], [`metrics`]), ONNX export and an evaluator of the
 //! exported graphs ([`onnx`]) and the protocol T benchmark. It takes

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardcast_core::GridStep;
-use shardcast_model::forecaster::CellKind;
+use shardcast_model::forecaster::{CellKind, ComputeDevice};
 
 /// shardcast: forecasting pipeline for predictive shard autoscaling.
 #[derive(Debug, Parser)]
@@ -364,10 +364,11 @@ pub(crate) struct ModelArgs {
     /// Random seed.
     #[arg(long)]
     pub(crate) seed: Option<u64>,
-    /// Compute device. Only `cpu` runs the fused recurrent kernels; `cuda`
-    /// needs a build with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    pub(crate) device: String,
+    /// Device to train on: `cpu` (the default; the fused recurrent
+    /// kernels) or `cuda` (the first GPU; needs a build with the `cuda`
+    /// feature). The trained model runs on the CPU either way.
+    #[arg(long)]
+    pub(crate) device: Option<ComputeDevice>,
 }
 
 #[derive(Debug, Args)]

@@ -243,6 +243,50 @@ pub struct TrainConfig {
     pub validation_points: usize,
     /// Wall-clock budget per member in seconds (`0`: none).
     pub max_seconds: f64,
+    /// Where the networks are trained; the fitted model always runs on the
+    /// CPU.
+    pub device: ComputeDevice,
+}
+
+/// A device to train on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    /// The CPU, with the fused recurrent kernels.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (a build with the `cuda` feature); the recurrence
+    /// runs as standard tensor ops there.
+    Cuda,
+}
+
+impl ComputeDevice {
+    /// Opens the device: an error that says why for a CUDA device in a
+    /// build without the `cuda` feature or on a machine without a GPU.
+    pub fn open(self) -> Result<candle_core::Device> {
+        match self {
+            Self::Cpu => Ok(candle_core::Device::Cpu),
+            Self::Cuda if !cfg!(feature = "cuda") => Err(Error::Invalid(
+                "device cuda: this build has no CUDA support (build with `--features cuda`)".into(),
+            )),
+            Self::Cuda => candle_core::Device::new_cuda(0)
+                .map_err(|e| Error::Invalid(format!("device cuda: no usable GPU ({e})"))),
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeDevice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(Error::Invalid(format!(
+                "device {s:?}: want `cpu` or `cuda`"
+            ))),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -259,6 +303,7 @@ impl Default for TrainConfig {
             warmup: 0.05,
             validation_points: 0,
             max_seconds: 0.0,
+            device: ComputeDevice::Cpu,
         }
     }
 }

@@ -104,19 +104,24 @@ impl Network {
             )?,
             out: candle_nn::linear(d, q, vb.pp("head.out"))?,
             skip: candle_nn::linear_no_bias(cfg.future_size(), 1, vb.pp("head.skip"))?,
-            gaps: Tensor::from_vec(gaps, (q, q), &Device::Cpu)?,
+            gaps: Tensor::from_vec(gaps, (q, q), vb.device())?,
             median,
             cfg: cfg.clone(),
         })
+    }
+
+    /// The device its weights live on.
+    pub(crate) fn device(&self) -> &Device {
+        self.gaps.device()
     }
 
     /// Quantiles `[n, horizon, Q]` in normalised units. `train` records the
     /// recurrence for autograd; otherwise the no-grad path runs.
     pub(crate) fn forward(&self, b: &Batch, train: bool) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let dev = Device::Cpu;
+        let dev = self.device();
         let (n, h) = (b.n, cfg.horizon);
-        let ctx = Tensor::from_slice(&b.context, (n, cfg.context, cfg.input_size()), &dev)?;
+        let ctx = Tensor::from_slice(&b.context, (n, cfg.context, cfg.input_size()), dev)?;
         let hidden = match &self.encoder {
             Encoder::Lstm(lstm) => {
                 let out = if train {
@@ -138,9 +143,9 @@ impl Network {
                 out.states.last().cloned().expect("at least one layer")
             }
         };
-        let sid = Tensor::from_slice(&b.series, n, &dev)?;
-        let tid = Tensor::from_slice(&b.shard_types, n, &dev)?;
-        let stat = Tensor::from_slice(&b.statics, (n, STATIC), &dev)?;
+        let sid = Tensor::from_slice(&b.series, n, dev)?;
+        let tid = Tensor::from_slice(&b.shard_types, n, dev)?;
+        let stat = Tensor::from_slice(&b.statics, (n, STATIC), dev)?;
         let whole = Tensor::cat(
             &[
                 &hidden,
@@ -151,7 +156,7 @@ impl Network {
             1,
         )?;
         let a = self.static_in.forward(&whole)?; // [n, d]
-        let fut = Tensor::from_slice(&b.future, (n * h, cfg.future_size()), &dev)?;
+        let fut = Tensor::from_slice(&b.future, (n * h, cfg.future_size()), dev)?;
         let d = cfg.head_hidden;
         let f = self.future_in.forward(&fut)?.reshape((n, h, d))?;
         let u = f
@@ -181,10 +186,7 @@ pub(crate) fn pinball_loss(q: &Tensor, target: &Tensor, levels: &Tensor) -> Resu
     Ok(over.maximum(&under)?.mean_all()?)
 }
 
-/// The levels as a tensor for [`pinball_loss`].
-pub(crate) fn levels_tensor(levels: &[f64]) -> Result<Tensor> {
-    Ok(Tensor::from_iter(
-        levels.iter().map(|&x| x as f32),
-        &Device::Cpu,
-    )?)
+/// The levels as a tensor on `dev` for [`pinball_loss`].
+pub(crate) fn levels_tensor(levels: &[f64], dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_iter(levels.iter().map(|&x| x as f32), dev)?)
 }

@@ -221,3 +221,37 @@ fn bad_inputs_are_refused() {
         .replacen('{', "{\"hiden\":3,", 1);
     assert!(serde_json::from_str::<ModelConfig>(&cfg_json).is_err());
 }
+
+/// Training on CUDA: in a build without the `cuda` feature it is refused
+/// with the reason; with it, on a machine with a GPU, the members train
+/// there and the model (back on the CPU) forecasts like a CPU-trained one.
+/// Without a GPU the test says so and passes: CI has none.
+#[test]
+fn cuda_training_is_refused_without_support_and_works_with_it() {
+    let (cfg, mut tc) = small_config();
+    tc.device = ComputeDevice::Cuda;
+    let fitted = Model::fit(&cfg, &tc, STEP, &data(), |_| {});
+    if !cfg!(feature = "cuda") {
+        let e = fitted.unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+        return;
+    }
+    if !candle_core::utils::cuda_is_available() || candle_core::Device::new_cuda(0).is_err() {
+        eprintln!("no CUDA GPU here: skipping the GPU training check");
+        assert!(fitted.is_err());
+        return;
+    }
+    let (gpu, report) = fitted.unwrap();
+    assert!(report.members[0].steps > 0);
+    tc.device = ComputeDevice::Cpu;
+    let (cpu, _) = Model::fit(&cfg, &tc, STEP, &data(), |_| {}).unwrap();
+    // Same seed and data, different kernels and summation order: close
+    // forecasts, not equal ones.
+    let (a, b) = (windows(&gpu, &data()), windows(&cpu, &data()));
+    let scale = b.iter().map(|v| v.abs()).sum::<f32>() / b.len() as f32;
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    assert!(
+        diff < 0.1 * scale,
+        "mean difference {diff} against scale {scale}"
+    );
+}

@@ -137,7 +137,7 @@ pub(crate) fn init_vars(vars: &[(String, Var)], hidden: usize, rng: &mut Rng) ->
         let data: Vec<f32> = (0..n)
             .map(|_| (bound * (2.0 * rng.uniform() - 1.0)) as f32)
             .collect();
-        var.set(&Tensor::from_vec(data, dims, &Device::Cpu)?)?;
+        var.set(&Tensor::from_vec(data, dims, var.device())?)?;
     }
     Ok(())
 }
@@ -177,7 +177,7 @@ impl Fitter<'_> {
         for chunk in val.chunks(512) {
             self.fill(chunk, &mut batch)?;
             let q = net.forward(&batch, false)?;
-            let t = Tensor::from_slice(&batch.target, (batch.n, self.cfg.horizon), &Device::Cpu)?;
+            let t = Tensor::from_slice(&batch.target, (batch.n, self.cfg.horizon), net.device())?;
             let l = pinball_loss(&q, &t, levels)?.to_scalar::<f32>()?;
             sum += f64::from(l) * chunk.len() as f64;
             n += chunk.len();
@@ -203,7 +203,7 @@ impl Fitter<'_> {
             if let Some((_, w)) = warm.into_iter().flatten().find(|(n, _)| n == name)
                 && w.dims() == var.dims()
             {
-                var.set(w.as_tensor())?;
+                var.set(&w.as_tensor().to_device(var.device())?)?;
             }
         }
         if split.train.is_empty() {
@@ -218,7 +218,7 @@ impl Fitter<'_> {
             ..ParamsAdamW::default()
         };
         let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
-        let levels = levels_tensor(&self.cfg.quantiles)?;
+        let levels = levels_tensor(&self.cfg.quantiles, net.device())?;
         let start = Instant::now();
         let mut batch = Batch::default();
         let mut picks = Vec::with_capacity(tc.batch_size);
@@ -248,7 +248,7 @@ impl Fitter<'_> {
             };
             opt.set_learning_rate(lr);
             let q = net.forward(&batch, true)?;
-            let t = Tensor::from_slice(&batch.target, (batch.n, self.cfg.horizon), &Device::Cpu)?;
+            let t = Tensor::from_slice(&batch.target, (batch.n, self.cfg.horizon), net.device())?;
             let loss = pinball_loss(&q, &t, &levels)?;
             let lv = f64::from(loss.to_scalar::<f32>()?);
             if !lv.is_finite() {
@@ -350,14 +350,15 @@ fn clip(
     Ok(())
 }
 
-/// Builds every member's network under `m{k}` in `varmap`.
+/// Builds every member's network under `m{k}` in `varmap`, on `dev`.
 pub(crate) fn build_members(
     cfg: &ModelConfig,
     n_series: usize,
     n_types: usize,
     varmap: &VarMap,
+    dev: &Device,
 ) -> Result<Vec<Network>> {
-    let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(varmap, DType::F32, dev);
     (0..cfg.members)
         .map(|k| Network::new(cfg, n_series, n_types, vb.pp(format!("m{k}"))))
         .collect()

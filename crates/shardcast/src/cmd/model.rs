@@ -105,12 +105,6 @@ pub(crate) fn configure(
     shortest: usize,
     default_horizon: usize,
 ) -> Result<(ModelConfig, TrainConfig)> {
-    if args.device != "cpu" {
-        bail!(
-            "--device {}: this build runs models on the CPU only (the fused recurrent kernels are CPU kernels)",
-            args.device
-        );
-    }
     let season = args
         .season
         .or_else(|| step.per_day())
@@ -193,6 +187,9 @@ pub(crate) fn configure(
     }
     if let Some(v) = args.seed {
         train.seed = v;
+    }
+    if let Some(v) = args.device {
+        train.device = v;
     }
     model.validate()?;
     train.validate()?;
@@ -499,6 +496,7 @@ pub(crate) fn newest_model(models_dir: &Path, name: &str) -> Option<std::path::P
 mod tests {
     use super::*;
     use clap::Parser;
+    use shardcast_model::forecaster::ComputeDevice;
 
     #[derive(Parser)]
     struct Cli {
@@ -519,5 +517,39 @@ mod tests {
         let (c, _) = configure(&args, hourly, 4 * 168 + 24, DEFAULT_HORIZON).unwrap();
         assert_eq!(c.lags, vec![24, 168]);
         assert!(c.weekday);
+    }
+
+    #[test]
+    fn device_comes_from_the_flag_or_the_config_file() {
+        let hourly = GridStep::from_millis(3_600_000).unwrap();
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.model);
+        let args = parse(&["shardcast"]).unwrap();
+        let (_, t) = configure(&args, hourly, 1000, DEFAULT_HORIZON).unwrap();
+        assert_eq!(t.device, ComputeDevice::Cpu);
+        let args = parse(&["shardcast", "--device", "cuda"]).unwrap();
+        let (_, t) = configure(&args, hourly, 1000, DEFAULT_HORIZON).unwrap();
+        assert_eq!(t.device, ComputeDevice::Cuda);
+        let e = parse(&["shardcast", "--device", "tpu"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tpu") && e.contains("`cpu` or `cuda`"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("train.toml");
+        std::fs::write(&file, "[train]\ndevice = \"cuda\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let args = parse(&["shardcast", "--config", path]).unwrap();
+        let (_, t) = configure(&args, hourly, 1000, DEFAULT_HORIZON).unwrap();
+        assert_eq!(t.device, ComputeDevice::Cuda);
+        // The flag wins over the file.
+        let args = parse(&["shardcast", "--config", path, "--device", "cpu"]).unwrap();
+        let (_, t) = configure(&args, hourly, 1000, DEFAULT_HORIZON).unwrap();
+        assert_eq!(t.device, ComputeDevice::Cpu);
+        std::fs::write(&file, "[train]\ndevice = \"gpu\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            configure(&args, hourly, 1000, DEFAULT_HORIZON).unwrap_err()
+        );
+        assert!(e.contains("gpu"), "{e}");
     }
 }
