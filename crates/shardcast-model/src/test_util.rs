@@ -52,3 +52,25 @@ pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
         .max(1e-3);
     Ok(max_abs_diff(a, b)? / scale)
 }
+
+/// Asserts that two backward passes `a` and `b` give every tensor of
+/// `tracked` the same gradient (relative difference below `1e-4`).
+pub(crate) fn assert_same_grads(
+    a: &candle_core::backprop::GradStore,
+    b: &candle_core::backprop::GradStore,
+    tracked: &[Tensor],
+) -> candle_core::Result<()> {
+    for t in tracked {
+        let (ga, gb) = (
+            a.get(t).expect("first gradient"),
+            b.get(t).expect("second gradient"),
+        );
+        let d = rel_diff(ga, gb)?;
+        assert!(
+            d < 1e-4,
+            "gradient of a {:?} tensor differs by {d}",
+            t.dims()
+        );
+    }
+    Ok(())
+}

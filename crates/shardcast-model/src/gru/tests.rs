@@ -5,7 +5,9 @@ use candle_nn::VarBuilder;
 use candle_nn::rnn::{GRUConfig, GRUState, RNN};
 
 use super::*;
-use crate::test_util::{TestResult, max_abs_diff, rel_diff, tensor, var, varmap};
+use crate::test_util::{
+    TestResult, assert_same_grads, max_abs_diff, rel_diff, tensor, var, varmap,
+};
 
 struct Case {
     batch: usize,
@@ -613,17 +615,6 @@ fn portable_recurrence_matches_the_fused_op() -> TestResult {
         .collect();
     tracked.push(x.as_tensor().clone());
     tracked.extend(states.iter().cloned());
-    for t in &tracked {
-        let (a, b) = (
-            gf.get(t).expect("fused grad"),
-            gp.get(t).expect("portable grad"),
-        );
-        assert!(
-            rel_diff(a, b)? < 1e-4,
-            "{:?}: {}",
-            t.dims(),
-            rel_diff(a, b)?
-        );
-    }
+    assert_same_grads(&gf, &gp, &tracked)?;
     Ok(())
 }

@@ -2,7 +2,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
 
 use super::*;
-use crate::test_util::{TestResult, max_abs_diff, rel_diff, tensor, var, varmap};
+use crate::test_util::{
+    TestResult, assert_same_grads, max_abs_diff, rel_diff, tensor, var, varmap,
+};
 
 struct Case {
     batch: usize,
@@ -488,17 +490,6 @@ fn portable_recurrence_matches_the_fused_op() -> TestResult {
         .collect();
     tracked.push(x.as_tensor().clone());
     tracked.extend(states.iter().flat_map(|s| [s.h.clone(), s.c.clone()]));
-    for t in &tracked {
-        let (a, b) = (
-            gf.get(t).expect("fused grad"),
-            gp.get(t).expect("portable grad"),
-        );
-        assert!(
-            rel_diff(a, b)? < 1e-4,
-            "{:?}: {}",
-            t.dims(),
-            rel_diff(a, b)?
-        );
-    }
+    assert_same_grads(&gf, &gp, &tracked)?;
     Ok(())
 }
