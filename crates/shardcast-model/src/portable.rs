@@ -2,11 +2,12 @@
 //! devices the fused CPU kernels of [`crate::lstm`] and [`crate::gru`] do
 //! not run on (CUDA). Autograd goes through Candle's own ops.
 //!
-//! The sequence is held as one `[batch, features]` tensor per step from the
-//! start, and each layer maps that list to the next: no step slices a
-//! tensor that carries gradients, so the backward pass stays linear in the
-//! sequence length (slicing a long tracked tensor per step makes Candle
-//! allocate a zero tensor of its full size per step in the backward pass).
+//! The input is split into one `[batch, features]` tensor per step once,
+//! and each layer maps that list to the next, so no step slices a long
+//! tensor that carries gradients (the network's input is data and carries
+//! none): slicing one per step makes Candle allocate a zero tensor of its
+//! full size per step in the backward pass, which goes quadratic in the
+//! sequence length.
 
 use candle_core::Tensor;
 
