@@ -229,6 +229,61 @@ fn small_model(cell: CellKind, layers: usize) -> (Model, Vec<Grid>) {
     (model, grids)
 }
 
+/// Ten weeks of hourly data with a weekly pattern; one day in every three
+/// weeks drops to a third and the next is normal again, and the last day of
+/// the first two series is such a day.
+fn shocky_model() -> (Model, Vec<Grid>) {
+    let n = 24 * 7 * 10;
+    let start = 1_700_006_400_000 - 1_700_006_400_000 % HOUR;
+    let grids: Vec<Grid> = (0..3)
+        .map(|i| {
+            let mut values = daily(n, 24, 30.0 * (i + 1) as f32, 5.0, 40 + i as u64);
+            for (t, v) in values.iter_mut().enumerate() {
+                let day = t / 24;
+                *v *= 1.0 + 0.1 * (day % 7) as f32;
+                let last = i < 2 && day == n / 24 - 1;
+                if day % 21 == 10 || last {
+                    *v /= 3.0;
+                }
+            }
+            Grid {
+                name: format!("shop/api/rps/w{i}"),
+                shard_type: "api".to_owned(),
+                start,
+                values,
+                events: events(n + 12, 53),
+            }
+        })
+        .collect();
+    let cfg = ModelConfig {
+        hidden_size: 8,
+        context: 24,
+        horizon: 6,
+        season: 24,
+        lags: vec![24, 168],
+        head_hidden: 8,
+        ..ModelConfig::default()
+    };
+    let tc = TrainConfig {
+        batch_size: 32,
+        max_steps: 20,
+        eval_every: 10,
+        ..TrainConfig::default()
+    };
+    let data: Vec<TrainSeries> = grids
+        .iter()
+        .map(|g| TrainSeries {
+            name: g.name.clone(),
+            shard_type: g.shard_type.clone(),
+            start: g.start,
+            values: g.values[..n - 24].to_vec(),
+            events: Some(g.events.clone()),
+        })
+        .collect();
+    let (model, _) = Model::fit(&cfg, &tc, HOUR, &data, |_| {}).unwrap();
+    (model, grids)
+}
+
 #[test]
 fn exported_models_match_candle_in_the_evaluator_and_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,6 +303,24 @@ fn exported_models_match_candle_in_the_evaluator_and_onnxruntime() {
         let w = windows(&model, &grids, |n| vec![n, n - 7, 60, 30, 5]);
         cases.push(case(&name, &model, &path, &w, dir.path()).0);
     }
+
+    // A model with weekly structure whose series drop to a third for a day
+    // every three weeks and come back: the fit mixes in the return after
+    // such days (the reversion), and its shock test and mixture are in the
+    // graph.
+    let (model, grids) = shocky_model();
+    let r = model
+        .reversion()
+        .expect("shocks that end call for a reversion");
+    eprintln!("reversion weight {}", r.weight);
+    let path = dir.path().join("reversion").join("model.onnx");
+    onnx::export(&model, &path).unwrap();
+    // Origins right after a shock day, in calm weeks, and with too little
+    // history for the shock test (fifteen days).
+    let w = windows(&model, &grids, |n| {
+        vec![n, n - 5, n - 24, n - 24 * 7, 15 * 24, 15 * 24 - 2, 30]
+    });
+    cases.push(case("gru_reversion", &model, &path, &w, dir.path()).0);
 
     // The bundled model, exported by the CLI.
     let out = dir.path().join("bundled").join("model.onnx");

@@ -18,6 +18,7 @@ mod config;
 mod features;
 mod hybrid;
 mod network;
+pub(crate) mod reversion;
 mod statistical;
 mod train;
 
@@ -34,6 +35,7 @@ pub use config::{CellKind, ComputeDevice, ModelConfig, TrainConfig};
 pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
 pub(crate) use hybrid::MISS_CAP;
+pub use reversion::Reversion;
 pub use statistical::Statistical;
 pub use train::{FitReport, MemberReport, Progress};
 
@@ -98,6 +100,7 @@ pub struct Model {
     members: Vec<Network>,
     calibration: Calibration,
     hybrid: Option<Hybrid>,
+    reversion: Option<Reversion>,
 }
 
 /// Widening of the quantiles around the median, fitted on the validation
@@ -241,9 +244,11 @@ impl Model {
         }
         model.hybrid = model.fit_hybrid(&inputs, &scales, &split)?;
         model.calibration = model.calibrate(&inputs, &split.val)?;
+        model.reversion = model.fit_reversion(&inputs, &scales, &split)?;
         let report = FitReport {
             calibration: model.calibration,
             hybrid: model.hybrid.clone(),
+            reversion: model.reversion,
             train_windows: split.train.len(),
             val_windows: split.val.len(),
             members,
@@ -279,6 +284,7 @@ impl Model {
             members,
             calibration: Calibration::default(),
             hybrid: None,
+            reversion: None,
         };
         model.index = model.build_index();
         Ok(model)
@@ -364,6 +370,47 @@ impl Model {
             .collect()
     }
 
+    /// Fits the [`Reversion`] on the training and validation windows that
+    /// follow a shock. The persisting scenario there is the statistical
+    /// half's forecast alone: the network has been fitted to those very
+    /// windows (a holiday it trained on, it forecasts well), so its
+    /// in-sample forecasts would call for no reversion at all. `None` where
+    /// it does not apply, without a statistical half, or where it does not
+    /// help.
+    fn fit_reversion(
+        &self,
+        inputs: &[SeriesInput<'_>],
+        scales: &[SeriesScale],
+        split: &train::Split,
+    ) -> Result<Option<Reversion>> {
+        let cfg = &self.config;
+        let Some(hybrid) = self.hybrid.as_ref().filter(|_| Reversion::applies(cfg)) else {
+            return Ok(None);
+        };
+        let statistical = Hybrid {
+            weight: 0.0,
+            ..hybrid.clone()
+        };
+        let shocked: Vec<(usize, usize)> = split
+            .train
+            .iter()
+            .chain(&split.val)
+            .copied()
+            .filter(|&(s, o)| reversion::shocked(cfg.season, inputs[s].values, o))
+            .collect();
+        if shocked.len() < cfg.season {
+            return Ok(None);
+        }
+        let windows: Vec<(SeriesInput<'_>, usize)> =
+            shocked.iter().map(|&(s, o)| (inputs[s], o)).collect();
+        let fc = self.forecast_with(&windows, Some(&statistical), Calibration::default(), None)?;
+        let scored: Vec<(&[f32], usize, f32)> = shocked
+            .iter()
+            .map(|&(s, o)| (inputs[s].values, o, scales[s].deviation))
+            .collect();
+        Ok(Reversion::fit(cfg, &scored, &fc))
+    }
+
     /// Fits the [`Calibration`] on the validation windows.
     fn calibrate(&self, inputs: &[SeriesInput<'_>], val: &[(usize, usize)]) -> Result<Calibration> {
         let cfg = &self.config;
@@ -417,13 +464,25 @@ impl Model {
     }
 
     /// Points of history before an origin that a forecast reads: the
-    /// network's context and lags, the window normalisation and the
-    /// hybrid's statistical forecaster. Shorter histories are filled from
-    /// the same phase of the earliest observed season.
+    /// network's context and lags, the window normalisation, the hybrid's
+    /// statistical forecaster and the reversion's shock test. Shorter
+    /// histories are filled from the same phase of the earliest observed
+    /// season.
     pub fn window(&self) -> usize {
         let cfg = &self.config;
         let stat = self.hybrid.as_ref().map_or(0, |hy| hy.lookback(cfg));
-        cfg.history_needed().max(cfg.norm_len()).max(stat)
+        let shock = self
+            .reversion
+            .map_or(0, |_| Reversion::lookback(cfg.season));
+        cfg.history_needed()
+            .max(cfg.norm_len())
+            .max(stat)
+            .max(shock)
+    }
+
+    /// The reversion after shock days, when the model has one.
+    pub fn reversion(&self) -> Option<&Reversion> {
+        self.reversion.as_ref()
     }
 
     /// The network shape.
@@ -466,6 +525,12 @@ impl Model {
         self.hybrid = hybrid;
     }
 
+    /// Replaces the reversion (tests).
+    #[cfg(test)]
+    pub(crate) fn set_reversion(&mut self, reversion: Option<Reversion>) {
+        self.reversion = reversion;
+    }
+
     /// Replaces the calibration (tests exercise non-trivial factors).
     #[cfg(test)]
     pub(crate) fn set_calibration(&mut self, calibration: Calibration) {
@@ -498,6 +563,23 @@ impl Model {
     /// read. Returns `[windows, horizon, quantiles]` in the series' units,
     /// each step's quantiles ascending.
     pub fn forecast(&self, windows: &[(SeriesInput<'_>, usize)]) -> Result<Vec<f32>> {
+        self.forecast_with(
+            windows,
+            self.hybrid.as_ref(),
+            self.calibration,
+            self.reversion,
+        )
+    }
+
+    /// [`Model::forecast`] with the given post-processing in place of the
+    /// model's own.
+    fn forecast_with(
+        &self,
+        windows: &[(SeriesInput<'_>, usize)],
+        hybrid: Option<&Hybrid>,
+        calibration: Calibration,
+        reversion: Option<Reversion>,
+    ) -> Result<Vec<f32>> {
         let (h, q) = (self.config.horizon, self.config.quantiles.len());
         for (input, _) in windows {
             if input.step != self.step_ms {
@@ -513,11 +595,10 @@ impl Model {
             }
         }
         let mut out = vec![0f32; windows.len() * h * q];
+        let levels = reversion::Levels::of(&self.config);
+        let mut row = vec![0f32; q];
         let mut batch = Batch {
-            history_len: self
-                .hybrid
-                .as_ref()
-                .map_or(0, |hy| hy.lookback(&self.config)),
+            history_len: hybrid.map_or(0, |hy| hy.lookback(&self.config)),
             ..Batch::default()
         };
         for (c, chunk) in windows.chunks(CHUNK).enumerate() {
@@ -527,24 +608,32 @@ impl Model {
                 push_window(&self.config, &scale, input, *origin, false, &mut batch)?;
             }
             let mut z = self.network_quantiles(&batch)?;
-            if let Some(hybrid) = &self.hybrid {
+            if let Some(hybrid) = hybrid {
                 hybrid.blend(&self.config, &batch, &mut z);
             }
             let mid = self.config.median_index();
-            let Calibration { lower, upper } = self.calibration;
+            let Calibration { lower, upper } = calibration;
             let dst = &mut out[c * CHUNK * h * q..][..chunk.len() * h * q];
             for (w, vals) in dst.chunks_mut(h * q).enumerate() {
                 let (m, s) = (batch.loc[w], batch.scale[w]);
-                let miss = self
-                    .hybrid
-                    .as_ref()
-                    .map_or(1.0, |hy| hy.miss_factor(&self.config, &batch, w));
+                let miss = hybrid.map_or(1.0, |hy| hy.miss_factor(&self.config, &batch, w));
                 let (lower, upper) = (lower * miss, upper * miss);
-                for (d, z) in vals.chunks_mut(q).zip(z[w * h * q..].chunks(q)) {
+                let (input, origin) = &chunk[w];
+                let turn = reversion
+                    .zip(levels)
+                    .map(|(r, lv)| (r.weight_at(self.config.season, input.values, *origin), lv));
+                for (k, (d, z)) in vals.chunks_mut(q).zip(z[w * h * q..].chunks(q)).enumerate() {
                     let med = z[mid];
-                    for (j, (d, &z)) in d.iter_mut().zip(z).enumerate() {
+                    for (j, (r, &z)) in row.iter_mut().zip(z).enumerate() {
                         let f = if j < mid { lower } else { upper };
-                        *d = m + s * (med + f * (z - med));
+                        *r = med + f * (z - med);
+                    }
+                    if let Some((p, lv)) = turn.filter(|&(p, _)| p > 0.0) {
+                        let back = input.values[origin + k - 7 * self.config.season];
+                        reversion::mix(&mut row, (back - m) / s, p, lv);
+                    }
+                    for (d, &r) in d.iter_mut().zip(&row) {
+                        *d = m + s * r;
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::{ModelConfig, TrainConfig};
-use super::{Calibration, Hybrid, Model, SeriesMeta};
+use super::{Calibration, Hybrid, Model, Reversion, SeriesMeta};
 use crate::error::{Error, Result};
 
 /// Version of the directory format this build reads and writes.
@@ -32,6 +32,9 @@ struct ArtifactConfig {
     /// The statistical half of the forecast (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hybrid: Option<Hybrid>,
+    /// The reversion after shock days (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reversion: Option<Reversion>,
     /// First and last training timestamp over all series (ms).
     training_range: [i64; 2],
 }
@@ -72,6 +75,7 @@ impl Model {
             shard_types: self.shard_types.clone(),
             calibration: self.calibration,
             hybrid: self.hybrid.clone(),
+            reversion: self.reversion,
             training_range: range,
         };
         let write = || -> Result<()> {
@@ -133,6 +137,11 @@ impl Model {
                 .map_err(|e| artifact_err(&path, e))?;
         }
         model.hybrid = cfg.hybrid;
+        if let Some(r) = &cfg.reversion {
+            r.validate(&model.config)
+                .map_err(|e| artifact_err(&path, e))?;
+        }
+        model.reversion = cfg.reversion;
         let weights = dir.join(WEIGHTS);
         model
             .varmap

@@ -143,6 +143,28 @@ fn artifact_round_trip_gives_identical_forecasts() {
 }
 
 #[test]
+fn a_reversion_survives_the_round_trip() {
+    let (mut cfg, mut tc) = small_config();
+    cfg.lags = vec![24, 168];
+    tc.max_steps = 5;
+    let d: Vec<TrainSeries> = (0..2)
+        .map(|i| TrainSeries {
+            values: synthetic(24 * 17, 10.0 * (i + 1) as f32, i as u64),
+            ..data()[i].clone()
+        })
+        .collect();
+    let (mut model, _) = Model::fit(&cfg, &tc, STEP, &d, |_| {}).unwrap();
+    model.set_reversion(Some(Reversion { weight: 0.3 }));
+    assert!(model.window() >= 15 * 24);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m");
+    model.save(&path, &serde_json::Value::Null).unwrap();
+    let loaded = Model::load(&path).unwrap();
+    assert_eq!(loaded.reversion(), Some(&Reversion { weight: 0.3 }));
+    assert_eq!(windows(&model, &d), windows(&loaded, &d));
+}
+
+#[test]
 fn malformed_artifacts_are_refused_with_the_reason() {
     let (cfg, mut tc) = small_config();
     tc.max_steps = 1;
@@ -193,6 +215,16 @@ fn malformed_artifacts_are_refused_with_the_reason() {
     v["hybrid"]["weight"] = serde_json::json!(7.0);
     std::fs::write(p.join("config.json"), v.to_string()).unwrap();
     assert!(err(&p).contains("hybrid"), "{}", err(&p));
+
+    // A reversion on a model without the weekly lag, or with a bad weight.
+    for weight in [0.4, 1.5] {
+        let p = fresh(&format!("reversion-{weight}"));
+        let c = std::fs::read_to_string(p.join("config.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        v["reversion"] = serde_json::json!({ "weight": weight });
+        std::fs::write(p.join("config.json"), v.to_string()).unwrap();
+        assert!(err(&p).contains("reversion"), "{}", err(&p));
+    }
 
     assert!(err(&dir.path().join("missing")).contains("config.json"));
 }

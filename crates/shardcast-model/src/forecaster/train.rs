@@ -70,6 +70,9 @@ pub struct FitReport {
     /// The statistical half of the forecast, if any.
     #[serde(default)]
     pub hybrid: Option<super::Hybrid>,
+    /// The reversion after shock days, if any.
+    #[serde(default)]
+    pub reversion: Option<super::Reversion>,
     /// Wall time of the whole fit in seconds.
     pub seconds: f64,
 }

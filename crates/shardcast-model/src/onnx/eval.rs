@@ -95,6 +95,7 @@ enum Unary {
     Cos,
     Relu,
     Softplus,
+    Sqrt,
     Identity,
 }
 
@@ -526,7 +527,8 @@ fn parse_op(node: &NodeProto, consts: &HashMap<&str, Tensor>) -> Result<Op> {
                 _ => Cmp::Equal,
             })
         }
-        "Neg" | "Abs" | "Exp" | "Log" | "Sin" | "Cos" | "Relu" | "Softplus" | "Identity" => {
+        "Neg" | "Abs" | "Exp" | "Log" | "Sin" | "Cos" | "Relu" | "Softplus" | "Sqrt"
+        | "Identity" => {
             n_in(1, 1)?;
             attrs.only(&[])?;
             Op::Unary(match node.op_type.as_str() {
@@ -538,6 +540,7 @@ fn parse_op(node: &NodeProto, consts: &HashMap<&str, Tensor>) -> Result<Op> {
                 "Cos" => Unary::Cos,
                 "Relu" => Unary::Relu,
                 "Softplus" => Unary::Softplus,
+                "Sqrt" => Unary::Sqrt,
                 _ => Unary::Identity,
             })
         }
@@ -1223,6 +1226,7 @@ fn unary(op: Unary, x: &Tensor) -> Result<Tensor> {
         Unary::Relu => x.relu()?,
         // As the network computes it: relu(x) + log(1 + e^-|x|).
         Unary::Softplus => (x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?).log()?)?,
+        Unary::Sqrt => x.sqrt()?,
         Unary::Identity => x.clone(),
     })
 }

@@ -22,7 +22,8 @@ use super::proto::{
     tensor_shape_proto, type_proto,
 };
 use crate::error::{Error, Result};
-use crate::forecaster::{CellKind, Model, baseline_weights};
+use crate::forecaster::reversion::{Levels, MIN_SPREAD, SHOCK};
+use crate::forecaster::{CellKind, Model, Reversion, baseline_weights};
 
 /// The opset of the default domain the exported graph declares.
 pub const OPSET: i64 = 17;
@@ -619,11 +620,164 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
         let f3 = g.unsqueeze("miss_factor_3d", &f, &ax2);
         wide = g.op("Mul", "spread_after_miss", &[&wide, &f3], vec![]);
     }
-    let zq = g.op("Add", "normalised_quantiles", &[&medk, &wide], vec![]);
+    let mut zq = g.op("Add", "normalised_quantiles", &[&medk, &wide], vec![]);
+    if let Some(rev) = model.reversion() {
+        zq = reversion(g, model, rev, &zq, &xd, &zr)?;
+    }
     let s3 = g.unsqueeze("scale_3d", &scale, &ax2);
     let m3 = g.unsqueeze("loc_3d", &loc, &ax2);
     let scaled = g.op("Mul", "scaled_quantiles", &[&s3, &zq], vec![]);
     Ok(g.op("Add", QUANTILES, &[&m3, &scaled], vec![]))
+}
+
+/// The reversion after a shock day (as `Model::forecast` with
+/// `reversion::mix`): the shock test on the window's values `xd` (`[B, L]`,
+/// f64), last week's values from the unclipped normalised window `zr`, and
+/// the moment-matched mixture of the normalised quantiles `zq`.
+fn reversion(
+    g: &mut Graph,
+    model: &Model,
+    rev: &Reversion,
+    zq: &str,
+    xd: &str,
+    zr: &str,
+) -> Result<String> {
+    let cfg = model.config();
+    let (m, h) = (cfg.season, cfg.horizon);
+    let l = model.window();
+    let levels = Levels::of(cfg)
+        .ok_or_else(|| Error::Invalid("reversion needs 10% and 90% quantile levels".into()))?;
+    let ax1 = g.i64s("shock_axes", &[1], &[1]);
+    let ax2 = g.i64s("reversion_axes", &[1], &[2]);
+    // Mean of the season `weeks` weeks before the last one's end, and
+    // whether it is positive (f64 throughout, as `reversion::shocked`).
+    let zero = g.f64s("shock_zero", &[], &[0.0]);
+    let count = g.f64s("shock_count", &[], &[m as f64]);
+    let mut means = Vec::new();
+    let mut ok: Option<String> = None;
+    for weeks in 0..3 {
+        let end = l - 7 * weeks * m;
+        let part = g.slice(&format!("shock_values_{weeks}"), xd, 1, end - m, end);
+        let sum = g.op(
+            "ReduceSum",
+            &format!("shock_sum_{weeks}"),
+            &[&part, &ax1],
+            vec![attr_int("keepdims", 1)],
+        );
+        let mean = g.op(
+            "Div",
+            &format!("shock_mean_{weeks}"),
+            &[&sum, &count],
+            vec![],
+        );
+        let pos = g.op(
+            "Greater",
+            &format!("shock_positive_{weeks}"),
+            &[&mean, &zero],
+            vec![],
+        );
+        let pos = g.cast(
+            &format!("shock_positive_{weeks}_f64"),
+            &pos,
+            data_type::DOUBLE,
+        );
+        ok = Some(match ok {
+            None => pos,
+            Some(prev) => g.op(
+                "Mul",
+                &format!("shock_all_positive_{weeks}"),
+                &[&prev, &pos],
+                vec![],
+            ),
+        });
+        means.push(mean);
+    }
+    let need = g.i64s("shock_history", &[], &[Reversion::lookback(m) as i64]);
+    let n = g.unsqueeze("shock_history_len", HISTORY_LEN, &ax1);
+    let enough = g.op("GreaterOrEqual", "shock_enough", &[&n, &need], vec![]);
+    let enough = g.cast("shock_enough_f64", &enough, data_type::DOUBLE);
+    let up = g.f64s("shock_up", &[], &[SHOCK]);
+    let down = g.f64s("shock_down", &[], &[-SHOCK]);
+    let mut rise: Option<String> = None;
+    let mut fall: Option<String> = None;
+    for weeks in 1..3 {
+        let ratio = g.op(
+            "Div",
+            &format!("shock_ratio_{weeks}"),
+            &[&means[0], &means[weeks]],
+            vec![],
+        );
+        let log = g.op("Log", &format!("shock_log_{weeks}"), &[&ratio], vec![]);
+        let r = g.op(
+            "Greater",
+            &format!("shock_rise_{weeks}"),
+            &[&log, &up],
+            vec![],
+        );
+        let f = g.op(
+            "Less",
+            &format!("shock_fall_{weeks}"),
+            &[&log, &down],
+            vec![],
+        );
+        let r = g.cast(&format!("shock_rise_{weeks}_f64"), &r, data_type::DOUBLE);
+        let f = g.cast(&format!("shock_fall_{weeks}_f64"), &f, data_type::DOUBLE);
+        rise = Some(match rise {
+            None => r,
+            Some(prev) => g.op("Mul", "shock_rise", &[&prev, &r], vec![]),
+        });
+        fall = Some(match fall {
+            None => f,
+            Some(prev) => g.op("Mul", "shock_fall", &[&prev, &f], vec![]),
+        });
+    }
+    let (rise, fall) = (rise.expect("two weeks"), fall.expect("two weeks"));
+    let either = g.op("Add", "shock_either", &[&rise, &fall], vec![]);
+    let checked = g.op(
+        "Mul",
+        "shock_checked",
+        &[&either, &ok.expect("three means")],
+        vec![],
+    );
+    let shock = g.op("Mul", "shock_f64", &[&checked, &enough], vec![]); // [B, 1]
+    let shock = g.cast("shock", &shock, data_type::FLOAT);
+    let weight = g.f32s("reversion_weight", &[], &[rev.weight]);
+    let p = g.op("Mul", "reversion_p", &[&shock, &weight], vec![]);
+    let p = g.unsqueeze("reversion_p_3d", &p, &ax2); // [B, 1, 1]
+    // Last week's values at the horizon steps, normalised, unclipped.
+    let idx: Vec<i64> = (0..h).map(|k| (l + k - 7 * m) as i64).collect();
+    let idx = g.i64s("reversion_index", &[h], &idx);
+    let back = g.op(
+        "Gather",
+        "reversion_back_2d",
+        &[zr, &idx],
+        vec![attr_int("axis", 1)],
+    );
+    let back = g.unsqueeze("reversion_back", &back, &ax2); // [B, H, 1]
+    let med = g.slice("reversion_median", zq, 2, levels.mid, levels.mid + 1);
+    let hi = g.slice("reversion_hi", zq, 2, levels.hi, levels.hi + 1);
+    let lo = g.slice("reversion_lo", zq, 2, levels.lo, levels.lo + 1);
+    let width = g.op("Sub", "reversion_width", &[&hi, &lo], vec![]);
+    let gap = g.f32s("reversion_z_gap", &[], &[levels.z_gap]);
+    let sigma = g.op("Div", "reversion_sigma_raw", &[&width, &gap], vec![]);
+    let floor = g.f32s("reversion_min_spread", &[], &[MIN_SPREAD]);
+    let sigma = g.op("Max", "reversion_sigma", &[&sigma, &floor], vec![]);
+    let d = g.op("Sub", "reversion_distance", &[&med, &back], vec![]);
+    let one = g.f32s("reversion_one", &[], &[1.0]);
+    let q = g.op("Sub", "reversion_q", &[&one, &p], vec![]);
+    let pq = g.op("Mul", "reversion_pq", &[&p, &q], vec![]);
+    let d2 = g.op("Mul", "reversion_d2", &[&d, &d], vec![]);
+    let s2 = g.op("Mul", "reversion_s2", &[&sigma, &sigma], vec![]);
+    let pqd2 = g.op("Mul", "reversion_pq_d2", &[&pq, &d2], vec![]);
+    let t = g.op("Div", "reversion_t", &[&pqd2, &s2], vec![]);
+    let t1 = g.op("Add", "reversion_t1", &[&one, &t], vec![]);
+    let f = g.op("Sqrt", "reversion_factor", &[&t1], vec![]);
+    let keep = g.op("Mul", "reversion_keep", &[&q, &med], vec![]);
+    let turn = g.op("Mul", "reversion_turn", &[&p, &back], vec![]);
+    let centre = g.op("Add", "reversion_centre", &[&keep, &turn], vec![]);
+    let spread = g.op("Sub", "reversion_spread", &[zq, &med], vec![]);
+    let wide = g.op("Mul", "reversion_wide", &[&spread, &f], vec![]);
+    Ok(g.op("Add", "reverted_quantiles", &[&centre, &wide], vec![]))
 }
 
 /// One member's recurrent encoder over `seq` `[C, B, I]`; returns the last

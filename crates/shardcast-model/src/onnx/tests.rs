@@ -7,8 +7,8 @@ use super::eval::run_node;
 use super::proto::{ModelProto, tensor_shape_proto, type_proto};
 use super::*;
 use crate::forecaster::{
-    Baseline, Calibration, CellKind, Hybrid, Model, ModelConfig, SeriesInput, TrainConfig,
-    TrainSeries,
+    Baseline, Calibration, CellKind, Hybrid, Model, ModelConfig, Reversion, SeriesInput,
+    TrainConfig, TrainSeries,
 };
 use crate::test_util::values;
 
@@ -118,11 +118,16 @@ fn windows<'a>(m: &Model, d: &'a [TrainSeries], ev: &'a [f32]) -> Vec<(SeriesInp
 fn check_matches(m: &Model, with_events: bool) -> f32 {
     let d = data(with_events);
     let ev = events(40);
-    let w = windows(m, &d, &ev);
-    let want = m.forecast(&w).unwrap();
+    check_windows(m, &windows(m, &d, &ev))
+}
+
+/// Runs the exported graph on `w` and compares it with `Model::forecast`;
+/// returns the largest difference.
+fn check_windows(m: &Model, w: &[(SeriesInput<'_>, usize)]) -> f32 {
+    let want = m.forecast(w).unwrap();
     let bytes = to_bytes(m).unwrap();
     let onnx = OnnxModel::from_bytes(Path::new("test.onnx"), &bytes).unwrap();
-    let inputs = onnx.contract().inputs(&w).unwrap();
+    let inputs = onnx.contract().inputs(w).unwrap();
     let got = onnx.run(&inputs).unwrap();
     let (h, q) = (m.config().horizon, m.config().quantiles.len());
     assert_eq!(got.dims(), &[w.len(), h, q]);
@@ -217,6 +222,71 @@ fn models_with_baselines_and_a_hybrid_match_forecast() {
     let after = m.forecast(&windows(&m, &d, &ev)).unwrap();
     assert!(before.iter().zip(&after).any(|(a, b)| (a - b).abs() > 1e-3));
     check_matches(&m, true);
+}
+
+#[test]
+fn models_with_a_reversion_match_forecast() {
+    // Eighteen days with the weekly lag; the last day of series 0 drops to
+    // half and the last 30 hours of series 1 rise by 60%: both are shocks.
+    let cfg = ModelConfig {
+        lags: vec![24, 168],
+        ..config(CellKind::Gru, 1)
+    };
+    let n = 24 * 18;
+    let mut d: Vec<TrainSeries> = (0..3)
+        .map(|i| TrainSeries {
+            name: format!("app/type{}/value/s{i}", i % 2),
+            shard_type: format!("type{}", i % 2),
+            start: START,
+            values: series(n, 10.0 * (i + 1) as f32, i as u64),
+            events: Some(events(n + 12)),
+        })
+        .collect();
+    d[0].values[n - 24..].iter_mut().for_each(|v| *v *= 0.5);
+    d[1].values[n - 30..].iter_mut().for_each(|v| *v *= 1.6);
+    let tc = TrainConfig {
+        batch_size: 16,
+        max_steps: 3,
+        eval_every: 3,
+        ..TrainConfig::default()
+    };
+    let (mut m, _) = Model::fit(&cfg, &tc, STEP, &d, |_| {}).unwrap();
+    m.set_calibration(Calibration {
+        lower: 1.2,
+        upper: 0.9,
+    });
+    m.set_reversion(Some(Reversion { weight: 0.4 }));
+    assert!(Contract::of(&m).window >= 15 * 24);
+    let mut w = Vec::new();
+    for (i, s) in d.iter().enumerate() {
+        let input = SeriesInput {
+            series: m.series_row(&s.name),
+            shard_type: m.shard_type_row(&s.shard_type),
+            start: s.start,
+            step: STEP,
+            values: &s.values,
+            events: s.events.as_deref(),
+        };
+        // Shocked (series 0 and 1 at the end), calm, and too short a
+        // history for the shock test.
+        for origin in [n, n - 3, n - 24 - i, 15 * 24, 15 * 24 - 1, 100] {
+            w.push((input, origin));
+        }
+    }
+    // The shocked windows move: the reversion is in the path.
+    let with = m.forecast(&w).unwrap();
+    m.set_reversion(None);
+    let without = m.forecast(&w).unwrap();
+    m.set_reversion(Some(Reversion { weight: 0.4 }));
+    let per = cfg.horizon * cfg.quantiles.len();
+    let moved: Vec<bool> = with
+        .chunks(per)
+        .zip(without.chunks(per))
+        .map(|(a, b)| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-3))
+        .collect();
+    assert!(moved[0] && moved[6], "{moved:?}");
+    assert!(!moved[12] && !moved[3] && !moved[5], "{moved:?}");
+    check_windows(&m, &w);
 }
 
 #[test]

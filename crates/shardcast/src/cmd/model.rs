@@ -375,8 +375,15 @@ fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
     print_hybrid(&bt.model);
 }
 
-/// The statistical half the fit chose, if the model has one.
+/// The statistical half and the reversion the fit chose, if the model has
+/// them.
 fn print_hybrid(model: &Model) {
+    if let Some(r) = model.reversion() {
+        println!(
+            "reversion: after a shock day, weight {} on last week's values",
+            r.weight
+        );
+    }
     if let Some(h) = model.hybrid() {
         let s = &h.statistical;
         println!(
