@@ -7,6 +7,8 @@
 //! the series and its shard type; per horizon step, the known features
 //! (lags, calendar, events). See [`features`] for the normalisation and
 //! [`network`] for the architecture and why quantiles cannot cross.
+//! After training come the statistical half of the forecast ([`Hybrid`]),
+//! the calibration and the reversion after shock days ([`Reversion`]).
 //!
 //! A model is saved as a directory: `config.json` (format version, shapes,
 //! features, series table with scalers, training range and settings),
