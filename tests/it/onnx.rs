@@ -170,6 +170,28 @@ fn onnxruntime_parity(py: &Path, cases: &[PathBuf]) -> Vec<serde_json::Value> {
 
 const HOUR: i64 = 3_600_000;
 
+/// A short training run on `grids`, leaving out the last `cut` points of
+/// each.
+fn fit(cfg: &ModelConfig, grids: &[Grid], cut: usize) -> Model {
+    let tc = TrainConfig {
+        batch_size: 32,
+        max_steps: 20,
+        eval_every: 10,
+        ..TrainConfig::default()
+    };
+    let data: Vec<TrainSeries> = grids
+        .iter()
+        .map(|g| TrainSeries {
+            name: g.name.clone(),
+            shard_type: g.shard_type.clone(),
+            start: g.start,
+            values: g.values[..g.values.len() - cut].to_vec(),
+            events: Some(g.events.clone()),
+        })
+        .collect();
+    Model::fit(cfg, &tc, HOUR, &data, |_| {}).unwrap().0
+}
+
 fn small_model(cell: CellKind, layers: usize) -> (Model, Vec<Grid>) {
     let grids: Vec<Grid> = (0..4)
         .map(|i| Grid {
@@ -208,25 +230,7 @@ fn small_model(cell: CellKind, layers: usize) -> (Model, Vec<Grid>) {
         },
         ..ModelConfig::default()
     };
-    let tc = TrainConfig {
-        batch_size: 32,
-        max_steps: 20,
-        eval_every: 10,
-        ..TrainConfig::default()
-    };
-    let data: Vec<TrainSeries> = grids
-        .iter()
-        .skip(1)
-        .map(|g| TrainSeries {
-            name: g.name.clone(),
-            shard_type: g.shard_type.clone(),
-            start: g.start,
-            values: g.values.clone(),
-            events: Some(g.events.clone()),
-        })
-        .collect();
-    let (model, _) = Model::fit(&cfg, &tc, HOUR, &data, |_| {}).unwrap();
-    (model, grids)
+    (fit(&cfg, &grids[1..], 0), grids)
 }
 
 /// Ten weeks of hourly data with a weekly pattern; one day in every three
@@ -264,24 +268,7 @@ fn shocky_model() -> (Model, Vec<Grid>) {
         head_hidden: 8,
         ..ModelConfig::default()
     };
-    let tc = TrainConfig {
-        batch_size: 32,
-        max_steps: 20,
-        eval_every: 10,
-        ..TrainConfig::default()
-    };
-    let data: Vec<TrainSeries> = grids
-        .iter()
-        .map(|g| TrainSeries {
-            name: g.name.clone(),
-            shard_type: g.shard_type.clone(),
-            start: g.start,
-            values: g.values[..n - 24].to_vec(),
-            events: Some(g.events.clone()),
-        })
-        .collect();
-    let (model, _) = Model::fit(&cfg, &tc, HOUR, &data, |_| {}).unwrap();
-    (model, grids)
+    (fit(&cfg, &grids, 24), grids)
 }
 
 #[test]

@@ -63,19 +63,7 @@ fn data() -> Vec<TrainSeries> {
 fn windows(model: &Model, data: &[TrainSeries]) -> Vec<f32> {
     let inputs: Vec<(SeriesInput<'_>, usize)> = data
         .iter()
-        .map(|s| {
-            (
-                SeriesInput {
-                    series: model.series_row(&s.name),
-                    shard_type: model.shard_type_row(&s.shard_type),
-                    start: s.start,
-                    step: STEP,
-                    values: &s.values,
-                    events: None,
-                },
-                s.values.len(),
-            )
-        })
+        .map(|s| (crate::test_util::input_of(model, s), s.values.len()))
         .collect();
     model.forecast(&inputs).unwrap()
 }

@@ -649,12 +649,27 @@ fn reversion(
         .ok_or_else(|| Error::Invalid("reversion needs 10% and 90% quantile levels".into()))?;
     let ax1 = g.i64s("shock_axes", &[1], &[1]);
     let ax2 = g.i64s("reversion_axes", &[1], &[2]);
-    // Mean of the season `weeks` weeks before the last one's end, and
-    // whether it is positive (f64 throughout, as `reversion::shocked`).
+    // A comparison as 0 or 1 (f64), and the product of several.
+    let test = |g: &mut Graph, op: &str, name: &str, a: &str, b: &str| {
+        let t = g.op(op, name, &[a, b], vec![]);
+        g.cast(&format!("{name}_f64"), &t, data_type::DOUBLE)
+    };
+    let all = |g: &mut Graph, name: &str, parts: &[String]| {
+        parts[1..]
+            .iter()
+            .enumerate()
+            .fold(parts[0].clone(), |acc, (i, p)| {
+                g.op("Mul", &format!("{name}_{i}"), &[&acc, p], vec![])
+            })
+    };
+    // The means of the last season and of the same season one and two
+    // weeks earlier, each positive, and enough history (the conditions that
+    // must all hold, with a rise or a fall against both weeks); f64
+    // throughout, as `reversion::shocked`.
     let zero = g.f64s("shock_zero", &[], &[0.0]);
     let count = g.f64s("shock_count", &[], &[m as f64]);
     let mut means = Vec::new();
-    let mut ok: Option<String> = None;
+    let mut conditions = Vec::new();
     for weeks in 0..3 {
         let end = l - 7 * weeks * m;
         let part = g.slice(&format!("shock_values_{weeks}"), xd, 1, end - m, end);
@@ -670,36 +685,21 @@ fn reversion(
             &[&sum, &count],
             vec![],
         );
-        let pos = g.op(
+        conditions.push(test(
+            g,
             "Greater",
             &format!("shock_positive_{weeks}"),
-            &[&mean, &zero],
-            vec![],
-        );
-        let pos = g.cast(
-            &format!("shock_positive_{weeks}_f64"),
-            &pos,
-            data_type::DOUBLE,
-        );
-        ok = Some(match ok {
-            None => pos,
-            Some(prev) => g.op(
-                "Mul",
-                &format!("shock_all_positive_{weeks}"),
-                &[&prev, &pos],
-                vec![],
-            ),
-        });
+            &mean,
+            &zero,
+        ));
         means.push(mean);
     }
     let need = g.i64s("shock_history", &[], &[Reversion::lookback(m) as i64]);
     let n = g.unsqueeze("shock_history_len", HISTORY_LEN, &ax1);
-    let enough = g.op("GreaterOrEqual", "shock_enough", &[&n, &need], vec![]);
-    let enough = g.cast("shock_enough_f64", &enough, data_type::DOUBLE);
+    conditions.push(test(g, "GreaterOrEqual", "shock_enough", &n, &need));
     let up = g.f64s("shock_up", &[], &[SHOCK]);
     let down = g.f64s("shock_down", &[], &[-SHOCK]);
-    let mut rise: Option<String> = None;
-    let mut fall: Option<String> = None;
+    let (mut rises, mut falls) = (Vec::new(), Vec::new());
     for weeks in 1..3 {
         let ratio = g.op(
             "Div",
@@ -708,38 +708,20 @@ fn reversion(
             vec![],
         );
         let log = g.op("Log", &format!("shock_log_{weeks}"), &[&ratio], vec![]);
-        let r = g.op(
+        rises.push(test(
+            g,
             "Greater",
             &format!("shock_rise_{weeks}"),
-            &[&log, &up],
-            vec![],
-        );
-        let f = g.op(
-            "Less",
-            &format!("shock_fall_{weeks}"),
-            &[&log, &down],
-            vec![],
-        );
-        let r = g.cast(&format!("shock_rise_{weeks}_f64"), &r, data_type::DOUBLE);
-        let f = g.cast(&format!("shock_fall_{weeks}_f64"), &f, data_type::DOUBLE);
-        rise = Some(match rise {
-            None => r,
-            Some(prev) => g.op("Mul", "shock_rise", &[&prev, &r], vec![]),
-        });
-        fall = Some(match fall {
-            None => f,
-            Some(prev) => g.op("Mul", "shock_fall", &[&prev, &f], vec![]),
-        });
+            &log,
+            &up,
+        ));
+        falls.push(test(g, "Less", &format!("shock_fall_{weeks}"), &log, &down));
     }
-    let (rise, fall) = (rise.expect("two weeks"), fall.expect("two weeks"));
+    let rise = all(g, "shock_rise", &rises);
+    let fall = all(g, "shock_fall", &falls);
     let either = g.op("Add", "shock_either", &[&rise, &fall], vec![]);
-    let checked = g.op(
-        "Mul",
-        "shock_checked",
-        &[&either, &ok.expect("three means")],
-        vec![],
-    );
-    let shock = g.op("Mul", "shock_f64", &[&checked, &enough], vec![]); // [B, 1]
+    conditions.push(either);
+    let shock = all(g, "shock_f64", &conditions); // [B, 1]: all hold
     let shock = g.cast("shock", &shock, data_type::FLOAT);
     let weight = g.f32s("reversion_weight", &[], &[rev.weight]);
     let p = g.op("Mul", "reversion_p", &[&shock, &weight], vec![]);

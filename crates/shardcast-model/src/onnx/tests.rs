@@ -10,7 +10,7 @@ use crate::forecaster::{
     Baseline, Calibration, CellKind, Hybrid, Model, ModelConfig, Reversion, SeriesInput,
     TrainConfig, TrainSeries,
 };
-use crate::test_util::values;
+use crate::test_util::{input_of, values};
 
 const STEP: i64 = 3_600_000;
 /// A Monday, 2024-01-01T00:00Z, so windows cross day and week boundaries.
@@ -83,14 +83,7 @@ fn model(cfg: &ModelConfig, with_events: bool) -> Model {
 fn windows<'a>(m: &Model, d: &'a [TrainSeries], ev: &'a [f32]) -> Vec<(SeriesInput<'a>, usize)> {
     let mut out = Vec::new();
     for (i, s) in d.iter().enumerate() {
-        let input = SeriesInput {
-            series: m.series_row(&s.name),
-            shard_type: m.shard_type_row(&s.shard_type),
-            start: s.start,
-            step: STEP,
-            values: &s.values,
-            events: s.events.as_deref(),
-        };
+        let input = input_of(m, s);
         for origin in [
             s.values.len(),
             s.values.len() - 17 - i,
@@ -259,14 +252,7 @@ fn models_with_a_reversion_match_forecast() {
     assert!(Contract::of(&m).window >= 15 * 24);
     let mut w = Vec::new();
     for (i, s) in d.iter().enumerate() {
-        let input = SeriesInput {
-            series: m.series_row(&s.name),
-            shard_type: m.shard_type_row(&s.shard_type),
-            start: s.start,
-            step: STEP,
-            values: &s.values,
-            events: s.events.as_deref(),
-        };
+        let input = input_of(&m, s);
         // Shocked (series 0 and 1 at the end), calm, and too short a
         // history for the shock test.
         for origin in [n, n - 3, n - 24 - i, 15 * 24, 15 * 24 - 1, 100] {
