@@ -597,7 +597,7 @@ impl Model {
             }
         }
         let mut out = vec![0f32; windows.len() * h * q];
-        let levels = reversion::Levels::of(&self.config);
+        let mut mixer = reversion::Mixer::of(&self.config);
         let mut row = vec![0f32; q];
         let mut batch = Batch {
             history_len: hybrid.map_or(0, |hy| hy.lookback(&self.config)),
@@ -621,18 +621,18 @@ impl Model {
                 let miss = hybrid.map_or(1.0, |hy| hy.miss_factor(&self.config, &batch, w));
                 let (lower, upper) = (lower * miss, upper * miss);
                 let (input, origin) = &chunk[w];
-                let turn = reversion
-                    .zip(levels)
-                    .map(|(r, lv)| (r.weight_at(self.config.season, input.values, *origin), lv));
+                let p = reversion.map_or(0.0, |r| {
+                    r.weight_at(self.config.season, input.values, *origin)
+                });
                 for (k, (d, z)) in vals.chunks_mut(q).zip(z[w * h * q..].chunks(q)).enumerate() {
                     let med = z[mid];
                     for (j, (r, &z)) in row.iter_mut().zip(z).enumerate() {
                         let f = if j < mid { lower } else { upper };
                         *r = med + f * (z - med);
                     }
-                    if let Some((p, lv)) = turn.filter(|&(p, _)| p > 0.0) {
+                    if let Some(mixer) = mixer.as_mut().filter(|_| p > 0.0) {
                         let back = input.values[origin + k - 7 * self.config.season];
-                        reversion::mix(&mut row, (back - m) / s, p, lv);
+                        mixer.mix(&mut row, (back - m) / s, p);
                     }
                     for (d, &r) in d.iter_mut().zip(&row) {
                         *d = m + s * r;

@@ -11,14 +11,13 @@
 //! points predict. The forecast then becomes a mixture of the two, with
 //! weight `weight` on the return.
 //!
-//! The mixture is matched by its first two moments per horizon step. Its
-//! median moves to `(1 - p) * median + p * last_week`. Its spread around
-//! the median is scaled by `sqrt(1 + p (1 - p) d² / σ²)`, where `d` is the
-//! distance between the two scenarios and `σ` the forecast's own spread
-//! (read from its 10% and 90% quantiles). Both maps are affine in the
-//! values, so the result is the same in normalised and in original units,
-//! the levels stay ordered, and an ONNX graph computes it with elementwise
-//! operators.
+//! The return scenario is the forecast's own distribution moved so that its
+//! median is last week's value at each horizon step, and the mixture's
+//! quantiles are found by bisection on its CDF (see [`Mixer`]). Where the
+//! two scenarios are far apart, the bands take in both; where they agree,
+//! little changes. The bisection runs a fixed number of steps from a fixed
+//! bracket, so the levels stay ordered and an ONNX graph runs the same
+//! steps.
 //!
 //! The weight is fitted after training, on a grid, by the pinball loss over
 //! every level on the training windows that follow a shock. It needs weekly
@@ -30,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::metrics::normal_quantile;
 
 /// Smallest `|ln(last season's mean / the same season a week earlier)|`
 /// (and two weeks earlier) that counts as a shock (about a quarter up or
@@ -38,8 +36,11 @@ use crate::metrics::normal_quantile;
 pub(crate) const SHOCK: f64 = 0.25;
 /// Weights of the return scenario tried when fitting.
 const WEIGHTS: [f32; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
-/// Floor of the spread `σ` (in the units of the quantiles).
-pub(crate) const MIN_SPREAD: f32 = 1e-6;
+/// Bisection steps per mixture quantile: the bracket shrinks by 2^-30,
+/// below f32 resolution at the quantiles' magnitude.
+pub(crate) const STEPS: usize = 30;
+/// Smallest gap between neighbouring quantiles that the CDF divides by.
+pub(crate) const MIN_GAP: f32 = 1e-6;
 
 /// The fitted reversion (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -49,27 +50,105 @@ pub struct Reversion {
     pub weight: f32,
 }
 
-/// Where in a row of quantiles the mixture reads: the median and the 10%
-/// and 90% levels, and the standard-normal distance between the latter.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Levels {
+/// The mixture of a forecast with its copy moved onto the return
+/// scenario, at one horizon step.
+///
+/// A row of quantiles stands for the distribution whose CDF is linear
+/// between them, its outer segments extended with the same slopes down to
+/// 0 and up to 1 (two extra knots, at levels 0 and 1). The return scenario
+/// is the same distribution shifted so that its median is last week's
+/// value. The mixture's CDF is `(1 - p) F(x) + p F(x - shift)`, and each of
+/// its quantiles is found by [`STEPS`] bisection steps between the lowest
+/// and the highest extra knot of the two. The ONNX graph runs the same
+/// steps.
+#[derive(Debug, Clone)]
+pub(crate) struct Mixer {
+    /// Index of the median.
     pub mid: usize,
-    pub lo: usize,
-    pub hi: usize,
-    pub z_gap: f32,
+    /// The quantile levels.
+    pub taus: Vec<f32>,
+    /// `[q + 1]` level steps between the extended knots (from level 0 to
+    /// the first level, …, from the last to 1).
+    pub steps: Vec<f32>,
+    /// The extra knots sit this many first (last) gaps below the first
+    /// (above the last) quantile.
+    pub below: f32,
+    /// See `below`.
+    pub above: f32,
+    knots: Vec<f32>,
+    gaps: Vec<f32>,
 }
 
-impl Levels {
-    /// The levels of `cfg`; `None` without a 10% or a 90% level.
+impl Mixer {
+    /// The mixer of `cfg`'s levels; `None` with fewer than two.
     pub(crate) fn of(cfg: &ModelConfig) -> Option<Self> {
-        let level = |tau: f64| cfg.quantiles.iter().position(|&l| (l - tau).abs() < 1e-9);
-        let (lo, hi) = (level(0.1)?, level(0.9)?);
+        let taus: Vec<f32> = cfg.quantiles.iter().map(|&t| t as f32).collect();
+        let q = taus.len();
+        if q < 2 {
+            return None;
+        }
+        let mut steps = Vec::with_capacity(q + 1);
+        steps.push(taus[0]);
+        steps.extend(taus.windows(2).map(|w| w[1] - w[0]));
+        steps.push(1.0 - taus[q - 1]);
         Some(Self {
             mid: cfg.median_index(),
-            lo,
-            hi,
-            z_gap: (normal_quantile(0.9) - normal_quantile(0.1)) as f32,
+            below: taus[0] / (taus[1] - taus[0]),
+            above: (1.0 - taus[q - 1]) / (taus[q - 1] - taus[q - 2]),
+            taus,
+            steps,
+            knots: vec![0.0; q + 2],
+            gaps: vec![0.0; q + 1],
         })
+    }
+
+    /// Sets the extended knots and their gaps from `row`.
+    fn extend(&mut self, row: &[f32]) {
+        let q = row.len();
+        let gap = |a: f32, b: f32| (b - a).max(MIN_GAP);
+        self.knots[0] = row[0] - gap(row[0], row[1]) * self.below;
+        self.knots[1..=q].copy_from_slice(row);
+        self.knots[q + 1] = row[q - 1] + gap(row[q - 2], row[q - 1]) * self.above;
+        for j in 0..=q {
+            self.gaps[j] = gap(self.knots[j], self.knots[j + 1]);
+        }
+    }
+
+    /// The CDF of the extended row, shifted by `shift`, at `x`.
+    fn cdf(&self, x: f32, shift: f32) -> f32 {
+        self.steps
+            .iter()
+            .zip(&self.knots)
+            .zip(&self.gaps)
+            .map(|((&step, &k), &g)| step * ((x - (k + shift)) / g).clamp(0.0, 1.0))
+            .sum()
+    }
+
+    /// Mixes one horizon step's quantiles `row` with the return scenario
+    /// whose median is `back` (last week's value at that step) at weight
+    /// `p`, in place. Nothing changes at weight 0.
+    pub(crate) fn mix(&mut self, row: &mut [f32], back: f32, p: f32) {
+        if p <= 0.0 {
+            return;
+        }
+        let q = row.len();
+        let shift = back - row[self.mid];
+        self.extend(row);
+        let (first, last) = (self.knots[0], self.knots[q + 1]);
+        let (lo, hi) = (first.min(first + shift), last.max(last + shift));
+        for (v, &tau) in row.iter_mut().zip(&self.taus) {
+            let (mut l, mut h) = (lo, hi);
+            for _ in 0..STEPS {
+                let m = 0.5 * (l + h);
+                let c = (1.0 - p) * self.cdf(m, 0.0) + p * self.cdf(m, shift);
+                if c < tau {
+                    l = m;
+                } else {
+                    h = m;
+                }
+            }
+            *v = 0.5 * (l + h);
+        }
     }
 }
 
@@ -80,13 +159,13 @@ impl Reversion {
     }
 
     /// Whether the model's shape allows a reversion: a season, the one-week
-    /// lag among the inputs, a horizon within a week, and 10% and 90%
-    /// levels.
+    /// lag among the inputs, a horizon within a week, and two quantile
+    /// levels or more.
     pub(crate) fn applies(cfg: &ModelConfig) -> bool {
         cfg.season > 0
             && cfg.lags.contains(&(7 * cfg.season))
             && cfg.horizon <= 7 * cfg.season
-            && Levels::of(cfg).is_some()
+            && cfg.quantiles.len() >= 2
     }
 
     /// Checks it against the model's shape.
@@ -100,7 +179,7 @@ impl Reversion {
         if !Self::applies(cfg) {
             return Err(Error::Invalid(
                 "reversion needs a season, the one-week lag among the inputs, a horizon \
-                 within a week and 10% and 90% quantile levels"
+                 within a week and two quantile levels or more"
                     .into(),
             ));
         }
@@ -128,7 +207,7 @@ impl Reversion {
         windows: &[(&[f32], usize, f32)],
         fc: &[f32],
     ) -> Option<Self> {
-        let levels = Levels::of(cfg)?;
+        let mut mixer = Mixer::of(cfg)?;
         let (h, q, m) = (cfg.horizon, cfg.quantiles.len(), cfg.season);
         if windows.len() < m.max(1) {
             return None;
@@ -141,7 +220,7 @@ impl Reversion {
                 for (w, &(values, origin, scale)) in windows.iter().enumerate() {
                     for k in 0..h {
                         row.copy_from_slice(&fc[(w * h + k) * q..][..q]);
-                        mix(&mut row, values[origin + k - 7 * m], p, levels);
+                        mixer.mix(&mut row, values[origin + k - 7 * m], p);
                         let y = f64::from(values[origin + k]);
                         total += row
                             .iter()
@@ -181,26 +260,10 @@ pub(crate) fn shocked(season: usize, values: &[f32], origin: usize) -> bool {
     (r1 > SHOCK && r2 > SHOCK) || (r1 < -SHOCK && r2 < -SHOCK)
 }
 
-/// Mixes one horizon step's quantiles `row` with the return scenario
-/// `back` (last week's value at that step) at weight `p` (see the module
-/// documentation), in place.
-pub(crate) fn mix(row: &mut [f32], back: f32, p: f32, levels: Levels) {
-    if p <= 0.0 {
-        return;
-    }
-    let med = row[levels.mid];
-    let sigma = ((row[levels.hi] - row[levels.lo]) / levels.z_gap).max(MIN_SPREAD);
-    let d = med - back;
-    let f = (1.0 + p * (1.0 - p) * (d * d) / (sigma * sigma)).sqrt();
-    let centre = (1.0 - p) * med + p * back;
-    for v in row.iter_mut() {
-        *v = centre + (*v - med) * f;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::normal_quantile;
 
     fn cfg() -> ModelConfig {
         ModelConfig {
@@ -213,28 +276,59 @@ mod tests {
     }
 
     #[test]
-    fn the_mixture_moves_the_median_and_widens_by_the_moments() {
-        let levels = Levels::of(&cfg()).unwrap();
-        // A forecast centred on 10 with σ = 2 (10% and 90% at ±2·1.2816).
-        let z = normal_quantile(0.9) as f32;
-        let mut row: Vec<f32> = cfg()
+    fn far_apart_scenarios_split_the_levels_between_them() {
+        let c = cfg();
+        let mut mixer = Mixer::of(&c).unwrap();
+        // Quantiles 100·τ: with the extended outer segments, uniform on
+        // [0, 100]. The return scenario is uniform on [1000, 1100]; at
+        // weight 1/2 the mixture's τ-quantile is 200·τ up to the median
+        // (the lowest point where the CDF reaches 1/2), then
+        // 1000 + 100·(2τ - 1).
+        let row: Vec<f32> = c.quantiles.iter().map(|&t| 100.0 * t as f32).collect();
+        let mut mixed = row.clone();
+        mixer.mix(&mut mixed, 1050.0, 0.5);
+        for (&t, &v) in c.quantiles.iter().zip(&mixed) {
+            let want = if t <= 0.5 {
+                200.0 * t
+            } else {
+                1000.0 + 100.0 * (2.0 * t - 1.0)
+            };
+            assert!(
+                (f64::from(v) - want).abs() < 1e-2,
+                "level {t}: {v} against {want}"
+            );
+        }
+        // Weight 0 changes nothing.
+        let mut same = row.clone();
+        mixer.mix(&mut same, 1050.0, 0.0);
+        assert_eq!(same, row);
+    }
+
+    #[test]
+    fn mixture_quantiles_are_ordered_and_invert_its_cdf() {
+        let c = cfg();
+        let mut mixer = Mixer::of(&c).unwrap();
+        let row: Vec<f32> = c
             .quantiles
             .iter()
-            .map(|&t| 10.0 + 2.0 * normal_quantile(t) as f32)
+            .map(|&t| 10.0 + 2.0 * normal_quantile(t) as f32 + if t > 0.5 { 1.0 } else { 0.0 })
             .collect();
-        let before = row.clone();
-        mix(&mut row, 22.0, 0.5, levels);
-        // Median (1 - p)·10 + p·22 = 16; spread factor
-        // sqrt(1 + p(1 - p)·12²/2²) = sqrt(1 + 0.25·36) = sqrt(10).
-        let f = 10f32.sqrt();
-        assert!((row[levels.mid] - 16.0).abs() < 1e-4);
-        assert!((row[levels.hi] - (16.0 + f * 2.0 * z)).abs() < 1e-3);
-        assert!((row[levels.lo] - (16.0 - f * 2.0 * z)).abs() < 1e-3);
-        assert!(row.windows(2).all(|p| p[0] <= p[1]));
-        // Weight 0 changes nothing.
-        let mut same = before.clone();
-        mix(&mut same, 20.0, 0.0, levels);
-        assert_eq!(same, before);
+        for (back, p) in [(12.0, 0.3), (3.0, 0.7), (10.5, 0.5)] {
+            let mut mixed = row.clone();
+            mixer.mix(&mut mixed, back, p);
+            assert!(mixed.windows(2).all(|w| w[0] <= w[1]), "{mixed:?}");
+            // Between the two medians; wider than the forecast alone.
+            let (lo, hi) = (row[mixer.mid].min(back), row[mixer.mid].max(back));
+            assert!(mixed[mixer.mid] >= lo && mixed[mixer.mid] <= hi);
+            assert!(mixed[12] - mixed[0] >= row[12] - row[0] - 1e-4);
+            // The mixture's CDF at each of its quantiles is that level.
+            let shift = back - row[mixer.mid];
+            mixer.extend(&row);
+            for (&v, &t) in mixed.iter().zip(&mixer.taus) {
+                let cdf = (1.0 - p) * mixer.cdf(v, 0.0) + p * mixer.cdf(v, shift);
+                assert!((cdf - t).abs() < 1e-4, "level {t}: cdf {cdf}");
+            }
+        }
     }
 
     #[test]

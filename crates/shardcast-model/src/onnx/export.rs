@@ -22,7 +22,7 @@ use super::proto::{
     tensor_shape_proto, type_proto,
 };
 use crate::error::{Error, Result};
-use crate::forecaster::reversion::{Levels, MIN_SPREAD, SHOCK};
+use crate::forecaster::reversion::{MIN_GAP, Mixer, SHOCK, STEPS};
 use crate::forecaster::{CellKind, Model, Reversion, baseline_weights};
 
 /// The opset of the default domain the exported graph declares.
@@ -631,9 +631,9 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
 }
 
 /// The reversion after a shock day (as `Model::forecast` with
-/// `reversion::mix`): the shock test on the window's values `xd` (`[B, L]`,
+/// `reversion::Mixer::mix`): the shock test on the window's values `xd` (`[B, L]`,
 /// f64), last week's values from the unclipped normalised window `zr`, and
-/// the moment-matched mixture of the normalised quantiles `zq`.
+/// the mixture of the normalised quantiles `zq` with their copy moved there.
 fn reversion(
     g: &mut Graph,
     model: &Model,
@@ -645,8 +645,9 @@ fn reversion(
     let cfg = model.config();
     let (m, h) = (cfg.season, cfg.horizon);
     let l = model.window();
-    let levels = Levels::of(cfg)
-        .ok_or_else(|| Error::Invalid("reversion needs 10% and 90% quantile levels".into()))?;
+    let q = cfg.quantiles.len();
+    let mixer = Mixer::of(cfg)
+        .ok_or_else(|| Error::Invalid("reversion needs two quantile levels or more".into()))?;
     let ax1 = g.i64s("shock_axes", &[1], &[1]);
     let ax2 = g.i64s("reversion_axes", &[1], &[2]);
     // A comparison as 0 or 1 (f64), and the product of several.
@@ -736,30 +737,83 @@ fn reversion(
         vec![attr_int("axis", 1)],
     );
     let back = g.unsqueeze("reversion_back", &back, &ax2); // [B, H, 1]
-    let med = g.slice("reversion_median", zq, 2, levels.mid, levels.mid + 1);
-    let hi = g.slice("reversion_hi", zq, 2, levels.hi, levels.hi + 1);
-    let lo = g.slice("reversion_lo", zq, 2, levels.lo, levels.lo + 1);
-    let width = g.op("Sub", "reversion_width", &[&hi, &lo], vec![]);
-    let gap = g.f32s("reversion_z_gap", &[], &[levels.z_gap]);
-    let sigma = g.op("Div", "reversion_sigma_raw", &[&width, &gap], vec![]);
-    let floor = g.f32s("reversion_min_spread", &[], &[MIN_SPREAD]);
-    let sigma = g.op("Max", "reversion_sigma", &[&sigma, &floor], vec![]);
-    let d = g.op("Sub", "reversion_distance", &[&med, &back], vec![]);
-    let one = g.f32s("reversion_one", &[], &[1.0]);
-    let q = g.op("Sub", "reversion_q", &[&one, &p], vec![]);
-    let pq = g.op("Mul", "reversion_pq", &[&p, &q], vec![]);
-    let d2 = g.op("Mul", "reversion_d2", &[&d, &d], vec![]);
-    let s2 = g.op("Mul", "reversion_s2", &[&sigma, &sigma], vec![]);
-    let pqd2 = g.op("Mul", "reversion_pq_d2", &[&pq, &d2], vec![]);
-    let t = g.op("Div", "reversion_t", &[&pqd2, &s2], vec![]);
-    let t1 = g.op("Add", "reversion_t1", &[&one, &t], vec![]);
-    let f = g.op("Sqrt", "reversion_factor", &[&t1], vec![]);
-    let keep = g.op("Mul", "reversion_keep", &[&q, &med], vec![]);
-    let turn = g.op("Mul", "reversion_turn", &[&p, &back], vec![]);
-    let centre = g.op("Add", "reversion_centre", &[&keep, &turn], vec![]);
-    let spread = g.op("Sub", "reversion_spread", &[zq, &med], vec![]);
-    let wide = g.op("Mul", "reversion_wide", &[&spread, &f], vec![]);
-    Ok(g.op("Add", "reverted_quantiles", &[&centre, &wide], vec![]))
+    let mid = mixer.mid;
+    let med = g.slice("reversion_median", zq, 2, mid, mid + 1);
+    let shift = g.op("Sub", "reversion_shift", &[&back, &med], vec![]); // [B, H, 1]
+    // The knots extended to levels 0 and 1, and their gaps (as
+    // `Mixer::extend`).
+    let tiny = g.f32s("mix_min_gap", &[], &[MIN_GAP]);
+    let gap = |g: &mut Graph, name: &str, a: &str, b: &str| {
+        let d = g.op("Sub", &format!("{name}_raw"), &[b, a], vec![]);
+        g.op("Max", name, &[&d, &tiny], vec![])
+    };
+    let k0 = g.slice("mix_k0", zq, 2, 0, 1);
+    let k1 = g.slice("mix_k1", zq, 2, 1, 2);
+    let kp = g.slice("mix_kp", zq, 2, q - 2, q - 1);
+    let kl = g.slice("mix_kl", zq, 2, q - 1, q);
+    let g0 = gap(g, "mix_gap_first", &k0, &k1);
+    let gl = gap(g, "mix_gap_last", &kp, &kl);
+    let below = g.f32s("mix_below", &[], &[mixer.below]);
+    let above = g.f32s("mix_above", &[], &[mixer.above]);
+    let down = g.op("Mul", "mix_down", &[&g0, &below], vec![]);
+    let up = g.op("Mul", "mix_up", &[&gl, &above], vec![]);
+    let first = g.op("Sub", "mix_first", &[&k0, &down], vec![]);
+    let last = g.op("Add", "mix_last", &[&kl, &up], vec![]);
+    let knots = g.op(
+        "Concat",
+        "mix_knots",
+        &[&first, zq, &last],
+        vec![attr_int("axis", 2)],
+    ); // [B, H, Q + 2]
+    let lower = g.slice("mix_lower", &knots, 2, 0, q + 1);
+    let upper = g.slice("mix_upper", &knots, 2, 1, q + 2);
+    let gaps = gap(g, "mix_gaps", &lower, &upper);
+    let lower_b = g.op("Add", "mix_lower_return", &[&lower, &shift], vec![]);
+    let lower_a = g.unsqueeze("mix_lower_4d", &lower, &ax2); // [B, H, 1, Q + 1]
+    let lower_b = g.unsqueeze("mix_lower_return_4d", &lower_b, &ax2);
+    let gaps = g.unsqueeze("mix_gaps_4d", &gaps, &ax2);
+    let steps = g.f32s("mix_steps", &[q + 1], &mixer.steps);
+    let ax3 = g.i64s("mix_axes3", &[1], &[3]);
+    let zero = g.f32s("mix_zero", &[], &[0.0]);
+    let one = g.f32s("mix_one", &[], &[1.0]);
+    let half = g.f32s("mix_half", &[], &[0.5]);
+    let taus = g.f32s("mix_levels", &[q], &mixer.taus);
+    let keep = g.op("Sub", "mix_keep", &[&one, &p], vec![]);
+    // The CDF of the extended row (`lo` its lower knots) at `x` [B, H, Q].
+    let cdf = |g: &mut Graph, name: &str, x: &str, lo: &str| {
+        let x4 = g.unsqueeze(&format!("{name}_x"), x, &ax3); // [B, H, Q, 1]
+        let d = g.op("Sub", &format!("{name}_d"), &[&x4, lo], vec![]);
+        let r = g.op("Div", &format!("{name}_r"), &[&d, &gaps], vec![]);
+        let c = g.op("Clip", &format!("{name}_c"), &[&r, &zero, &one], vec![]);
+        let m = g.op("Mul", &format!("{name}_m"), &[&steps, &c], vec![]);
+        g.op(
+            "ReduceSum",
+            name,
+            &[&m, &ax3],
+            vec![attr_int("keepdims", 0)],
+        )
+    };
+    // Bisection for every level at once (as `Mixer::mix`).
+    let ends = g.op("Add", "mix_first_return", &[&first, &shift], vec![]);
+    let mut l = g.op("Min", "mix_bracket_lo", &[&first, &ends], vec![]);
+    let ends = g.op("Add", "mix_last_return", &[&last, &shift], vec![]);
+    let mut h = g.op("Max", "mix_bracket_hi", &[&last, &ends], vec![]);
+    for i in 0..STEPS {
+        let sum = g.op("Add", &format!("mix{i}_sum"), &[&l, &h], vec![]);
+        let x = g.op("Mul", &format!("mix{i}_x"), &[&sum, &half], vec![]);
+        let fa = cdf(g, &format!("mix{i}_cdf"), &x, &lower_a);
+        let fb = cdf(g, &format!("mix{i}_cdf_return"), &x, &lower_b);
+        let a = g.op("Mul", &format!("mix{i}_keep"), &[&keep, &fa], vec![]);
+        let b = g.op("Mul", &format!("mix{i}_turn"), &[&p, &fb], vec![]);
+        let c = g.op("Add", &format!("mix{i}_cdf_mixed"), &[&a, &b], vec![]);
+        let below = g.op("Less", &format!("mix{i}_below"), &[&c, &taus], vec![]);
+        l = g.op("Where", &format!("mix{i}_lo"), &[&below, &x, &l], vec![]);
+        h = g.op("Where", &format!("mix{i}_hi"), &[&below, &h, &x], vec![]);
+    }
+    let sum = g.op("Add", "mix_sum", &[&l, &h], vec![]);
+    let mixed = g.op("Mul", "mixed_quantiles", &[&sum, &half], vec![]);
+    let on = g.op("Greater", "reversion_on", &[&p, &zero], vec![]);
+    Ok(g.op("Where", "reverted_quantiles", &[&on, &mixed, zq], vec![]))
 }
 
 /// One member's recurrent encoder over `seq` `[C, B, I]`; returns the last
