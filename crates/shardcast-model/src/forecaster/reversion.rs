@@ -13,11 +13,10 @@
 //!
 //! The return scenario is the forecast's own distribution moved so that its
 //! median is last week's value at each horizon step, and the mixture's
-//! quantiles are found by bisection on its CDF (see [`Mixer`]). Where the
-//! two scenarios are far apart, the bands take in both; where they agree,
-//! little changes. The bisection runs a fixed number of steps from a fixed
-//! bracket, so the levels stay ordered and an ONNX graph runs the same
-//! steps.
+//! quantiles are read off its CDF exactly (see [`Mixer`]). Where the two
+//! scenarios are far apart, the bands take in both; where they agree,
+//! little changes. Quantiles of one CDF stay ordered, and an ONNX graph
+//! computes the same with elementwise operators and reductions.
 //!
 //! The weight is fitted after training, on a grid, by the pinball loss over
 //! every level on the training windows that follow a shock. The persisting
@@ -39,9 +38,6 @@ use crate::error::{Error, Result};
 pub(crate) const SHOCK: f64 = 0.25;
 /// Weights of the return scenario tried when fitting.
 const WEIGHTS: [f32; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
-/// Bisection steps per mixture quantile: the bracket shrinks by 2^-30,
-/// below f32 resolution at the quantiles' magnitude.
-pub(crate) const STEPS: usize = 30;
 /// Smallest gap between neighbouring quantiles that the CDF divides by.
 pub(crate) const MIN_GAP: f32 = 1e-6;
 
@@ -60,10 +56,12 @@ pub struct Reversion {
 /// between them, its outer segments extended with the same slopes down to
 /// 0 and up to 1 (two extra knots, at levels 0 and 1). The return scenario
 /// is the same distribution shifted so that its median is last week's
-/// value. The mixture's CDF is `(1 - p) F(x) + p F(x - shift)`, and each of
-/// its quantiles is found by [`STEPS`] bisection steps between the lowest
-/// and the highest extra knot of the two. The ONNX graph runs the same
-/// steps.
+/// value. The mixture's CDF `(1 - p) F(x) + p F(x - shift)` is then linear
+/// between the knots of both, so each of its quantiles is found exactly:
+/// between the highest knot whose CDF is below the level and the lowest
+/// whose CDF is not, by linear interpolation. That needs no sorting (a
+/// largest and a smallest value under a mask), so the ONNX graph does the
+/// same with elementwise operators and reductions.
 #[derive(Debug, Clone)]
 pub(crate) struct Mixer {
     /// Index of the median.
@@ -80,6 +78,8 @@ pub(crate) struct Mixer {
     pub above: f32,
     knots: Vec<f32>,
     gaps: Vec<f32>,
+    /// The knots of both scenarios and the mixture's CDF there.
+    points: Vec<(f32, f32)>,
 }
 
 impl Mixer {
@@ -102,6 +102,7 @@ impl Mixer {
             steps,
             knots: vec![0.0; q + 2],
             gaps: vec![0.0; q + 1],
+            points: Vec::with_capacity(2 * (q + 2)),
         })
     }
 
@@ -134,23 +135,32 @@ impl Mixer {
         if p <= 0.0 {
             return;
         }
-        let q = row.len();
         let shift = back - row[self.mid];
         self.extend(row);
-        let (first, last) = (self.knots[0], self.knots[q + 1]);
-        let (lo, hi) = (first.min(first + shift), last.max(last + shift));
+        let n = self.knots.len();
+        self.points.clear();
+        for b in 0..2 * n {
+            let x = if b < n {
+                self.knots[b]
+            } else {
+                self.knots[b - n] + shift
+            };
+            let c = (1.0 - p) * self.cdf(x, 0.0) + p * self.cdf(x, shift);
+            self.points.push((x, c));
+        }
         for (v, &tau) in row.iter_mut().zip(&self.taus) {
-            let (mut l, mut h) = (lo, hi);
-            for _ in 0..STEPS {
-                let m = 0.5 * (l + h);
-                let c = (1.0 - p) * self.cdf(m, 0.0) + p * self.cdf(m, shift);
+            let (mut xa, mut ca) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+            let (mut xb, mut cb) = (f32::INFINITY, f32::INFINITY);
+            for &(x, c) in &self.points {
                 if c < tau {
-                    l = m;
+                    xa = xa.max(x);
+                    ca = ca.max(c);
                 } else {
-                    h = m;
+                    xb = xb.min(x);
+                    cb = cb.min(c);
                 }
             }
-            *v = 0.5 * (l + h);
+            *v = xa + (tau - ca) / (cb - ca) * (xb - xa);
         }
     }
 }

@@ -26,7 +26,8 @@ use crate::gru::GruLayer;
 use crate::lstm::LstmLayer;
 
 /// The oldest default-domain opset whose operator signatures the evaluator
-/// implements (axes as inputs of `Squeeze`, `Unsqueeze`, `ReduceSum`).
+/// implements (axes as inputs of `Squeeze`, `Unsqueeze`, `ReduceSum`; as an
+/// attribute of `ReduceMax` and `ReduceMin`).
 const MIN_OPSET: i64 = 13;
 
 /// An exported forecaster, loaded and ready to run.
@@ -99,6 +100,13 @@ enum Unary {
     Identity,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Reduction {
+    Sum,
+    Max,
+    Min,
+}
+
 enum Recurrent {
     Gru(GruLayer),
     Lstm(LstmLayer),
@@ -125,7 +133,8 @@ enum Op {
         ends: Vec<i64>,
         axes: Option<Vec<i64>>,
     },
-    ReduceSum {
+    Reduce {
+        how: Reduction,
         axes: Option<Vec<i64>>,
         keepdims: bool,
     },
@@ -660,8 +669,23 @@ fn parse_op(node: &NodeProto, consts: &HashMap<&str, Tensor>) -> Result<Op> {
                 Some(n) => Some(const_ints(consts, n, "axes")?),
                 None => None,
             };
-            Op::ReduceSum {
+            Op::Reduce {
+                how: Reduction::Sum,
                 axes,
+                keepdims: attrs.int("keepdims")?.unwrap_or(1) != 0,
+            }
+        }
+        // Opset 17: their axes are an attribute.
+        "ReduceMax" | "ReduceMin" => {
+            n_in(1, 1)?;
+            attrs.only(&["axes", "keepdims"])?;
+            Op::Reduce {
+                how: if node.op_type == "ReduceMax" {
+                    Reduction::Max
+                } else {
+                    Reduction::Min
+                },
+                axes: attrs.ints("axes")?,
                 keepdims: attrs.int("keepdims")?.unwrap_or(1) != 0,
             }
         }
@@ -1477,7 +1501,11 @@ fn eval(op: &Op, args: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
             }
             one(x)
         }
-        Op::ReduceSum { axes, keepdims } => {
+        Op::Reduce {
+            how,
+            axes,
+            keepdims,
+        } => {
             let x = arg(args, 0)?;
             let rank = x.rank();
             let mut axes: Vec<usize> = match axes {
@@ -1491,10 +1519,13 @@ fn eval(op: &Op, args: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
             axes.dedup();
             let mut y = x.clone();
             for &a in axes.iter().rev() {
-                y = if *keepdims {
-                    y.sum_keepdim(a)?
-                } else {
-                    y.sum(a)?
+                y = match (how, *keepdims) {
+                    (Reduction::Sum, true) => y.sum_keepdim(a)?,
+                    (Reduction::Sum, false) => y.sum(a)?,
+                    (Reduction::Max, true) => y.max_keepdim(a)?,
+                    (Reduction::Max, false) => y.max(a)?,
+                    (Reduction::Min, true) => y.min_keepdim(a)?,
+                    (Reduction::Min, false) => y.min(a)?,
                 };
             }
             one(y)

@@ -22,7 +22,7 @@ use super::proto::{
     tensor_shape_proto, type_proto,
 };
 use crate::error::{Error, Result};
-use crate::forecaster::reversion::{MIN_GAP, Mixer, SHOCK, STEPS};
+use crate::forecaster::reversion::{MIN_GAP, Mixer, SHOCK};
 use crate::forecaster::{CellKind, Model, Reversion, baseline_weights};
 
 /// The opset of the default domain the exported graph declares.
@@ -753,8 +753,8 @@ fn reversion(
     let kl = g.slice("mix_kl", zq, 2, q - 1, q);
     let g0 = gap(g, "mix_gap_first", &k0, &k1);
     let gl = gap(g, "mix_gap_last", &kp, &kl);
-    let below = g.f32s("mix_below", &[], &[mixer.below]);
-    let above = g.f32s("mix_above", &[], &[mixer.above]);
+    let below = g.f32s("mix_below_ratio", &[], &[mixer.below]);
+    let above = g.f32s("mix_above_ratio", &[], &[mixer.above]);
     let down = g.op("Mul", "mix_down", &[&g0, &below], vec![]);
     let up = g.op("Mul", "mix_up", &[&gl, &above], vec![]);
     let first = g.op("Sub", "mix_first", &[&k0, &down], vec![]);
@@ -768,50 +768,75 @@ fn reversion(
     let lower = g.slice("mix_lower", &knots, 2, 0, q + 1);
     let upper = g.slice("mix_upper", &knots, 2, 1, q + 2);
     let gaps = gap(g, "mix_gaps", &lower, &upper);
-    let lower_b = g.op("Add", "mix_lower_return", &[&lower, &shift], vec![]);
-    let lower_a = g.unsqueeze("mix_lower_4d", &lower, &ax2); // [B, H, 1, Q + 1]
-    let lower_b = g.unsqueeze("mix_lower_return_4d", &lower_b, &ax2);
+    let lower = g.unsqueeze("mix_lower_4d", &lower, &ax2); // [B, H, 1, Q + 1]
     let gaps = g.unsqueeze("mix_gaps_4d", &gaps, &ax2);
     let steps = g.f32s("mix_steps", &[q + 1], &mixer.steps);
     let ax3 = g.i64s("mix_axes3", &[1], &[3]);
     let zero = g.f32s("mix_zero", &[], &[0.0]);
     let one = g.f32s("mix_one", &[], &[1.0]);
-    let half = g.f32s("mix_half", &[], &[0.5]);
-    let taus = g.f32s("mix_levels", &[q], &mixer.taus);
-    let keep = g.op("Sub", "mix_keep", &[&one, &p], vec![]);
-    // The CDF of the extended row (`lo` its lower knots) at `x` [B, H, Q].
-    let cdf = |g: &mut Graph, name: &str, x: &str, lo: &str| {
-        let x4 = g.unsqueeze(&format!("{name}_x"), x, &ax3); // [B, H, Q, 1]
+    // The knots of both scenarios, and the CDF of the extended row at them
+    // unshifted and shifted (as `Mixer::cdf`).
+    let moved = g.op("Add", "mix_knots_return", &[&knots, &shift], vec![]);
+    let x = g.op(
+        "Concat",
+        "mix_points",
+        &[&knots, &moved],
+        vec![attr_int("axis", 2)],
+    ); // [B, H, 2Q + 4]
+    let x4 = g.unsqueeze("mix_points_4d", &x, &ax3); // [B, H, 2Q + 4, 1]
+    let shift4 = g.unsqueeze("mix_shift_4d", &shift, &ax3); // [B, H, 1, 1]
+    let lower_b = g.op("Add", "mix_lower_return", &[&lower, &shift4], vec![]);
+    let mut cdfs = Vec::new();
+    for (name, lo) in [("mix_cdf", &lower), ("mix_cdf_return", &lower_b)] {
         let d = g.op("Sub", &format!("{name}_d"), &[&x4, lo], vec![]);
         let r = g.op("Div", &format!("{name}_r"), &[&d, &gaps], vec![]);
         let c = g.op("Clip", &format!("{name}_c"), &[&r, &zero, &one], vec![]);
         let m = g.op("Mul", &format!("{name}_m"), &[&steps, &c], vec![]);
-        g.op(
+        cdfs.push(g.op(
             "ReduceSum",
             name,
             &[&m, &ax3],
             vec![attr_int("keepdims", 0)],
-        )
-    };
-    // Bisection for every level at once (as `Mixer::mix`).
-    let ends = g.op("Add", "mix_first_return", &[&first, &shift], vec![]);
-    let mut l = g.op("Min", "mix_bracket_lo", &[&first, &ends], vec![]);
-    let ends = g.op("Add", "mix_last_return", &[&last, &shift], vec![]);
-    let mut h = g.op("Max", "mix_bracket_hi", &[&last, &ends], vec![]);
-    for i in 0..STEPS {
-        let sum = g.op("Add", &format!("mix{i}_sum"), &[&l, &h], vec![]);
-        let x = g.op("Mul", &format!("mix{i}_x"), &[&sum, &half], vec![]);
-        let fa = cdf(g, &format!("mix{i}_cdf"), &x, &lower_a);
-        let fb = cdf(g, &format!("mix{i}_cdf_return"), &x, &lower_b);
-        let a = g.op("Mul", &format!("mix{i}_keep"), &[&keep, &fa], vec![]);
-        let b = g.op("Mul", &format!("mix{i}_turn"), &[&p, &fb], vec![]);
-        let c = g.op("Add", &format!("mix{i}_cdf_mixed"), &[&a, &b], vec![]);
-        let below = g.op("Less", &format!("mix{i}_below"), &[&c, &taus], vec![]);
-        l = g.op("Where", &format!("mix{i}_lo"), &[&below, &x, &l], vec![]);
-        h = g.op("Where", &format!("mix{i}_hi"), &[&below, &h, &x], vec![]);
+        )); // [B, H, 2Q + 4]
     }
-    let sum = g.op("Add", "mix_sum", &[&l, &h], vec![]);
-    let mixed = g.op("Mul", "mixed_quantiles", &[&sum, &half], vec![]);
+    let keep = g.op("Sub", "mix_keep", &[&one, &p], vec![]);
+    let a = g.op("Mul", "mix_cdf_keep", &[&keep, &cdfs[0]], vec![]);
+    let b = g.op("Mul", "mix_cdf_turn", &[&p, &cdfs[1]], vec![]);
+    let c = g.op("Add", "mix_cdf_mixed", &[&a, &b], vec![]);
+    // Per level: the highest point below it and the lowest at or above,
+    // with their CDFs (as `Mixer::mix`).
+    let c4 = g.unsqueeze("mix_cdf_4d", &c, &ax2); // [B, H, 1, 2Q + 4]
+    let xs4 = g.unsqueeze("mix_points_row", &x, &ax2);
+    let taus = g.f32s("mix_levels", &[q, 1], &mixer.taus);
+    let below = g.op("Less", "mix_below", &[&c4, &taus], vec![]); // [B, H, Q, 2Q + 4]
+    let low = g.f32s("mix_minus_inf", &[], &[f32::NEG_INFINITY]);
+    let high = g.f32s("mix_plus_inf", &[], &[f32::INFINITY]);
+    let mut ends = Vec::new();
+    for (name, v) in [("mix_x", &xs4), ("mix_c", &c4)] {
+        let a = g.op(
+            "Where",
+            &format!("{name}_below"),
+            &[&below, v, &low],
+            vec![],
+        );
+        let b = g.op(
+            "Where",
+            &format!("{name}_above"),
+            &[&below, &high, v],
+            vec![],
+        );
+        let attrs = || vec![attr_ints("axes", &[3]), attr_int("keepdims", 0)];
+        ends.push(g.op("ReduceMax", &format!("{name}_a"), &[&a], attrs()));
+        ends.push(g.op("ReduceMin", &format!("{name}_b"), &[&b], attrs()));
+    }
+    let (xa, xb, ca, cb) = (&ends[0], &ends[1], &ends[2], &ends[3]); // [B, H, Q]
+    let levels = g.f32s("mix_levels_row", &[q], &mixer.taus);
+    let rise = g.op("Sub", "mix_rise", &[&levels, ca], vec![]);
+    let span = g.op("Sub", "mix_span", &[cb, ca], vec![]);
+    let frac = g.op("Div", "mix_frac", &[&rise, &span], vec![]);
+    let width = g.op("Sub", "mix_width", &[xb, xa], vec![]);
+    let step = g.op("Mul", "mix_step", &[&frac, &width], vec![]);
+    let mixed = g.op("Add", "mixed_quantiles", &[xa, &step], vec![]);
     let on = g.op("Greater", "reversion_on", &[&p, &zero], vec![]);
     Ok(g.op("Where", "reverted_quantiles", &[&on, &mixed, zq], vec![]))
 }
