@@ -96,7 +96,6 @@ enum Unary {
     Cos,
     Relu,
     Softplus,
-    Sqrt,
     Identity,
 }
 
@@ -536,8 +535,7 @@ fn parse_op(node: &NodeProto, consts: &HashMap<&str, Tensor>) -> Result<Op> {
                 _ => Cmp::Equal,
             })
         }
-        "Neg" | "Abs" | "Exp" | "Log" | "Sin" | "Cos" | "Relu" | "Softplus" | "Sqrt"
-        | "Identity" => {
+        "Neg" | "Abs" | "Exp" | "Log" | "Sin" | "Cos" | "Relu" | "Softplus" | "Identity" => {
             n_in(1, 1)?;
             attrs.only(&[])?;
             Op::Unary(match node.op_type.as_str() {
@@ -549,7 +547,6 @@ fn parse_op(node: &NodeProto, consts: &HashMap<&str, Tensor>) -> Result<Op> {
                 "Cos" => Unary::Cos,
                 "Relu" => Unary::Relu,
                 "Softplus" => Unary::Softplus,
-                "Sqrt" => Unary::Sqrt,
                 _ => Unary::Identity,
             })
         }
@@ -1250,7 +1247,6 @@ fn unary(op: Unary, x: &Tensor) -> Result<Tensor> {
         Unary::Relu => x.relu()?,
         // As the network computes it: relu(x) + log(1 + e^-|x|).
         Unary::Softplus => (x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?).log()?)?,
-        Unary::Sqrt => x.sqrt()?,
         Unary::Identity => x.clone(),
     })
 }
