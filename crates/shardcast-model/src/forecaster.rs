@@ -49,6 +49,9 @@ use network::Network;
 const CHUNK: usize = 256;
 /// Most training windows the hybrid's statistical forecaster is fitted on.
 const HYBRID_WINDOWS: usize = 2048;
+/// Most shocked training windows the reversion's weight is fitted on
+/// (evenly spaced among all of them).
+const REVERSION_WINDOWS: usize = 4096;
 /// The hybrid's statistical forecaster is chosen on the last this many
 /// seasons (or horizons, if longer) of each series' training range...
 const HYBRID_SELECT_SEASONS: usize = 8;
@@ -372,8 +375,8 @@ impl Model {
             .collect()
     }
 
-    /// Fits the [`Reversion`] on the training and validation windows that
-    /// follow a shock. The persisting scenario there is the statistical
+    /// Fits the [`Reversion`] on (at most [`REVERSION_WINDOWS`] of) the
+    /// training and validation windows that follow a shock. The persisting scenario there is the statistical
     /// half's forecast alone: the network has been fitted to those very
     /// windows (a holiday it trained on, it forecasts well), so its
     /// in-sample forecasts would call for no reversion at all. `None` where
@@ -403,6 +406,8 @@ impl Model {
         if shocked.len() < cfg.season {
             return Ok(None);
         }
+        let stride = shocked.len().div_ceil(REVERSION_WINDOWS).max(1);
+        let shocked: Vec<(usize, usize)> = shocked.into_iter().step_by(stride).collect();
         let windows: Vec<(SeriesInput<'_>, usize)> =
             shocked.iter().map(|&(s, o)| (inputs[s], o)).collect();
         let fc = self.forecast_with(&windows, Some(&statistical), Calibration::default(), None)?;
