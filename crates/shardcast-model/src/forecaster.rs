@@ -376,11 +376,12 @@ impl Model {
     }
 
     /// Fits the [`Reversion`] on (at most [`REVERSION_WINDOWS`] of) the
-    /// training and validation windows that follow a shock. The persisting scenario there is the statistical
-    /// half's forecast alone: the network has been fitted to those very
-    /// windows (a holiday it trained on, it forecasts well), so its
-    /// in-sample forecasts would call for no reversion at all. `None` where
-    /// it does not apply, without a statistical half, or where it does not
+    /// training and validation windows that follow a shock. The persisting
+    /// scenario there is the statistical half's forecast alone: the network
+    /// has been fitted to those very windows (a holiday it trained on, it
+    /// forecasts well), so its in-sample forecasts would call for no
+    /// reversion at all. `None` where it does not apply, without a
+    /// statistical half, with too few shocked windows, or where it does not
     /// help.
     fn fit_reversion(
         &self,
@@ -403,9 +404,6 @@ impl Model {
             .copied()
             .filter(|&(s, o)| reversion::shocked(cfg.season, inputs[s].values, o))
             .collect();
-        if shocked.len() < cfg.season {
-            return Ok(None);
-        }
         let stride = shocked.len().div_ceil(REVERSION_WINDOWS).max(1);
         let shocked: Vec<(usize, usize)> = shocked.into_iter().step_by(stride).collect();
         let windows: Vec<(SeriesInput<'_>, usize)> =
@@ -602,7 +600,7 @@ impl Model {
             }
         }
         let mut out = vec![0f32; windows.len() * h * q];
-        let mut mixer = reversion::Mixer::of(&self.config);
+        let mut mixer = reversion.and_then(|_| reversion::Mixer::of(&self.config));
         let mut row = vec![0f32; q];
         let mut batch = Batch {
             history_len: hybrid.map_or(0, |hy| hy.lookback(&self.config)),

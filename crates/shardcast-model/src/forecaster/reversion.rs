@@ -22,10 +22,10 @@
 //! every level on the training windows that follow a shock. The persisting
 //! scenario there is the hybrid's statistical forecast, not the network's:
 //! the network has trained on those windows and would forecast them too
-//! well to ask for any return. The reversion needs weekly
-//! structure (the one-week lag among the inputs), since otherwise last
-//! week's values are no scenario. With fewer shocked windows than a season
-//! of origins there is no reversion.
+//! well to ask for any return. The reversion needs weekly structure (the
+//! one-week lag among the inputs), since otherwise last week's values are
+//! no scenario. With fewer shocked windows than a season of origins there
+//! is no reversion.
 
 use serde::{Deserialize, Serialize};
 
