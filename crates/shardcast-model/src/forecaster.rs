@@ -52,6 +52,9 @@ const HYBRID_WINDOWS: usize = 2048;
 /// Most shocked training windows the reversion's weight is fitted on
 /// (evenly spaced among all of them).
 const REVERSION_WINDOWS: usize = 4096;
+/// Most validation windows the blend weight and the calibration are fitted
+/// on (evenly spaced among every origin of the validation range).
+const VAL_WINDOWS: usize = 1024;
 /// The hybrid's statistical forecaster is chosen on the last this many
 /// seasons (or horizons, if longer) of each series' training range...
 const HYBRID_SELECT_SEASONS: usize = 8;
@@ -248,7 +251,8 @@ impl Model {
             }
         }
         model.hybrid = model.fit_hybrid(&inputs, &scales, &split)?;
-        model.calibration = model.calibrate(&inputs, &split.val)?;
+        let val = every_val_origin(config, &inputs, &split.val);
+        model.calibration = model.calibrate(&inputs, &val)?;
         model.reversion = model.fit_reversion(&inputs, &scales, &split)?;
         let report = FitReport {
             calibration: model.calibration,
@@ -297,9 +301,12 @@ impl Model {
 
     /// Fits the statistical half of the forecast ([`Hybrid`]): the member of
     /// the statistical family and its error distribution on (at most
-    /// [`HYBRID_WINDOWS`] of) the latest training windows, the blend weight
-    /// on the validation windows. `None` without a season, or when the
-    /// series are mostly too short for any member.
+    /// [`HYBRID_WINDOWS`] of) the windows from every origin of the latest
+    /// seasons, validation range included (nothing of the family is
+    /// trained, so those windows are as fair a test as any), the blend
+    /// weight on the validation windows ([`every_val_origin`]). `None`
+    /// without a season, or when the series are mostly too short for any
+    /// member.
     fn fit_hybrid(
         &self,
         inputs: &[SeriesInput<'_>],
@@ -321,12 +328,14 @@ impl Model {
         };
         let recent =
             |s: usize, o: usize, seasons: usize| o + seasons * span >= inputs[s].values.len();
-        let pool: Vec<(usize, usize)> = split
-            .train
+        let need = cfg.history_needed().max(1);
+        let pool: Vec<(usize, usize)> = inputs
             .iter()
-            .chain(&split.val)
-            .filter(|&&(s, o)| recent(s, o, HYBRID_ERROR_SEASONS))
-            .copied()
+            .enumerate()
+            .flat_map(|(s, input)| {
+                (need..=input.values.len().saturating_sub(cfg.horizon)).map(move |o| (s, o))
+            })
+            .filter(|&(s, o)| recent(s, o, HYBRID_ERROR_SEASONS))
             .collect();
         let stride = pool.len().div_ceil(HYBRID_WINDOWS).max(1);
         let mut batch = Batch {
@@ -345,7 +354,7 @@ impl Model {
             history_len: hybrid.lookback(cfg),
             ..Batch::default()
         };
-        for &(s, o) in &split.val {
+        for (s, o) in every_val_origin(cfg, inputs, &split.val) {
             push_window(cfg, &scales[s], &inputs[s], o, true, &mut val)?;
         }
         let net = self.network_quantiles(&val)?;
@@ -665,6 +674,29 @@ impl SeriesMeta {
             deviation: self.deviation,
         }
     }
+}
+
+/// Every origin of each series' validation range, from its first window of
+/// `val` to the last origin with a whole horizon after it (at most
+/// [`VAL_WINDOWS`], evenly spaced). The windows of `val` step by a horizon,
+/// so their forecasts all start at the same phase (at midnight, say, with a
+/// daily horizon); overlapping windows from every origin measure every
+/// phase, and a fit on them depends less on where the range happens to
+/// start.
+fn every_val_origin(
+    cfg: &ModelConfig,
+    inputs: &[SeriesInput<'_>],
+    val: &[(usize, usize)],
+) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (s, input) in inputs.iter().enumerate() {
+        if let Some(&(_, first)) = val.iter().find(|v| v.0 == s) {
+            let last = input.values.len().saturating_sub(cfg.horizon);
+            out.extend((first..=last).map(|o| (s, o)));
+        }
+    }
+    let stride = out.len().div_ceil(VAL_WINDOWS).max(1);
+    out.into_iter().step_by(stride).collect()
 }
 
 #[cfg(test)]

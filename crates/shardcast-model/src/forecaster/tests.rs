@@ -275,3 +275,37 @@ fn cuda_training_is_refused_without_support_and_works_with_it() {
         "mean difference {diff} against scale {scale}"
     );
 }
+
+#[test]
+fn validation_fits_use_every_origin_of_the_range() {
+    let cfg = ModelConfig {
+        horizon: 4,
+        ..ModelConfig::default()
+    };
+    let (a, b) = (vec![0f32; 20], vec![0f32; 30]);
+    let input = |values| SeriesInput {
+        series: 0,
+        shard_type: 0,
+        start: 0,
+        step: STEP,
+        values,
+        events: None,
+    };
+    let inputs = [input(&a), input(&b)];
+    // Windows stepping by the horizon: series 0 from 12, series 1 from 18.
+    let val = [(0, 12), (0, 16), (1, 18), (1, 22), (1, 26)];
+    let all = every_val_origin(&cfg, &inputs, &val);
+    let want: Vec<(usize, usize)> = (12..=16)
+        .map(|o| (0, o))
+        .chain((18..=26).map(|o| (1, o)))
+        .collect();
+    assert_eq!(all, want);
+    // A series without validation windows has none; too many are thinned
+    // evenly.
+    assert_eq!(every_val_origin(&cfg, &inputs, &val[2..]).len(), 9);
+    let long = vec![0f32; 3 * VAL_WINDOWS];
+    let many = every_val_origin(&cfg, &[input(&long)], &[(0, 0)]);
+    assert!(many.len() <= VAL_WINDOWS && many.len() > VAL_WINDOWS / 2);
+    assert_eq!(many[0], (0, 0));
+    assert!(many.windows(2).all(|p| p[1].1 - p[0].1 == 3));
+}

@@ -375,9 +375,14 @@ fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
     print_hybrid(&bt.model);
 }
 
-/// The statistical half and the reversion the fit chose, if the model has
-/// them.
+/// The quantile widening, and the statistical half and the reversion the
+/// fit chose if the model has them.
 fn print_hybrid(model: &Model) {
+    let c = model.calibration();
+    println!(
+        "calibration: distances from the median widened by {:.3} below, {:.3} above",
+        c.lower, c.upper
+    );
     if let Some(r) = model.reversion() {
         println!(
             "reversion: after a shock day, weight {} on last week's values",
