@@ -351,7 +351,8 @@ async fn model_for(args: &SimulateArgs, s: &Loaded, first: usize, horizon: usize
         );
         model
     } else {
-        let (config, train) = super::model::configure(&args.model_args, s.step, first, horizon)?;
+        let (config, train) =
+            super::model::configure(&args.model_args, s.step, first, first, horizon)?;
         let least = config.history_needed() + 4 * config.horizon;
         if first < least {
             bail!(
