@@ -355,7 +355,8 @@ pub(crate) struct ModelArgs {
     /// estimates) or `none`. A config file can list them explicitly.
     #[arg(long)]
     pub(crate) baselines: Option<BaselineChoice>,
-    /// Ensemble members (seeds).
+    /// Ensemble members (seeds); by default 3 on under 8192 points of
+    /// training data (all series together), else 1.
     #[arg(long)]
     pub(crate) members: Option<usize>,
     /// Most optimiser steps per member.
