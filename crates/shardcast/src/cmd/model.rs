@@ -98,11 +98,13 @@ pub(crate) const DEFAULT_HORIZON: usize = 12;
 
 /// Training data (points over all series) below which the default model
 /// is an ensemble of [`SMALL_DATA_MEMBERS`] seeds. A network trained on few
-/// windows depends much on its seed, and there three fits cost seconds
-/// (protocol F, seeds 42/1/2, relative WQL with one member against three:
-/// `nab_aws_hourly_h24` 0.551/0.564/0.560 against 0.524/0.521/0.528, and
-/// coverage 0.747/0.805/0.779 against 0.773/0.764/0.758;
-/// `azure_vm_hourly_h24` 0.780/0.749/0.738 against 0.756/0.724/0.743).
+/// windows depends much on its seed, and there three fits are cheap (about
+/// 20 s for each of the two setups below). Protocol F, seeds 42/1/2,
+/// relative WQL with one member against three:
+/// - `nab_aws_hourly_h24`: 0.551/0.564/0.560 against 0.524/0.521/0.528,
+///   coverage 0.747/0.805/0.779 against 0.773/0.764/0.758;
+/// - `azure_vm_hourly_h24`: 0.780/0.749/0.738 against 0.756/0.724/0.743.
+///
 /// On more data one network is steadier and the ensemble slower.
 const SMALL_DATA_POINTS: usize = 8192;
 /// Members of the default model on small data.
