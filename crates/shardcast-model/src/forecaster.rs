@@ -250,8 +250,8 @@ impl Model {
                 cpu[name].set(&var.as_tensor().to_device(&Device::Cpu)?)?;
             }
         }
-        model.hybrid = model.fit_hybrid(&inputs, &scales, &split)?;
         let val = every_val_origin(config, &inputs, &split.val);
+        model.hybrid = model.fit_hybrid(&inputs, &scales, &val)?;
         model.calibration = model.calibrate(&inputs, &val)?;
         model.reversion = model.fit_reversion(&inputs, &scales, &split)?;
         let report = FitReport {
@@ -304,14 +304,14 @@ impl Model {
     /// [`HYBRID_WINDOWS`] of) the windows from every origin of the latest
     /// seasons, validation range included (nothing of the family is
     /// trained, so those windows are as fair a test as any), the blend
-    /// weight on the validation windows ([`every_val_origin`]). `None`
+    /// weight on the validation windows `val` ([`every_val_origin`]). `None`
     /// without a season, or when the series are mostly too short for any
     /// member.
     fn fit_hybrid(
         &self,
         inputs: &[SeriesInput<'_>],
         scales: &[SeriesScale],
-        split: &train::Split,
+        val: &[(usize, usize)],
     ) -> Result<Option<Hybrid>> {
         let cfg = &self.config;
         let span = cfg.season.max(cfg.horizon);
@@ -350,15 +350,15 @@ impl Model {
         let Some(mut hybrid) = hybrid::fit_statistical(cfg, &batch, &select, &candidates) else {
             return Ok(None);
         };
-        let mut val = Batch {
+        let mut val_batch = Batch {
             history_len: hybrid.lookback(cfg),
             ..Batch::default()
         };
-        for (s, o) in every_val_origin(cfg, inputs, &split.val) {
-            push_window(cfg, &scales[s], &inputs[s], o, true, &mut val)?;
+        for &(s, o) in val {
+            push_window(cfg, &scales[s], &inputs[s], o, true, &mut val_batch)?;
         }
-        let net = self.network_quantiles(&val)?;
-        hybrid::choose_weight(cfg, &mut hybrid, &val, &net);
+        let net = self.network_quantiles(&val_batch)?;
+        hybrid::choose_weight(cfg, &mut hybrid, &val_batch, &net);
         Ok(Some(hybrid))
     }
 
