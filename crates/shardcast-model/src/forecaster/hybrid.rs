@@ -13,7 +13,8 @@
 //! the empirical tails are noisy and often lopsided. The forecast is then
 //! `weight * network + (1 - weight) * statistical` level by level (a
 //! quantile average of two ordered forecasts is ordered), with the weight
-//! that gives the smallest pinball loss on the validation windows. A
+//! nearest to equal shares whose pinball loss on the validation windows is
+//! within one standard error of the smallest ([`choose_weight`]). A
 //! statistical forecaster adapts to a shift it has never seen in training
 //! (a storm, a new level) where a network trained on little data does not;
 //! the network is far sharper in normal times; the blend keeps both.
@@ -253,38 +254,96 @@ fn quantile(v: &[f32], tau: f64) -> f32 {
     v[i] + frac * (v[j] - v[i])
 }
 
-/// Sets `hybrid.weight` to the network weight with the smallest pinball
-/// loss on the validation windows `val`, given the network's normalised
-/// quantiles `net` for them.
+/// Sets `hybrid.weight` from the pinball losses on the validation windows
+/// `val` (in series order, consecutive origins of a series together), given
+/// the network's normalised quantiles `net` for them.
+///
+/// The weight is the one nearest to equal shares ([`EQUAL`]) whose loss
+/// exceeds the smallest by at most one standard error of the difference
+/// (the one-standard-error rule). Weights estimated on few windows tend to
+/// lose to the plain average of two forecasts (the forecast combination
+/// puzzle), and here the network was also early-stopped on these windows,
+/// which flatters its loss. The standard error is taken over blocks of a
+/// horizon of consecutive origins of one series (overlapping windows are
+/// not independent); with fewer than two blocks the shares stay equal.
 pub(crate) fn choose_weight(cfg: &ModelConfig, hybrid: &mut Hybrid, val: &Batch, net: &[f32]) {
     let (h, q) = (cfg.horizon, cfg.quantiles.len());
-    if val.n == 0 {
-        hybrid.weight = 0.5;
-        return;
+    // Block of each window: a new one at each series change and every
+    // `h` windows within a series.
+    let mut block = Vec::with_capacity(val.n);
+    let (mut id, mut run) = (0usize, 0usize);
+    for w in 0..val.n {
+        if w > 0 && (val.series.get(w) != val.series.get(w - 1) || run == h) {
+            id += 1;
+            run = 0;
+        }
+        block.push(id);
+        run += 1;
     }
-    let mut best = (f64::INFINITY, 1.0);
-    for wt in WEIGHTS {
-        let trial = Hybrid {
-            weight: wt,
-            ..hybrid.clone()
-        };
-        let mut z = net.to_vec();
-        trial.blend(cfg, val, &mut z);
-        let mut loss = 0f64;
-        for w in 0..val.n {
-            for k in 0..h {
-                let y = val.target[w * h + k];
-                for (j, &tau) in cfg.quantiles.iter().enumerate() {
-                    let d = f64::from(y - z[(w * h + k) * q + j]);
-                    loss += (tau * d).max((tau - 1.0) * d);
+    let blocks = if val.n == 0 { 0 } else { id + 1 };
+    // Loss per weight and block.
+    let losses: Vec<Vec<f64>> = WEIGHTS
+        .iter()
+        .map(|&wt| {
+            let trial = Hybrid {
+                weight: wt,
+                ..hybrid.clone()
+            };
+            let mut z = net.to_vec();
+            trial.blend(cfg, val, &mut z);
+            let mut per_block = vec![0f64; blocks];
+            for w in 0..val.n {
+                for k in 0..h {
+                    let y = val.target[w * h + k];
+                    for (j, &tau) in cfg.quantiles.iter().enumerate() {
+                        let d = f64::from(y - z[(w * h + k) * q + j]);
+                        per_block[block[w]] += (tau * d).max((tau - 1.0) * d);
+                    }
                 }
             }
-        }
-        if loss < best.0 {
-            best = (loss, wt);
+            per_block
+        })
+        .collect();
+    hybrid.weight = one_se_choice(&losses);
+}
+
+/// Network share of equal weights.
+const EQUAL: f32 = 0.5;
+
+/// The one-standard-error choice among [`WEIGHTS`] given each weight's loss
+/// per block (see [`choose_weight`]).
+fn one_se_choice(losses: &[Vec<f64>]) -> f32 {
+    let blocks = losses.first().map_or(0, Vec::len);
+    if blocks < 2 {
+        return EQUAL;
+    }
+    let total = |i: usize| losses[i].iter().sum::<f64>();
+    let best = (0..WEIGHTS.len())
+        .min_by(|&a, &b| total(a).total_cmp(&total(b)))
+        .unwrap_or(0);
+    // Nearest to equal shares first; between two as near, the lower loss.
+    let mut order: Vec<usize> = (0..WEIGHTS.len()).collect();
+    order.sort_by(|&a, &b| {
+        (WEIGHTS[a] - EQUAL)
+            .abs()
+            .total_cmp(&(WEIGHTS[b] - EQUAL).abs())
+            .then(total(a).total_cmp(&total(b)))
+    });
+    let n = blocks as f64;
+    for i in order {
+        let d: Vec<f64> = losses[i]
+            .iter()
+            .zip(&losses[best])
+            .map(|(a, b)| a - b)
+            .collect();
+        let mean = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        // The standard error of the total difference over `n` blocks.
+        if mean * n <= (var * n).sqrt() {
+            return WEIGHTS[i];
         }
     }
-    hybrid.weight = best.1;
+    WEIGHTS[best]
 }
 
 #[cfg(test)]
@@ -325,6 +384,7 @@ mod tests {
             b.target.extend(&series[o..o + 2]);
             b.loc.push(0.0);
             b.scale.push(1.0);
+            b.series.push(1);
             b.n += 1;
         }
         b
@@ -372,7 +432,8 @@ mod tests {
     fn blend_keeps_levels_ordered_and_weight_follows_the_better_half() {
         let c = cfg();
         let series: Vec<f32> = (0..20).map(|i| (i % 4) as f32).collect();
-        let val = batch(&series, &[8, 12]);
+        // Two blocks of a horizon (2) of consecutive origins.
+        let val = batch(&series, &[8, 9, 10, 11]);
         let mut hy = Hybrid {
             statistical: stat(1),
             weight: 1.0,
@@ -393,6 +454,41 @@ mod tests {
         assert!(z.chunks(3).all(|r| r[0] <= r[1] && r[1] <= r[2]));
         // Window 0, step 0: target 0, network median 3, statistical 0.
         assert!((z[1] - 1.5).abs() < 1e-6, "{z:?}");
+    }
+
+    #[test]
+    fn one_se_rule_keeps_equal_shares_unless_the_gain_is_clear() {
+        // Loss per block for the weights 0, 0.25, 0.5, 0.75 and 1.
+        let losses = |blocks: &[[f64; 5]]| -> Vec<Vec<f64>> {
+            (0..WEIGHTS.len())
+                .map(|i| blocks.iter().map(|b| b[i]).collect())
+                .collect()
+        };
+        // 0.75 is best in total, but only thanks to one block of three.
+        let noisy = losses(&[
+            [12.0, 11.0, 10.0, 7.0, 9.0],
+            [12.0, 11.0, 10.0, 10.5, 11.0],
+            [12.0, 11.0, 10.0, 10.5, 11.0],
+        ]);
+        assert_eq!(one_se_choice(&noisy), 0.5);
+        // The network alone wins by about as much in every block.
+        let clear = losses(&[
+            [12.0, 11.0, 10.0, 9.0, 8.0],
+            [12.0, 11.0, 10.0, 9.1, 8.1],
+            [12.0, 11.0, 10.0, 8.9, 7.9],
+        ]);
+        assert_eq!(one_se_choice(&clear), 1.0);
+        // Between 1 and 0.75, a gain within one standard error keeps the
+        // weight nearer equal shares.
+        let near = losses(&[
+            [12.0, 11.0, 10.0, 8.0, 7.5],
+            [12.0, 11.0, 10.0, 8.1, 8.6],
+            [12.0, 11.0, 10.0, 7.9, 7.4],
+        ]);
+        assert_eq!(one_se_choice(&near), 0.75);
+        // One block: no spread to judge by.
+        assert_eq!(one_se_choice(&losses(&[[9.0, 8.0, 7.0, 6.0, 5.0]])), 0.5);
+        assert_eq!(one_se_choice(&[]), 0.5);
     }
 
     #[test]
