@@ -263,9 +263,9 @@ fn quantile(v: &[f32], tau: f64) -> f32 {
 /// (the one-standard-error rule). Weights estimated on few windows tend to
 /// lose to the plain average of two forecasts (the forecast combination
 /// puzzle), and here the network was also early-stopped on these windows,
-/// which flatters its loss. The standard error is taken over blocks of a
-/// horizon of consecutive origins of one series (overlapping windows are
-/// not independent); with fewer than two blocks the shares stay equal.
+/// which flatters its loss. The standard error is taken over blocks of
+/// `horizon` consecutive windows of one series (overlapping windows are not
+/// independent); with fewer than two blocks the shares stay equal.
 pub(crate) fn choose_weight(cfg: &ModelConfig, hybrid: &mut Hybrid, val: &Batch, net: &[f32]) {
     let (h, q) = (cfg.horizon, cfg.quantiles.len());
     // Block of each window: a new one at each series change and every
