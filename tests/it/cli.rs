@@ -280,9 +280,141 @@ fn killed_ingest_leaves_all_or_nothing() {
         }
     }
     assert!(seen_none || seen_all);
-    // Leftovers of killed writes are unreferenced and compaction removes them.
+    // Leftovers of killed writes are unreferenced and young: a compaction
+    // with the default grace keeps them (they could be a running writer's),
+    // one with no grace removes them all, staging files and empty
+    // directories included.
     ok(&["compact", "--store", store]);
     assert!(count() == base || count() == base + total);
+    ok(&["compact", "--store", store, "--grace", "0"]);
+    assert!(count() == base || count() == base + total);
+    let newest = std::fs::read_dir(store_dir.join("_manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
+    let mut live: Vec<String> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    live.sort();
+    let mut on_disk: Vec<String> = tree(&store_dir.join("metrics"))
+        .into_keys()
+        .map(|p| {
+            p.strip_prefix(&format!("{}/", store_dir.display()))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, live, "only live data files stay");
+    let mut dirs = vec![store_dir.join("metrics")];
+    while let Some(d) = dirs.pop() {
+        let entries: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().collect();
+        assert!(!entries.is_empty(), "empty directory {} stays", d.display());
+        dirs.extend(entries.iter().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+}
+
+#[test]
+fn concurrent_ingest_processes_all_commit() {
+    // Before data files had writer-unique names, the loser of two racing
+    // ingests overwrote the winner's files and was then told to retry: the
+    // store held one writer's rows, or a mix.
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = store_dir.to_str().unwrap();
+    let file = "data/sample/nab/ec2_cpu_utilization_5f5533.csv";
+    ok(&[
+        "ingest",
+        "--store",
+        store,
+        "--app",
+        "seed",
+        "--shard-type",
+        "x",
+        "data/sample/nab/rds_cpu_utilization_cc0c53.csv",
+    ]);
+    for round in 0..3 {
+        let handles: Vec<_> = ["A", "B", "C", "D", "E", "F"]
+            .iter()
+            .map(|series| {
+                Command::new(env!("CARGO_BIN_EXE_shardcast"))
+                    .args([
+                        "ingest", "--store", store, "--app", "aws", "--shard-type", "x",
+                        "--series", series, file,
+                    ])
+                    .current_dir(repo())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for h in handles {
+            let out = h.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = ok(&[
+            "query",
+            "--store",
+            store,
+            "--format",
+            "csv",
+            "SELECT series, count(*) AS n FROM metrics GROUP BY series ORDER BY series",
+        ]);
+        assert_eq!(
+            out,
+            "series,n\nA,4032\nB,4032\nC,4032\nD,4032\nE,4032\nF,4032\nrds_cpu_utilization_cc0c53,4032\n",
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn timestamps_outside_years_1_to_9999_are_refused_on_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    for (format, ts) in [
+        ("auto", "9223372036854775807"),
+        ("unix-s", "9223372036854775"),
+        ("auto", "-9223372036854775808"),
+        ("auto", "1e18"),
+    ] {
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, format!("timestamp,value\n{ts},1\n")).unwrap();
+        let out = shardcast(&[
+            "ingest",
+            "--store",
+            store,
+            "--app",
+            "t",
+            "--shard-type",
+            "x",
+            "--timestamp-format",
+            format,
+            csv.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format} {ts}: {err}");
+        assert!(
+            err.contains("t.csv:2") && err.contains("outside years 1 to 9999"),
+            "{err}"
+        );
+    }
+    assert!(!dir.path().join("store/_manifest").exists() || {
+        let out = ok(&["query", "--store", store, "--format", "csv", "SELECT count(*) AS n FROM metrics"]);
+        out == "n\n0\n"
+    });
 }
 
 #[test]
@@ -358,6 +490,13 @@ fn demo_trains_a_model_when_none_is_bundled() {
 fn bad_flags_and_patterns() {
     let err = fails(&["ingest", "--store", "/tmp/x", "no/such/*.csv"]);
     assert!(err.contains("no input file matches"), "{err}");
+    let err = fails(&["ingest", "--store", "/tmp/x", "data/sample/nab"]);
+    assert!(
+        err.contains("data/sample/nab is a directory") && err.contains("data/sample/nab/*.csv"),
+        "{err}"
+    );
+    let err = fails(&["compact", "--store", "/tmp/x", "--grace", "-1h"]);
+    assert!(err.contains("--grace"), "{err}");
     let err = fails(&["ingest", "--app", "a", "--app-col", "b", "x.csv"]);
     assert!(err.contains("cannot be used with"), "{err}");
 }

@@ -67,18 +67,22 @@ fn start_moto() -> Option<Moto> {
     }
 }
 
-/// Runs the binary against the moto server.
-fn run(moto: &Moto, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardcast"))
-        .args(args)
+/// The binary with the environment that points it at the moto server.
+fn command(moto: &Moto, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    c.args(args)
         .current_dir(repo())
         .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", moto.port))
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap()
+        .env("AWS_REGION", "us-east-1");
+    c
+}
+
+/// Runs the binary against the moto server.
+fn run(moto: &Moto, args: &[&str]) -> Output {
+    command(moto, args).output().unwrap()
 }
 
 fn ok(moto: &Moto, args: &[&str]) -> String {
@@ -148,6 +152,40 @@ fn the_store_works_in_an_s3_bucket() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv:3") && err.contains("value"), "{err}");
     assert_eq!(ok(&moto, &count), "n\n16128\n");
+
+    // Four concurrent writers, each its own process, all commit: none
+    // overwrites another's files, and the bucket holds the union.
+    let writers: Vec<_> = ["w1", "w2", "w3", "w4"]
+        .iter()
+        .map(|series| {
+            command(
+                &moto,
+                &[
+                    "ingest",
+                    "--store",
+                    store,
+                    "--app",
+                    "aws",
+                    "--series",
+                    series,
+                    "data/sample/nab/ec2_cpu_utilization_5f5533.csv",
+                ],
+            )
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in writers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(ok(&moto, &count), format!("n\n{}\n", 16128 + 4 * 4032));
 
     // Another prefix of the same bucket is another (empty) store.
     let other = [

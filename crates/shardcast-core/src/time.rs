@@ -14,6 +14,21 @@ impl Timestamp {
     /// Milliseconds in a day.
     pub const DAY_MS: i64 = 86_400_000;
 
+    /// The earliest instant every input path accepts: 0001-01-01T00:00:00Z.
+    pub const MIN: Timestamp = Timestamp(-62_135_596_800_000);
+
+    /// The latest instant every input path accepts: 9999-12-31T23:59:59.999Z.
+    /// Day arithmetic (partitions, grids, calendar features) cannot
+    /// overflow inside `MIN..=MAX`, and Arrow's millisecond timestamps cast
+    /// to every other unit there.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// `ms` as a timestamp when it lies in [`Timestamp::MIN`]`..=`[`Timestamp::MAX`]
+    /// (years 1 to 9999, UTC), the one rule of every input path.
+    pub fn checked(ms: i64) -> Option<Self> {
+        (Self::MIN.0..=Self::MAX.0).contains(&ms).then_some(Self(ms))
+    }
+
     /// Milliseconds since the epoch.
     pub fn millis(self) -> i64 {
         self.0
@@ -195,6 +210,16 @@ impl fmt::Display for GridStep {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_accepted_range_is_years_1_to_9999() {
+        assert_eq!(Timestamp::MIN.to_string(), "0001-01-01T00:00:00Z");
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp::checked(Timestamp::MAX.0), Some(Timestamp::MAX));
+        for bad in [Timestamp::MIN.0 - 1, Timestamp::MAX.0 + 1, i64::MIN, i64::MAX] {
+            assert_eq!(Timestamp::checked(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn formats_iso() {

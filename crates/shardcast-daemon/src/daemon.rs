@@ -79,6 +79,8 @@ struct TypeState {
     shard_type: ShardType,
     assumed: Observed,
     recommendations: Vec<Recommendation>,
+    /// Whether a round has planned this type since the daemon started.
+    planned: bool,
 }
 
 /// The planner daemon: one [`Daemon::tick`] per interval.
@@ -129,6 +131,7 @@ impl Daemon {
                         ..Observed::default()
                     },
                     recommendations: Vec::new(),
+                    planned: false,
                 }
             })
             .collect();
@@ -203,13 +206,24 @@ impl Daemon {
                     .and_then(|s| s.shard_types.get(&cfg.shard_type).cloned())
                     .unwrap_or_else(|| ts.assumed.clone()),
             };
-            let state = ScaleState {
+            let mut state = ScaleState {
                 ready: observed.ready,
                 pending: observed.pending,
                 unhealthy: observed.unhealthy,
                 observed_demand: observed.observed_demand,
                 recommendations: ts.recommendations.clone(),
             };
+            if !ts.planned {
+                // A daemon that has just started remembers no stabilisation
+                // window: it takes the healthy count it found as its
+                // recommendation of a moment ago, so neither a start nor a
+                // restart releases shards until one window has passed.
+                state.recommendations.push(Recommendation {
+                    at: Timestamp(now.millis().saturating_sub(1)),
+                    shards: state.healthy(),
+                });
+                ts.planned = true;
+            }
             let forecast =
                 got.as_ref()
                     .map(|f| &f.forecast)

@@ -761,3 +761,35 @@ async fn the_desired_shards_are_placed_on_the_state_files_hosts() {
     assert_eq!(p.placement.unplaced.len(), 3);
     assert!(!p.placement.unplaced[0].message.is_empty());
 }
+
+#[tokio::test]
+async fn the_first_round_holds_the_healthy_count_for_a_stabilisation_window() {
+    // 7 shards run; the forecast needs 4. A daemon that had run for a while
+    // would hold 7 through the scale-down window; a fresh one used to drop
+    // to 4 at once, since it remembered no recommendation.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, r#"{"shard_types": {"api": {"ready": 7}}}"#).unwrap();
+    let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
+    let opts = || Options {
+        state_file: Some(state.clone()),
+        ..Options::default()
+    };
+    let mut daemon = Daemon::new(config(server.clone()), opts()).unwrap();
+    let r = &daemon.tick().await[0];
+    assert_eq!((r.decision.current, r.decision.desired), (7, 7), "{}", r.explain);
+    assert!(
+        r.decision.reason.adjustments.iter().any(|a| matches!(
+            a,
+            shardcast_core::Adjustment::Stabilised { from: 4, to: 7, .. }
+        )),
+        "{}",
+        r.explain
+    );
+    assert_eq!(daemon.tick().await[0].decision.desired, 7);
+    // Without a window there is nothing to remember: the forecast rules.
+    let mut cfg = config(server);
+    cfg.shard_types[0].scale.scale_down_stabilisation_secs = 0;
+    let mut daemon = Daemon::new(cfg, opts()).unwrap();
+    assert_eq!(daemon.tick().await[0].decision.desired, 4);
+}

@@ -14,6 +14,13 @@ pub enum RowError {
         /// The field's text (cut to 64 characters).
         text: String,
     },
+    /// The timestamp parses but lies outside years 1 to 9999 (UTC), the
+    /// range every input path accepts.
+    #[error("timestamp {text:?} is outside years 1 to 9999 (UTC)")]
+    TimestampOutOfRange {
+        /// The field's text (cut to 64 characters).
+        text: String,
+    },
     /// The value field is not a number.
     #[error("value {text:?} is not a number")]
     NotANumber {
@@ -86,6 +93,21 @@ pub enum Error {
     NoFiles {
         /// The pattern.
         pattern: String,
+    },
+    /// An input names a directory, not a file.
+    #[error("{path} is a directory; name its files, e.g. '{path}/*.csv'")]
+    IsDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// An input file changed (was truncated, grown or rewritten) while it
+    /// was being read, so its rows are not one consistent snapshot.
+    #[error("{path} changed while it was read ({what}); nothing of it was stored, ingest it again once it is complete")]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// What differed.
+        what: String,
     },
     /// An input pattern is not a valid glob.
     #[error("invalid file pattern {pattern:?}")]
@@ -186,11 +208,26 @@ pub enum Error {
         /// Format supported.
         expected: u32,
     },
-    /// Another writer committed the same version first.
-    #[error("another writer committed store version {version} first; retry the batch")]
+    /// Other writers committed first on every attempt: the store is
+    /// written too often for this batch to get in. Nothing of it is
+    /// visible; it can be retried as a whole.
+    #[error(
+        "another writer committed store version {version} first, {attempts} time(s) in a row; nothing of this batch was stored, retry it"
+    )]
     Conflict {
-        /// The version both tried to commit.
+        /// The version the last attempt tried to commit.
         version: u64,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A point or event time outside years 1 to 9999 (UTC), the range every
+    /// input path accepts.
+    #[error("{key}: timestamp {ts} ms is outside years 1 to 9999 (UTC)")]
+    TimestampOutOfRange {
+        /// The series or event it belongs to.
+        key: String,
+        /// The timestamp, ms since the epoch.
+        ts: i64,
     },
     /// A series was asked for that the store does not hold.
     #[error("series {key} is not in the store")]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shardcast_core::SeriesKey;
+use shardcast_core::{SeriesKey, Timestamp};
 
 use crate::error::{Error, Result, RowError, snippet};
 pub use parse::TimestampFormat;
@@ -227,6 +227,9 @@ pub fn expand_inputs(patterns: &[String]) -> Result<Vec<PathBuf>> {
             out.push(PathBuf::from(p));
             continue;
         }
+        if Path::new(p).is_dir() {
+            return Err(Error::IsDirectory { path: p.into() });
+        }
         let mut matched: Vec<PathBuf> = glob::glob(p)
             .map_err(|source| Error::BadPattern {
                 pattern: p.clone(),
@@ -244,11 +247,51 @@ pub fn expand_inputs(patterns: &[String]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Reads a whole file as one consistent snapshot: its size and modification
+/// time are taken before and after the read and must agree with each other
+/// and with the bytes read, so a file truncated, grown or rewritten while it
+/// is read is refused rather than half ingested.
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io {
+    read_file_checked(path, || {})
+}
+
+/// [`read_file`] with a hook run after the first look at the file and
+/// before its bytes are read (tests change the file there).
+fn read_file_checked(path: &Path, before_read: impl FnOnce()) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let stamp = |file: &std::fs::File| {
+        file.metadata()
+            .and_then(|m| Ok((m.len(), m.modified()?)))
+            .map_err(io)
+    };
+    let before = stamp(&file)?;
+    before_read();
+    let mut bytes = Vec::with_capacity(usize::try_from(before.0).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    let after = stamp(&file)?;
+    let changed = |what: String| Error::FileChanged {
+        path: path.to_path_buf(),
+        what,
+    };
+    if after.0 != before.0 {
+        return Err(changed(format!("size {} -> {} bytes", before.0, after.0)));
+    }
+    if bytes.len() as u64 != before.0 {
+        return Err(changed(format!(
+            "{} bytes read of {}",
+            bytes.len(),
+            before.0
+        )));
+    }
+    if after.1 != before.1 {
+        return Err(changed("modified during the read".into()));
+    }
+    Ok(bytes)
 }
 
 fn file_stem(path: &Path) -> String {
@@ -429,14 +472,7 @@ impl RowSink for PointSink<'_> {
         let ts = if !self.last_ts.0.is_empty() && self.last_ts.0 == fields[0] {
             self.last_ts.1
         } else {
-            let ts = parse::parse_timestamp(fields[0], self.ts_format).ok_or_else(|| {
-                (
-                    Some(0),
-                    RowError::BadTimestamp {
-                        text: snippet(fields[0]),
-                    },
-                )
-            })?;
+            let ts = timestamp(fields[0], self.ts_format).map_err(|e| (Some(0), e))?;
             self.last_ts.0.clear();
             self.last_ts.0.extend_from_slice(fields[0]);
             self.last_ts.1 = ts;
@@ -560,6 +596,19 @@ struct EventSink {
     events: Vec<Event>,
 }
 
+/// Parses a timestamp field and checks it against the one accepted range
+/// ([`Timestamp::checked`]: years 1 to 9999).
+fn timestamp(field: &[u8], format: TimestampFormat) -> Result<i64, RowError> {
+    let ms = parse::parse_timestamp(field, format).ok_or_else(|| RowError::BadTimestamp {
+        text: snippet(field),
+    })?;
+    Timestamp::checked(ms)
+        .map(Timestamp::millis)
+        .ok_or_else(|| RowError::TimestampOutOfRange {
+            text: snippet(field),
+        })
+}
+
 fn text_field(fields: &[&[u8]], i: usize) -> Result<String, (Option<usize>, RowError)> {
     let t = std::str::from_utf8(parse::trim(fields[i]))
         .map_err(|_| (Some(i), RowError::InvalidUtf8))?;
@@ -571,16 +620,7 @@ fn text_field(fields: &[&[u8]], i: usize) -> Result<String, (Option<usize>, RowE
 
 impl RowSink for EventSink {
     fn row(&mut self, fields: &[&[u8]]) -> Result<(), (Option<usize>, RowError)> {
-        let ts = |i: usize| {
-            parse::parse_timestamp(fields[i], self.ts_format).ok_or_else(|| {
-                (
-                    Some(i),
-                    RowError::BadTimestamp {
-                        text: snippet(fields[i]),
-                    },
-                )
-            })
-        };
+        let ts = |i: usize| timestamp(fields[i], self.ts_format).map_err(|e| (Some(i), e));
         let start = ts(0)?;
         let end = match self.end {
             Some(i) => ts(i)?,

@@ -18,4 +18,6 @@ mod store;
 
 pub use error::{Error, Result, RowError};
 pub use manifest::{FileEntry, MANIFEST_FORMAT, Manifest, TableKind};
-pub use store::{CompactSummary, Store, WriteSummary};
+pub use store::{
+    COMMIT_DEADLINE, CompactSummary, DEFAULT_GRACE, MAX_COMMIT_ATTEMPTS, Store, WriteSummary,
+};

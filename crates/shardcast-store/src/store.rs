@@ -2,9 +2,28 @@
 //! every batch atomic, merge-on-write deduplication and compaction.
 //!
 //! Layout under the root:
-//! `metrics/app=<app>/day=<YYYY-MM-DD>/v<version>-<n>.parquet` (one app and
-//! one UTC day per file, rows sorted by series then time),
-//! `events/v<version>.parquet`, and `_manifest/<version>.json`.
+//! `metrics/app=<app>/day=<YYYY-MM-DD>/v<version>-<writer>-<n>.parquet` (one
+//! app and one UTC day per file, rows sorted by series then time),
+//! `events/v<version>-<writer>.parquet`, and `_manifest/<version>.json`.
+//! `<version>` is the version a file was first written for and `<writer>` a
+//! random token of the attempt that wrote it, so no two writers ever put the
+//! same path.
+//!
+//! Concurrency: any number of writers (processes, threads, gRPC streams)
+//! may write at once. Each commit is optimistic: data files go up under
+//! names of their own, then manifest `v + 1` is created only if absent.
+//! The loser of a race re-reads the newest manifest; when the files its
+//! batch merged with are unchanged it publishes the same files on top of it
+//! (a rebase), otherwise it deletes its files and redoes the merge. After
+//! [`MAX_COMMIT_ATTEMPTS`] attempts it gives up with [`Error::Conflict`] and
+//! nothing of the batch is visible.
+//!
+//! Garbage (files of failed or superseded batches, staging files that a
+//! crash left, old manifests) is deleted by [`Store::compact`] once it is
+//! older than the grace period, so neither a writer that has put its files
+//! but not yet published them nor a reader still on a recent manifest loses
+//! a file under it. A writer never publishes files it put more than
+//! [`COMMIT_DEADLINE`] ago: it puts them again.
 //!
 //! Deduplication rule (last write wins per series and timestamp): for every
 //! `(series key, timestamp)` that a batch contains, the batch's rows replace
@@ -15,6 +34,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int32Array, RecordBatch, StringArray,
@@ -43,6 +63,20 @@ use crate::manifest::{
 };
 use crate::schema::{UTC, events_schema, metrics_schema};
 
+/// How many times a commit is tried before [`Error::Conflict`] is returned.
+pub const MAX_COMMIT_ATTEMPTS: u32 = 64;
+
+/// The longest time between putting a batch's data files and publishing the
+/// manifest that names them; an attempt that takes longer puts its files
+/// again. Compaction with a grace period longer than this never deletes the
+/// files of a commit in flight.
+pub const COMMIT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// The default grace period of [`Store::compact`]: unreferenced objects
+/// younger than this, and files that a manifest superseded less than this
+/// long ago, are kept.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
+
 /// A metric store rooted in a directory or an object-store prefix.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -51,6 +85,10 @@ pub struct Store {
     root: ObjPath,
     /// The URL that `objects` answers for (registered with DataFusion).
     base_url: Url,
+    /// The root directory when the store is on the local file system
+    /// (where a crash can leave staging files and empty directories that
+    /// the object-store listing does not show).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// What a write did.
@@ -66,6 +104,8 @@ pub struct WriteSummary {
     pub files_written: usize,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Commits that lost a race with another writer before this one won.
+    pub retries: u32,
 }
 
 /// What a compaction did.
@@ -109,9 +149,10 @@ impl Store {
         let abs = std::fs::canonicalize(&path).map_err(|e| bad(e.to_string()))?;
         let root = ObjPath::from_filesystem_path(&abs).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
-            objects: Arc::new(LocalFileSystem::new()),
+            objects: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
             root,
             base_url: Url::parse("file:///").expect("static URL"),
+            local_root: Some(abs),
         })
     }
 
@@ -145,6 +186,7 @@ impl Store {
             objects,
             root: ObjPath::from(root),
             base_url,
+            local_root: None,
         }
     }
 
@@ -180,7 +222,12 @@ impl Store {
         let Some((_, path)) = newest else {
             return Ok(Manifest::empty());
         };
-        let bytes = self.objects.get(&path).await?.bytes().await?;
+        self.read_manifest(&path).await
+    }
+
+    /// Reads and checks one manifest object.
+    async fn read_manifest(&self, path: &ObjPath) -> Result<Manifest> {
+        let bytes = self.objects.get(path).await?.bytes().await?;
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
                 path: path.to_string(),
@@ -215,6 +262,7 @@ impl Store {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Conflict {
                 version: next.version,
+                attempts: 1,
             }),
             Err(e) => Err(e.into()),
         }
@@ -234,236 +282,520 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes objects a failed attempt put (best effort: what stays is
+    /// garbage that compaction removes).
+    async fn delete_quietly(&self, rels: &[String]) {
+        for rel in rels {
+            if let Err(e) = self.objects.delete(&self.path(rel)).await {
+                tracing::debug!(path = %rel, error = %e, "could not delete a failed attempt's file");
+            }
+        }
+    }
+
+    /// Publishes a staged attempt on `base`, rebasing it on newer
+    /// manifests while `still_valid` says its files still apply (see the
+    /// module docs). Returns the version published, or `None` when the
+    /// attempt was abandoned and must be staged again on `base` (which then
+    /// holds the newest manifest).
+    async fn publish_staged(
+        &self,
+        staged: &Staged,
+        base: &mut Manifest,
+        retries: &mut u32,
+        still_valid: impl Fn(&Manifest) -> bool,
+    ) -> Result<Option<u64>> {
+        loop {
+            if staged.put_at.elapsed() > COMMIT_DEADLINE {
+                // Compaction may treat files this old as garbage.
+                self.delete_quietly(&staged.uploaded).await;
+                *base = self.manifest().await?;
+                return Ok(None);
+            }
+            let next = staged.apply(base);
+            match self.publish(&next).await {
+                Ok(()) => return Ok(Some(next.version)),
+                Err(Error::Conflict { version, .. }) => {
+                    *retries += 1;
+                    if *retries >= MAX_COMMIT_ATTEMPTS {
+                        self.delete_quietly(&staged.uploaded).await;
+                        return Err(Error::Conflict {
+                            version,
+                            attempts: *retries,
+                        });
+                    }
+                    backoff(*retries).await;
+                    *base = self.manifest().await?;
+                    if !still_valid(base) {
+                        self.delete_quietly(&staged.uploaded).await;
+                        return Ok(None);
+                    }
+                    tracing::debug!(version = base.version + 1, "rebasing a batch");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn read_parquet(&self, rel: &str) -> Result<Vec<RecordBatch>> {
         let bytes = self.objects.get(&self.path(rel)).await?.bytes().await?;
         decode_parquet(rel, bytes)
     }
 
     /// Writes a batch of points atomically (see the module docs for the
-    /// deduplication rule).
+    /// deduplication rule and for concurrent writers).
     pub async fn write_points(&self, batch: PointBatch) -> Result<WriteSummary> {
-        let base = self.manifest().await?;
+        if let Some(i) = batch.ts.iter().position(|&t| Timestamp::checked(t).is_none()) {
+            return Err(Error::TimestampOutOfRange {
+                key: batch.keys[batch.key_idx[i] as usize].to_string(),
+                ts: batch.ts[i],
+            });
+        }
+        let mut base = self.manifest().await?;
         if batch.is_empty() {
             return Ok(WriteSummary {
                 version: base.version,
                 ..Default::default()
             });
         }
-        let version = base.version + 1;
         let batch = Arc::new(batch);
-        let parts = tokio::task::spawn_blocking({
-            let batch = batch.clone();
-            move || partition(&batch)
-        })
-        .await
-        .expect("partitioning does not panic");
+        let parts = Arc::new(
+            tokio::task::spawn_blocking({
+                let batch = batch.clone();
+                move || partition(&batch)
+            })
+            .await
+            .expect("partitioning does not panic"),
+        );
+        let mut retries = 0;
+        loop {
+            let (staged, mut summary) = self.stage_points(&base, &batch, &parts).await?;
+            let overlaps = |m: &Manifest| {
+                parts
+                    .iter()
+                    .map(|p| overlapping(m, &batch, p).map(|f| f.path.clone()).collect())
+                    .collect::<Vec<Vec<String>>>()
+                    == staged.read
+            };
+            if let Some(version) = self
+                .publish_staged(&staged, &mut base, &mut retries, overlaps)
+                .await?
+            {
+                summary.version = version;
+                summary.retries = retries;
+                tracing::debug!(
+                    version,
+                    rows = summary.rows,
+                    files = summary.files_written,
+                    retries,
+                    "published batch"
+                );
+                return Ok(summary);
+            }
+        }
+    }
 
+    /// Merges a batch with the stored files of `base` that it overlaps and
+    /// puts the resulting data files.
+    async fn stage_points(
+        &self,
+        base: &Manifest,
+        batch: &Arc<PointBatch>,
+        parts: &Arc<Vec<Partition>>,
+    ) -> Result<(Staged, WriteSummary)> {
+        let version = base.version + 1;
         // Stored files whose time range overlaps a partition's new rows may
         // hold rows the batch replaces: read them for the merge.
-        let mut overlapping: Vec<Vec<FileEntry>> = Vec::with_capacity(parts.len());
-        let mut reads = Vec::new();
-        for p in &parts {
-            let app = &batch.keys[p.key_idx_any as usize].app;
-            let files: Vec<FileEntry> = base
-                .files_of(TableKind::Metrics)
-                .filter(|f| f.app.as_deref() == Some(app.as_str()) && f.day == Some(p.day))
-                .filter(|f| f.min_ts <= p.max_ts && f.max_ts >= p.min_ts)
-                .cloned()
-                .collect();
-            for f in &files {
-                reads.push(f.path.clone());
-            }
-            overlapping.push(files);
-        }
+        let overlapping: Vec<Vec<FileEntry>> = parts
+            .iter()
+            .map(|p| overlapping(base, batch, p).cloned().collect())
+            .collect();
+        let reads: Vec<String> = overlapping.iter().flatten().map(|f| f.path.clone()).collect();
         let existing: HashMap<String, Vec<RecordBatch>> = futures::stream::iter(reads)
             .map(|rel| async move { self.read_parquet(&rel).await.map(|b| (rel, b)) })
             .buffer_unordered(8)
             .try_collect()
             .await?;
-
-        let encoded = tokio::task::spawn_blocking(move || {
-            parts
-                .into_par_iter()
-                .zip(overlapping)
-                .enumerate()
-                .map(|(n, (part, files))| {
-                    encode_partition(&batch, part, files, &existing, version, n)
-                })
-                .collect::<Result<Vec<_>>>()
+        let read: Vec<Vec<String>> = overlapping
+            .iter()
+            .map(|files| files.iter().map(|f| f.path.clone()).collect())
+            .collect();
+        let prefix = file_prefix(version);
+        let encoded = tokio::task::spawn_blocking({
+            let (batch, parts) = (batch.clone(), parts.clone());
+            move || {
+                parts
+                    .par_iter()
+                    .zip(overlapping)
+                    .enumerate()
+                    .map(|(n, (part, files))| {
+                        encode_partition(&batch, part, files, &existing, &format!("{prefix}-{n}"))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            }
         })
         .await
         .expect("encoding does not panic")?;
 
-        let mut summary = WriteSummary {
-            version,
-            ..Default::default()
-        };
-        let mut next = base.clone();
-        next.version = version;
+        let mut summary = WriteSummary::default();
+        let mut staged = Staged::new(read);
         let mut uploads = Vec::new();
         for e in encoded {
             summary.rows += e.new_rows;
             summary.replaced += e.replaced;
             summary.files_written += 1;
             summary.bytes_written += e.entry.bytes;
-            next.files.retain(|f| !e.replaces.contains(&f.path));
-            next.files.push(e.entry.clone());
+            staged.removed.extend(e.replaces);
+            staged.uploaded.push(e.entry.path.clone());
+            staged.added.push(e.entry.clone());
             uploads.push((e.entry.path, e.bytes));
         }
         self.put_files(uploads).await?;
-        self.publish(&next).await?;
-        tracing::debug!(
-            version,
-            rows = summary.rows,
-            files = summary.files_written,
-            "published batch"
-        );
-        Ok(summary)
+        Ok((staged, summary))
     }
 
     /// Writes events atomically. An event with the same kind, scope and
     /// start as a stored one replaces it.
     pub async fn write_events(&self, events: Vec<Event>) -> Result<WriteSummary> {
-        let base = self.manifest().await?;
+        if let Some(e) = events
+            .iter()
+            .find(|e| Timestamp::checked(e.start).is_none() || Timestamp::checked(e.end).is_none())
+        {
+            let ts = if Timestamp::checked(e.start).is_none() { e.start } else { e.end };
+            return Err(Error::TimestampOutOfRange {
+                key: format!("event {}/{}", e.kind, e.scope),
+                ts,
+            });
+        }
+        let mut base = self.manifest().await?;
         if events.is_empty() {
             return Ok(WriteSummary {
                 version: base.version,
                 ..Default::default()
             });
         }
-        let version = base.version + 1;
-        let mut all: Vec<Event> = Vec::new();
-        let old: Vec<FileEntry> = base.files_of(TableKind::Events).cloned().collect();
-        for f in &old {
-            all.extend(decode_events(&self.read_parquet(&f.path).await?)?);
-        }
-        let new_rows = events.len() as u64;
-        let new_ids: HashSet<(String, String, i64)> = events
-            .iter()
-            .map(|e| (e.kind.clone(), e.scope.clone(), e.start))
-            .collect();
-        let before = all.len();
-        all.retain(|e| !new_ids.contains(&(e.kind.clone(), e.scope.clone(), e.start)));
-        let replaced = (before - all.len()) as u64;
-        all.extend(events);
-        all.sort_by(|a, b| (a.start, &a.kind, &a.scope).cmp(&(b.start, &b.kind, &b.scope)));
-        let rel = format!("events/v{version}.parquet");
-        let bytes = encode_parquet(&rel, &events_batch(&all)?)?;
-        let entry = FileEntry {
-            table: TableKind::Events,
-            path: rel.clone(),
-            app: None,
-            day: None,
-            rows: all.len() as u64,
-            bytes: bytes.len() as u64,
-            min_ts: all.iter().map(|e| e.start).min().unwrap_or(0),
-            max_ts: all.iter().map(|e| e.end).max().unwrap_or(0),
+        let events_of = |m: &Manifest| -> Vec<String> {
+            m.files_of(TableKind::Events).map(|f| f.path.clone()).collect()
         };
-        let mut next = base.clone();
-        next.version = version;
-        next.files.retain(|f| f.table != TableKind::Events);
-        next.files.push(entry.clone());
-        self.put_files(vec![(rel, bytes)]).await?;
-        self.publish(&next).await?;
-        Ok(WriteSummary {
-            version,
-            rows: new_rows,
-            replaced,
-            files_written: 1,
-            bytes_written: entry.bytes,
-        })
+        let mut retries = 0;
+        loop {
+            let old: Vec<FileEntry> = base.files_of(TableKind::Events).cloned().collect();
+            let mut all: Vec<Event> = Vec::new();
+            for f in &old {
+                all.extend(decode_events(&self.read_parquet(&f.path).await?)?);
+            }
+            let new_rows = events.len() as u64;
+            let new_ids: HashSet<(&str, &str, i64)> = events
+                .iter()
+                .map(|e| (e.kind.as_str(), e.scope.as_str(), e.start))
+                .collect();
+            let before = all.len();
+            all.retain(|e| !new_ids.contains(&(e.kind.as_str(), e.scope.as_str(), e.start)));
+            let replaced = (before - all.len()) as u64;
+            all.extend(events.iter().cloned());
+            all.sort_by(|a, b| (a.start, &a.kind, &a.scope).cmp(&(b.start, &b.kind, &b.scope)));
+            let rel = format!("events/{}.parquet", file_prefix(base.version + 1));
+            let bytes = encode_parquet(&rel, &events_batch(&all)?)?;
+            let entry = FileEntry {
+                table: TableKind::Events,
+                path: rel.clone(),
+                app: None,
+                day: None,
+                rows: all.len() as u64,
+                bytes: bytes.len() as u64,
+                min_ts: all.iter().map(|e| e.start).min().unwrap_or(0),
+                max_ts: all.iter().map(|e| e.end).max().unwrap_or(0),
+            };
+            let read = events_of(&base);
+            let mut staged = Staged::new(vec![read.clone()]);
+            staged.removed.extend(read.iter().cloned());
+            staged.uploaded.push(rel.clone());
+            staged.added.push(entry.clone());
+            self.put_files(vec![(rel, bytes)]).await?;
+            let same_events = |m: &Manifest| events_of(m) == read;
+            if let Some(version) = self
+                .publish_staged(&staged, &mut base, &mut retries, same_events)
+                .await?
+            {
+                return Ok(WriteSummary {
+                    version,
+                    rows: new_rows,
+                    replaced,
+                    files_written: 1,
+                    bytes_written: entry.bytes,
+                    retries,
+                });
+            }
+        }
     }
 
     /// Merges the files of every partition that has more than one into one,
-    /// then deletes objects no manifest needs any more.
-    pub async fn compact(&self) -> Result<CompactSummary> {
-        let base = self.manifest().await?;
-        let version = base.version + 1;
-        let mut groups: HashMap<(String, i64), Vec<FileEntry>> = HashMap::new();
-        for f in base.files_of(TableKind::Metrics) {
-            if let (Some(app), Some(day)) = (&f.app, f.day) {
-                groups
-                    .entry((app.clone(), day))
-                    .or_default()
-                    .push(f.clone());
+    /// then deletes what no manifest needs any more and is older than
+    /// `grace` ([`DEFAULT_GRACE`] is safe beside running writers and
+    /// readers; a grace under [`COMMIT_DEADLINE`] is safe only when nothing
+    /// else uses the store). A compaction that races a writer is redone on
+    /// the newer manifest, like a write.
+    pub async fn compact(&self, grace: Duration) -> Result<CompactSummary> {
+        let mut base = self.manifest().await?;
+        let mut retries = 0;
+        let mut summary = loop {
+            let mut groups: HashMap<(String, i64), Vec<FileEntry>> = HashMap::new();
+            for f in base.files_of(TableKind::Metrics) {
+                if let (Some(app), Some(day)) = (&f.app, f.day) {
+                    groups
+                        .entry((app.clone(), day))
+                        .or_default()
+                        .push(f.clone());
+                }
             }
-        }
-        let mut groups: Vec<_> = groups.into_iter().filter(|(_, v)| v.len() > 1).collect();
-        groups.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut summary = CompactSummary {
-            version: base.version,
-            files_before: base.files.len(),
-            files_after: base.files.len(),
-            partitions: groups.len(),
-            ..Default::default()
-        };
-        if !groups.is_empty() {
-            let mut next = base.clone();
-            next.version = version;
+            let mut groups: Vec<_> = groups.into_iter().filter(|(_, v)| v.len() > 1).collect();
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut summary = CompactSummary {
+                version: base.version,
+                files_before: base.files.len(),
+                files_after: base.files.len(),
+                partitions: groups.len(),
+                ..Default::default()
+            };
+            if groups.is_empty() {
+                break summary;
+            }
+            let prefix = file_prefix(base.version + 1);
+            let mut staged = Staged::new(Vec::new());
             let mut uploads = Vec::new();
             for (n, (_, files)) in groups.into_iter().enumerate() {
                 let mut points = PointBatch::default();
                 for f in &files {
                     points.append(decode_points(&self.read_parquet(&f.path).await?)?);
                 }
-                let points = Arc::new(points);
-                let part = tokio::task::spawn_blocking({
-                    let points = points.clone();
-                    move || partition(&points).pop().expect("one partition")
+                let prefix = format!("{prefix}-{n}");
+                let e = tokio::task::spawn_blocking(move || {
+                    let part = partition(&points).pop().expect("one partition");
+                    encode_partition(&points, &part, Vec::new(), &HashMap::new(), &prefix)
                 })
                 .await
-                .expect("partitioning does not panic");
-                let e = encode_partition(&points, part, Vec::new(), &HashMap::new(), version, n)?;
-                next.files
-                    .retain(|f| !files.iter().any(|g| g.path == f.path));
-                next.files.push(e.entry.clone());
+                .expect("encoding does not panic")?;
+                staged.read.push(files.iter().map(|f| f.path.clone()).collect());
+                staged.removed.extend(files.iter().map(|f| f.path.clone()));
+                staged.uploaded.push(e.entry.path.clone());
+                staged.added.push(e.entry.clone());
                 uploads.push((e.entry.path, e.bytes));
             }
             self.put_files(uploads).await?;
-            self.publish(&next).await?;
-            summary.version = version;
-            summary.files_after = next.files.len();
-        }
-        summary.deleted = self.vacuum().await?;
+            // A rebase is valid while every merged file is still live and
+            // nothing was added beside them in their partitions.
+            let same_partitions = |m: &Manifest| {
+                let mut now: HashMap<(&str, i64), Vec<&str>> = HashMap::new();
+                for f in m.files_of(TableKind::Metrics) {
+                    if let (Some(app), Some(day)) = (&f.app, f.day) {
+                        now.entry((app, day)).or_default().push(&f.path);
+                    }
+                }
+                staged.added.iter().zip(&staged.read).all(|(e, read)| {
+                    let key = (e.app.as_deref().unwrap_or_default(), e.day.unwrap_or_default());
+                    let mut files = now.remove(&key).unwrap_or_default();
+                    files.sort_unstable();
+                    let mut expected: Vec<&str> = read.iter().map(String::as_str).collect();
+                    expected.sort_unstable();
+                    files == expected
+                })
+            };
+            if let Some(version) = self
+                .publish_staged(&staged, &mut base, &mut retries, same_partitions)
+                .await?
+            {
+                summary.version = version;
+                summary.files_after = base.files.len() + staged.added.len() - staged.removed.len();
+                break summary;
+            }
+        };
+        summary.deleted = self.vacuum(grace).await?;
         Ok(summary)
     }
 
-    /// Deletes data files that the newest manifest does not list and all
-    /// manifests but the newest two. Returns how many objects it deleted.
-    async fn vacuum(&self) -> Result<usize> {
-        let current = self.manifest().await?;
-        let live: HashSet<String> = current
-            .files
-            .iter()
-            .map(|f| self.path(&f.path).to_string())
-            .collect();
+    /// Deletes what no recent manifest needs and is older than `grace`:
+    /// data files that neither the newest manifest nor one superseded less
+    /// than `grace` ago lists, manifests but the newest two that were
+    /// superseded longer ago, and, in a local directory, the staging files
+    /// a crash left (`*.parquet#N`, `*.json#N`) and empty directories.
+    /// Returns how many objects it deleted.
+    async fn vacuum(&self, grace: Duration) -> Result<usize> {
+        let now = std::time::SystemTime::now();
+        let cutoff = chrono::DateTime::<chrono::Utc>::from(now)
+            - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let mut manifests = Vec::new();
+        let mut listing = self.objects.list(Some(&self.path("_manifest")));
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            if let Some(v) = meta.location.filename().and_then(parse_manifest_name) {
+                manifests.push((v, meta));
+            }
+        }
+        manifests.sort_by_key(|(v, _)| *v);
+        // A manifest is still needed when it is the newest, or when its
+        // successor was published within the grace period (a reader may
+        // still be on it).
+        let mut live: HashSet<String> = HashSet::new();
         let mut doomed = Vec::new();
+        let newest = manifests.last().map_or(0, |(v, _)| *v);
+        for (i, (v, meta)) in manifests.iter().enumerate() {
+            let superseded_at = manifests.get(i + 1).map(|(_, next)| next.last_modified);
+            let needed = superseded_at.is_none_or(|t| t > cutoff);
+            if needed {
+                let m = self.read_manifest(&meta.location).await?;
+                live.extend(m.files.iter().map(|f| self.path(&f.path).to_string()));
+            } else if *v + 1 < newest {
+                doomed.push(meta.location.clone());
+            }
+        }
         for dir in ["metrics", "events"] {
             let mut listing = self.objects.list(Some(&self.path(dir)));
             while let Some(meta) = listing.next().await {
                 let meta = meta?;
-                if !live.contains(meta.location.as_ref()) {
+                if !live.contains(meta.location.as_ref()) && meta.last_modified <= cutoff {
                     doomed.push(meta.location);
                 }
             }
         }
-        let mut listing = self.objects.list(Some(&self.path("_manifest")));
-        while let Some(meta) = listing.next().await {
-            let meta = meta?;
-            match meta.location.filename().and_then(parse_manifest_name) {
-                Some(v) if v + 1 < current.version => doomed.push(meta.location),
-                _ => {}
-            }
-        }
-        let n = doomed.len();
+        let mut n = doomed.len();
         for path in doomed {
             match self.objects.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(root) = &self.local_root {
+            let root = root.clone();
+            let cutoff = now.checked_sub(grace).unwrap_or(std::time::UNIX_EPOCH);
+            n += tokio::task::spawn_blocking(move || sweep_local(&root, cutoff))
+                .await
+                .expect("the sweep does not panic")
+                .map_err(|source| Error::Io {
+                    path: source.0,
+                    source: source.1,
+                })?;
+        }
         Ok(n)
     }
+}
+
+/// One attempt's data files, put and ready to publish.
+struct Staged {
+    /// Entries it adds to the manifest.
+    added: Vec<FileEntry>,
+    /// Live files it supersedes.
+    removed: HashSet<String>,
+    /// What it put (deleted when the attempt is abandoned).
+    uploaded: Vec<String>,
+    /// Per partition, the stored files its merge read.
+    read: Vec<Vec<String>>,
+    /// When it started putting files.
+    put_at: Instant,
+}
+
+impl Staged {
+    fn new(read: Vec<Vec<String>>) -> Self {
+        Self {
+            added: Vec::new(),
+            removed: HashSet::new(),
+            uploaded: Vec::new(),
+            read,
+            put_at: Instant::now(),
+        }
+    }
+
+    /// The manifest that follows `base` with this attempt applied.
+    fn apply(&self, base: &Manifest) -> Manifest {
+        let mut next = base.clone();
+        next.version = base.version + 1;
+        next.files.retain(|f| !self.removed.contains(&f.path));
+        next.files.extend(self.added.iter().cloned());
+        next
+    }
+}
+
+/// The stored metric files of `base` that a partition's rows may collide
+/// with: same app and day, overlapping time range.
+fn overlapping<'a>(
+    base: &'a Manifest,
+    batch: &'a PointBatch,
+    p: &'a Partition,
+) -> impl Iterator<Item = &'a FileEntry> + 'a {
+    let app = &batch.keys[p.key_idx_any as usize].app;
+    base.files_of(TableKind::Metrics)
+        .filter(move |f| f.app.as_deref() == Some(app.as_str()) && f.day == Some(p.day))
+        .filter(move |f| f.min_ts <= p.max_ts && f.max_ts >= p.min_ts)
+}
+
+/// The name prefix of an attempt's files: the version it is written for and
+/// a random token, so concurrent writers never put the same path.
+fn file_prefix(version: u64) -> String {
+    format!("v{version}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Sleeps before the next commit attempt: exponential with full jitter,
+/// capped at a quarter of a second.
+async fn backoff(retry: u32) {
+    let cap_ms = (2u64 << retry.min(7)).min(250);
+    let ms = (uuid::Uuid::new_v4().as_u128() % u128::from(cap_ms)) as u64 + 1;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Deletes, under a local store's root, the staging files of interrupted
+/// puts (`name#digits`, which the object-store listing hides) and the empty
+/// directories, when older than `cutoff`. Returns how many it deleted.
+fn sweep_local(
+    root: &std::path::Path,
+    cutoff: std::time::SystemTime,
+) -> std::result::Result<usize, (std::path::PathBuf, std::io::Error)> {
+    fn walk(
+        dir: &std::path::Path,
+        cutoff: std::time::SystemTime,
+        top: bool,
+    ) -> std::result::Result<usize, (std::path::PathBuf, std::io::Error)> {
+        let err = |e| (dir.to_path_buf(), e);
+        let mut n = 0;
+        // The directory's age before its children go (deleting them
+        // touches it).
+        let old_dir = std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t <= cutoff);
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(err(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(err)?;
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta.modified().is_ok_and(|t| t <= cutoff);
+            if meta.is_dir() {
+                n += walk(&path, cutoff, false)?;
+            } else if old && is_staging_name(&entry.file_name().to_string_lossy()) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err((path, e)),
+                }
+            }
+        }
+        // An empty directory goes; one that a writer fills meanwhile stays
+        // (removal of a non-empty directory fails, which is fine).
+        if !top && old_dir && std::fs::remove_dir(dir).is_ok() {
+            n += 1;
+        }
+        Ok(n)
+    }
+    ["metrics", "events", "_manifest"]
+        .iter()
+        .map(|d| walk(&root.join(d), cutoff, true))
+        .sum()
+}
+
+/// True for the name of an object store's staging file: `<name>#<digits>`.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The rows of one batch that fall in one `(app, day)` partition.
@@ -576,16 +908,15 @@ fn encode_segment(s: &str) -> String {
 
 fn encode_partition(
     batch: &PointBatch,
-    part: Partition,
+    part: &Partition,
     overlapping: Vec<FileEntry>,
     existing: &HashMap<String, Vec<RecordBatch>>,
-    version: u64,
-    n: usize,
+    name: &str,
 ) -> Result<Encoded> {
     let app = batch.keys[part.key_idx_any as usize].app.clone();
     let (y, m, d) = Timestamp(part.min_ts).date();
     let rel = format!(
-        "metrics/app={}/day={y:04}-{m:02}-{d:02}/v{version}-{n}.parquet",
+        "metrics/app={}/day={y:04}-{m:02}-{d:02}/{name}.parquet",
         encode_segment(&app)
     );
     let new_rows = part.rows.len() as u64;

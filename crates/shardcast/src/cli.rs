@@ -22,8 +22,9 @@ pub(crate) enum Command {
     Query(QueryArgs),
     /// List the stored series with their time range and point count.
     Series(SeriesArgs),
-    /// Merge small files of each partition and delete unreferenced objects.
-    Compact(StoreArgs),
+    /// Merge small files of each partition and delete unreferenced objects
+    /// older than the grace period.
+    Compact(CompactArgs),
     /// Benchmarks that print a table side by side with their reference.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -57,6 +58,29 @@ pub(crate) struct StoreArgs {
     /// Store location: a directory (created if missing) or a file:// URL.
     #[arg(long, env = "SHARDCAST_STORE", default_value = "shardcast-store")]
     pub(crate) store: String,
+}
+
+/// Settings of `compact`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct CompactArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Keep unreferenced objects younger than this, and files that a
+    /// manifest replaced less than this long ago (`0`, `30s`, `15m`, `1h`,
+    /// `2d`). Writers and readers running beside the compaction are safe
+    /// with any grace of 15 minutes or more; `0` is for a store nothing
+    /// else is using (e.g. to clear a crash's leftovers at once).
+    #[arg(long, default_value = "1h", value_parser = parse_grace)]
+    pub(crate) grace: std::time::Duration,
+}
+
+/// Parses a grace period: `0` or a positive duration such as `15m`.
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let step: GridStep = text.parse().map_err(|e| format!("{e}"))?;
+    Ok(std::time::Duration::from_millis(step.millis() as u64))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -30,8 +30,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             print_series(&store, args.app.as_deref()).await
         }
         Command::Compact(args) => {
-            let store = open(&args.store)?;
-            let s = store.compact().await?;
+            let store = open(&args.store.store)?;
+            let s = store.compact(args.grace).await?;
             println!(
                 "compacted {} partitions: {} live files before, {} after; deleted {} unreferenced objects (store version {})",
                 s.partitions, s.files_before, s.files_after, s.deleted, s.version

@@ -274,11 +274,113 @@ fn invalid_key_text_is_a_row_error() {
 }
 
 #[test]
+fn timestamps_outside_years_1_to_9999_are_row_errors_on_every_format() {
+    // i64::MAX used to panic in partitioning; i64::MIN and 1e18 used to be
+    // stored and then fail every query with a cast error.
+    for (format, text) in [
+        (TimestampFormat::Auto, "9223372036854775807"),
+        (TimestampFormat::Auto, "-9223372036854775808"),
+        (TimestampFormat::Auto, "1000000000000000000"),
+        (TimestampFormat::Auto, "1e18"),
+        (TimestampFormat::UnixMillis, "253402300800000"),
+        (TimestampFormat::UnixSeconds, "9223372036854775"),
+        (TimestampFormat::UnixSeconds, "92233720368547758070"),
+        (TimestampFormat::UnixSeconds, "-62135596801"),
+    ] {
+        let m = MetricMapping {
+            timestamp_format: format,
+            ..mapping()
+        };
+        let body = format!("timestamp,value\n{text},1\n");
+        let result = parse_metric_bytes(
+            Path::new("t.csv"),
+            body.as_bytes(),
+            &m,
+            &ReadSettings::default(),
+        );
+        match result {
+            Err(Error::Row {
+                line: 2,
+                field,
+                reason: RowError::TimestampOutOfRange { .. },
+                ..
+            }) => assert_eq!(field, "timestamp"),
+            other => panic!("{format:?} {text}: {other:?}"),
+        }
+    }
+    // The ends of the range are accepted.
+    let edges = b"timestamp,value\n0001-01-01T00:00:00Z,1\n9999-12-31T23:59:59.999Z,2\n";
+    let (b, _) = parse(edges).unwrap();
+    assert_eq!(b.ts, vec![Timestamp::MIN.millis(), Timestamp::MAX.millis()]);
+    // Events follow the same rule.
+    let m = EventMapping {
+        start_col: "start".into(),
+        end_col: None,
+        timestamp_format: TimestampFormat::Auto,
+        kind: KeySource::Constant("holiday".into()),
+        scope: KeySource::Constant("*".into()),
+        name_col: None,
+    };
+    let bad = b"start\n9223372036854775807\n";
+    assert!(matches!(
+        parse_event_bytes(Path::new("e.csv"), bad, &m, &ReadSettings::default()),
+        Err(Error::Row {
+            reason: RowError::TimestampOutOfRange { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_file_that_changes_while_it_is_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.csv");
+    let mut body = String::from("timestamp,value\n");
+    for i in 0..1000 {
+        body.push_str(&format!("{},12\n", 1_392_388_200 + 300 * i));
+    }
+    std::fs::write(&path, &body).unwrap();
+    // Cut at a line boundary and in a value ("12" -> "1"): both would parse.
+    for cut in [body.len() / 2, body.rfind(",12").unwrap() + 2] {
+        std::fs::write(&path, &body).unwrap();
+        let result = read_file_checked(&path, || {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len(cut as u64).unwrap();
+        });
+        match result {
+            Err(Error::FileChanged { path: p, what }) => {
+                assert_eq!(p, path);
+                assert!(what.contains("bytes"), "{what}");
+            }
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+    // Rewritten with the same size.
+    std::fs::write(&path, &body).unwrap();
+    let result = read_file_checked(&path, || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, body.replace(",12", ",13")).unwrap();
+    });
+    assert!(matches!(result, Err(Error::FileChanged { .. })), "{result:?}");
+    // An unchanged file reads whole.
+    std::fs::write(&path, &body).unwrap();
+    assert_eq!(read_file(&path).unwrap(), body.as_bytes());
+}
+
+#[test]
 fn expand_inputs_errors() {
     assert!(matches!(
         expand_inputs(&["/nonexistent/*.csv".into()]),
         Err(Error::NoFiles { .. })
     ));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    match expand_inputs(std::slice::from_ref(&d)) {
+        Err(e @ Error::IsDirectory { .. }) => {
+            assert!(e.to_string().contains("is a directory"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         expand_inputs(&["[".into()]),
         Err(Error::BadPattern { .. })

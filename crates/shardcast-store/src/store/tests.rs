@@ -231,13 +231,13 @@ async fn appends_do_not_rewrite_and_compaction_merges() {
     assert_eq!(s.replaced, 0);
     let m = store.manifest().await.unwrap();
     assert_eq!(m.files_of(TableKind::Metrics).count(), 2);
-    let c = store.compact().await.unwrap();
+    let c = store.compact(Duration::ZERO).await.unwrap();
     assert_eq!((c.partitions, c.files_before, c.files_after), (1, 2, 1));
     assert_eq!(count(&store).await, 200);
     let a = store.load_one(&key("a")).await.unwrap();
     assert!(a.ts.windows(2).all(|w| w[0] < w[1]));
     // Old files and manifests are gone; a second compaction has nothing to do.
-    let c = store.compact().await.unwrap();
+    let c = store.compact(Duration::ZERO).await.unwrap();
     assert_eq!(c.partitions, 0);
     let objects = snapshot(&store).await;
     assert_eq!(
@@ -296,7 +296,7 @@ async fn a_failed_write_leaves_the_store_readable_and_unchanged() {
             assert_eq!(after[1].value[0], -5.0);
         }
         // Whatever the failure left behind is garbage that compaction removes.
-        store.compact().await.unwrap();
+        store.compact(Duration::ZERO).await.unwrap();
         assert_eq!(store.load_series(&Default::default()).await.unwrap(), after);
     }
 }
@@ -312,7 +312,7 @@ async fn concurrent_commit_is_detected() {
     store.publish(&other).await.unwrap();
     assert!(matches!(
         store.publish(&other).await,
-        Err(Error::Conflict { version: 2 })
+        Err(Error::Conflict { version: 2, .. })
     ));
 }
 
@@ -367,4 +367,250 @@ async fn queries_prune_by_app_and_time() {
         .to_string();
     // Only the one matching day's file is scanned.
     assert_eq!(text.matches(".parquet").count(), 1, "{text}");
+}
+
+/// Writer `w`'s batch `j`: 50 points of its own series, each batch
+/// overlapping the previous one's time range by 43 points (so batches
+/// merge and replace), all writers in the same `(app, day)` partition.
+fn writer_batch(w: usize, j: usize) -> PointBatch {
+    let mut b = PointBatch::default();
+    for i in 0..50 {
+        b.push(
+            &key(&format!("w{w}")),
+            ((j * 7 + i) * 300_000) as i64,
+            (w * 1000 + j) as f64,
+        );
+    }
+    b
+}
+
+/// What the store must hold once every writer's batches committed.
+fn expected_content(writers: usize, batches: usize) -> Vec<(String, Vec<i64>, Vec<f64>)> {
+    (0..writers)
+        .map(|w| {
+            let n = (batches - 1) * 7 + 50;
+            let ts = (0..n).map(|t| (t * 300_000) as i64).collect();
+            // The newest batch that covers a time wins.
+            let value = (0..n)
+                .map(|t| {
+                    let j = (t / 7).min(batches - 1);
+                    (w * 1000 + j) as f64
+                })
+                .collect();
+            (format!("w{w}"), ts, value)
+        })
+        .collect()
+}
+
+async fn content(store: &Store) -> Vec<(String, Vec<i64>, Vec<f64>)> {
+    let mut all = store.load_series(&Default::default()).await.unwrap();
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    all.into_iter()
+        .map(|s| (s.key.series, s.ts, s.value))
+        .collect()
+}
+
+/// Four writers, each with a store handle of its own (as separate processes
+/// have), write overlapping batches into one partition while a fifth task
+/// compacts and another writes events. Before writers had file names of
+/// their own, the loser of a race overwrote the winner's files.
+async fn concurrent_writers_keep_exactly_the_committed_batches(handle: impl Fn() -> Store) {
+    const WRITERS: usize = 4;
+    const BATCHES: usize = 12;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = handle();
+        tasks.push(tokio::spawn(async move {
+            let mut retries = 0;
+            for j in 0..BATCHES {
+                let s = store.write_points(writer_batch(w, j)).await.unwrap();
+                assert_eq!(s.rows, 50);
+                retries += s.retries;
+            }
+            retries
+        }));
+    }
+    let compactor = {
+        let store = handle();
+        tokio::spawn(async move {
+            for _ in 0..6 {
+                store.compact(DEFAULT_GRACE).await.unwrap();
+            }
+        })
+    };
+    let events = {
+        let store = handle();
+        tokio::spawn(async move {
+            for start in 0..6 {
+                let e = Event {
+                    start,
+                    end: start + 1,
+                    kind: "batch-job".into(),
+                    scope: "*".into(),
+                    name: None,
+                };
+                store.write_events(vec![e]).await.unwrap();
+            }
+        })
+    };
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.unwrap();
+    }
+    compactor.await.unwrap();
+    events.await.unwrap();
+    let store = handle();
+    assert_eq!(content(&store).await, expected_content(WRITERS, BATCHES));
+    assert_eq!(store.load_events().await.unwrap().len(), 6);
+    // Every live file exists, and one more compaction keeps the content.
+    store.compact(Duration::ZERO).await.unwrap();
+    assert_eq!(content(&store).await, expected_content(WRITERS, BATCHES));
+    eprintln!("{retries} commits lost a race and were retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_in_memory() {
+    let objects = Arc::new(InMemory::new());
+    concurrent_writers_keep_exactly_the_committed_batches(|| {
+        Store::with_object_store(objects.clone(), Url::parse("memory:///").unwrap(), "root")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_in_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    concurrent_writers_keep_exactly_the_committed_batches(|| {
+        Store::open(path.to_str().unwrap()).unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lost_race_rebases_when_its_merge_still_holds_and_redoes_it_otherwise() {
+    let store = memory_store();
+    store.write_points(writer_batch(0, 0)).await.unwrap();
+    let attempt = |batch: PointBatch| {
+        let store = store.clone();
+        async move {
+            let base = store.manifest().await.unwrap();
+            let batch = Arc::new(batch);
+            let parts = Arc::new(partition(&batch));
+            let (staged, _) = store.stage_points(&base, &batch, &parts).await.unwrap();
+            (base, batch, parts, staged)
+        }
+    };
+    // Another day: the files it merged with are unchanged, so it rebases
+    // and publishes the files it already put.
+    let mut later = PointBatch::default();
+    later.push(&key("w0"), 3 * Timestamp::DAY_MS, 1.0);
+    let (mut base, batch, parts, staged) = attempt(later).await;
+    store.write_points(writer_batch(1, 0)).await.unwrap();
+    let mut retries = 0;
+    let still = |m: &Manifest| {
+        parts
+            .iter()
+            .map(|p| overlapping(m, &batch, p).map(|f| f.path.clone()).collect())
+            .collect::<Vec<Vec<String>>>()
+            == staged.read
+    };
+    let v = store
+        .publish_staged(&staged, &mut base, &mut retries, still)
+        .await
+        .unwrap();
+    assert_eq!((v, retries), (Some(3), 1));
+    let live = store.manifest().await.unwrap();
+    assert!(live.files.iter().any(|f| f.path == staged.uploaded[0]));
+    // The same partition as a commit that landed meanwhile: abandoned (its
+    // files deleted), to be merged again on the newer manifest.
+    let (mut base, batch, parts, staged) = attempt(writer_batch(0, 1)).await;
+    store.write_points(writer_batch(0, 2)).await.unwrap();
+    let still = |m: &Manifest| {
+        parts
+            .iter()
+            .map(|p| overlapping(m, &batch, p).map(|f| f.path.clone()).collect())
+            .collect::<Vec<Vec<String>>>()
+            == staged.read
+    };
+    let v = store
+        .publish_staged(&staged, &mut base, &mut retries, still)
+        .await
+        .unwrap();
+    assert_eq!(v, None);
+    assert_eq!(base.version, 4);
+    let objects = snapshot(&store).await;
+    assert!(!objects.keys().any(|k| k.ends_with(&staged.uploaded[0])));
+    // The whole write, retried internally, keeps both batches.
+    let s = store.write_points(writer_batch(0, 1)).await.unwrap();
+    assert_eq!(s.version, 5);
+}
+
+#[tokio::test]
+async fn out_of_range_timestamps_are_refused_before_anything_is_stored() {
+    let store = memory_store();
+    store.write_points(sample(1.0)).await.unwrap();
+    let before = snapshot(&store).await;
+    for ts in [i64::MAX, i64::MIN, Timestamp::MAX.millis() + 1] {
+        let mut b = sample(2.0);
+        b.push(&key("c"), ts, 1.0);
+        let err = store.write_points(b).await.unwrap_err();
+        assert!(matches!(err, Error::TimestampOutOfRange { .. }), "{err}");
+        assert!(err.to_string().contains("years 1 to 9999"), "{err}");
+    }
+    assert_eq!(snapshot(&store).await, before);
+}
+
+#[tokio::test]
+async fn compaction_clears_crash_leftovers_in_a_directory_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::open(root.to_str().unwrap()).unwrap();
+    store.write_points(sample(1.0)).await.unwrap();
+    // What a kill -9 during the write phase leaves: staging files of
+    // interrupted puts (hidden from the object-store listing), an
+    // unreferenced data file, and empty day directories.
+    let day = root.join("metrics/app=app/day=1970-01-05");
+    std::fs::create_dir_all(&day).unwrap();
+    std::fs::create_dir_all(root.join("metrics/app=gone/day=1970-01-06")).unwrap();
+    let leftovers = [
+        day.join("v2-605.parquet#1"),
+        root.join("metrics/app=app/day=1970-01-01/v2-1.parquet#3"),
+        root.join("metrics/app=app/day=1970-01-01/v2-orphan-0.parquet"),
+        root.join("_manifest/00000000000000000002.json#7"),
+    ];
+    for f in &leftovers {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    let before = content(&store).await;
+    // Young leftovers may belong to a writer still at work: kept.
+    let c = store.compact(DEFAULT_GRACE).await.unwrap();
+    assert_eq!(c.deleted, 0);
+    assert!(leftovers.iter().all(|f| f.exists()));
+    let c = store.compact(Duration::ZERO).await.unwrap();
+    assert!(leftovers.iter().all(|f| !f.exists()));
+    assert!(!day.exists() && !root.join("metrics/app=gone").exists());
+    assert_eq!(c.deleted, 7, "4 files, 3 directories");
+    assert_eq!(content(&store).await, before);
+    // Live files and the directories holding them stay.
+    let live = store.manifest().await.unwrap();
+    for f in &live.files {
+        assert!(root.join(&f.path).is_file(), "{}", f.path);
+    }
+}
+
+#[tokio::test]
+async fn a_reader_on_the_previous_manifest_keeps_its_files_through_the_grace() {
+    let store = memory_store();
+    store.write_points(sample(1.0)).await.unwrap();
+    let old = store.manifest().await.unwrap();
+    store.write_points(sample(2.0)).await.unwrap();
+    // Version 2 replaced version 1's files a moment ago: a reader still on
+    // version 1 can read them until the grace has passed.
+    store.compact(DEFAULT_GRACE).await.unwrap();
+    for f in &old.files {
+        store.read_parquet(&f.path).await.unwrap();
+    }
+    store.compact(Duration::ZERO).await.unwrap();
+    assert!(store.read_parquet(&old.files[0].path).await.is_err());
 }
