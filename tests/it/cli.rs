@@ -345,8 +345,16 @@ fn concurrent_ingest_processes_all_commit() {
             .map(|series| {
                 Command::new(env!("CARGO_BIN_EXE_shardcast"))
                     .args([
-                        "ingest", "--store", store, "--app", "aws", "--shard-type", "x",
-                        "--series", series, file,
+                        "ingest",
+                        "--store",
+                        store,
+                        "--app",
+                        "aws",
+                        "--shard-type",
+                        "x",
+                        "--series",
+                        series,
+                        file,
                     ])
                     .current_dir(repo())
                     .stdout(std::process::Stdio::piped())
@@ -411,10 +419,19 @@ fn timestamps_outside_years_1_to_9999_are_refused_on_ingest() {
             "{err}"
         );
     }
-    assert!(!dir.path().join("store/_manifest").exists() || {
-        let out = ok(&["query", "--store", store, "--format", "csv", "SELECT count(*) AS n FROM metrics"]);
-        out == "n\n0\n"
-    });
+    assert!(
+        !dir.path().join("store/_manifest").exists() || {
+            let out = ok(&[
+                "query",
+                "--store",
+                store,
+                "--format",
+                "csv",
+                "SELECT count(*) AS n FROM metrics",
+            ]);
+            out == "n\n0\n"
+        }
+    );
 }
 
 #[test]
@@ -495,8 +512,10 @@ fn bad_flags_and_patterns() {
         err.contains("data/sample/nab is a directory") && err.contains("data/sample/nab/*.csv"),
         "{err}"
     );
-    let err = fails(&["compact", "--store", "/tmp/x", "--grace", "-1h"]);
+    let err = fails(&["compact", "--store", "/tmp/x", "--grace=-1h"]);
     assert!(err.contains("--grace"), "{err}");
+    let err = fails(&["compact", "--store", "/tmp/x", "--grace", "soon"]);
+    assert!(err.contains("--grace") && err.contains("soon"), "{err}");
     let err = fails(&["ingest", "--app", "a", "--app-col", "b", "x.csv"]);
     assert!(err.contains("cannot be used with"), "{err}");
 }

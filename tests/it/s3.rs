@@ -171,10 +171,10 @@ fn the_store_works_in_an_s3_bucket() {
                     "data/sample/nab/ec2_cpu_utilization_5f5533.csv",
                 ],
             )
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for w in writers {

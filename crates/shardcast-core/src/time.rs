@@ -26,7 +26,9 @@ impl Timestamp {
     /// `ms` as a timestamp when it lies in [`Timestamp::MIN`]`..=`[`Timestamp::MAX`]
     /// (years 1 to 9999, UTC), the one rule of every input path.
     pub fn checked(ms: i64) -> Option<Self> {
-        (Self::MIN.0..=Self::MAX.0).contains(&ms).then_some(Self(ms))
+        (Self::MIN.0..=Self::MAX.0)
+            .contains(&ms)
+            .then_some(Self(ms))
     }
 
     /// Milliseconds since the epoch.
@@ -216,7 +218,12 @@ mod tests {
         assert_eq!(Timestamp::MIN.to_string(), "0001-01-01T00:00:00Z");
         assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
         assert_eq!(Timestamp::checked(Timestamp::MAX.0), Some(Timestamp::MAX));
-        for bad in [Timestamp::MIN.0 - 1, Timestamp::MAX.0 + 1, i64::MIN, i64::MAX] {
+        for bad in [
+            Timestamp::MIN.0 - 1,
+            Timestamp::MAX.0 + 1,
+            i64::MIN,
+            i64::MAX,
+        ] {
             assert_eq!(Timestamp::checked(bad), None, "{bad}");
         }
     }

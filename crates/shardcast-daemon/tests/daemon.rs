@@ -777,7 +777,12 @@ async fn the_first_round_holds_the_healthy_count_for_a_stabilisation_window() {
     };
     let mut daemon = Daemon::new(config(server.clone()), opts()).unwrap();
     let r = &daemon.tick().await[0];
-    assert_eq!((r.decision.current, r.decision.desired), (7, 7), "{}", r.explain);
+    assert_eq!(
+        (r.decision.current, r.decision.desired),
+        (7, 7),
+        "{}",
+        r.explain
+    );
     assert!(
         r.decision.reason.adjustments.iter().any(|a| matches!(
             a,

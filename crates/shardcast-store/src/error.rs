@@ -102,7 +102,9 @@ pub enum Error {
     },
     /// An input file changed (was truncated, grown or rewritten) while it
     /// was being read, so its rows are not one consistent snapshot.
-    #[error("{path} changed while it was read ({what}); nothing of it was stored, ingest it again once it is complete")]
+    #[error(
+        "{path} changed while it was read ({what}); nothing of it was stored, ingest it again once it is complete"
+    )]
     FileChanged {
         /// The file.
         path: PathBuf,

@@ -344,7 +344,11 @@ impl Store {
     /// Writes a batch of points atomically (see the module docs for the
     /// deduplication rule and for concurrent writers).
     pub async fn write_points(&self, batch: PointBatch) -> Result<WriteSummary> {
-        if let Some(i) = batch.ts.iter().position(|&t| Timestamp::checked(t).is_none()) {
+        if let Some(i) = batch
+            .ts
+            .iter()
+            .position(|&t| Timestamp::checked(t).is_none())
+        {
             return Err(Error::TimestampOutOfRange {
                 key: batch.keys[batch.key_idx[i] as usize].to_string(),
                 ts: batch.ts[i],
@@ -409,7 +413,11 @@ impl Store {
             .iter()
             .map(|p| overlapping(base, batch, p).cloned().collect())
             .collect();
-        let reads: Vec<String> = overlapping.iter().flatten().map(|f| f.path.clone()).collect();
+        let reads: Vec<String> = overlapping
+            .iter()
+            .flatten()
+            .map(|f| f.path.clone())
+            .collect();
         let existing: HashMap<String, Vec<RecordBatch>> = futures::stream::iter(reads)
             .map(|rel| async move { self.read_parquet(&rel).await.map(|b| (rel, b)) })
             .buffer_unordered(8)
@@ -460,7 +468,11 @@ impl Store {
             .iter()
             .find(|e| Timestamp::checked(e.start).is_none() || Timestamp::checked(e.end).is_none())
         {
-            let ts = if Timestamp::checked(e.start).is_none() { e.start } else { e.end };
+            let ts = if Timestamp::checked(e.start).is_none() {
+                e.start
+            } else {
+                e.end
+            };
             return Err(Error::TimestampOutOfRange {
                 key: format!("event {}/{}", e.kind, e.scope),
                 ts,
@@ -474,7 +486,9 @@ impl Store {
             });
         }
         let events_of = |m: &Manifest| -> Vec<String> {
-            m.files_of(TableKind::Events).map(|f| f.path.clone()).collect()
+            m.files_of(TableKind::Events)
+                .map(|f| f.path.clone())
+                .collect()
         };
         let mut retries = 0;
         loop {
@@ -574,7 +588,9 @@ impl Store {
                 })
                 .await
                 .expect("encoding does not panic")?;
-                staged.read.push(files.iter().map(|f| f.path.clone()).collect());
+                staged
+                    .read
+                    .push(files.iter().map(|f| f.path.clone()).collect());
                 staged.removed.extend(files.iter().map(|f| f.path.clone()));
                 staged.uploaded.push(e.entry.path.clone());
                 staged.added.push(e.entry.clone());
@@ -591,7 +607,10 @@ impl Store {
                     }
                 }
                 staged.added.iter().zip(&staged.read).all(|(e, read)| {
-                    let key = (e.app.as_deref().unwrap_or_default(), e.day.unwrap_or_default());
+                    let key = (
+                        e.app.as_deref().unwrap_or_default(),
+                        e.day.unwrap_or_default(),
+                    );
                     let mut files = now.remove(&key).unwrap_or_default();
                     files.sort_unstable();
                     let mut expected: Vec<&str> = read.iter().map(String::as_str).collect();
@@ -641,7 +660,11 @@ impl Store {
             let superseded_at = manifests.get(i + 1).map(|(_, next)| next.last_modified);
             let needed = superseded_at.is_none_or(|t| t > cutoff);
             if needed {
-                let m = self.read_manifest(&meta.location).await?;
+                // A concurrent compaction may have deleted an old one.
+                let m = match self.read_manifest(&meta.location).await {
+                    Err(Error::ObjectStore(object_store::Error::NotFound { .. })) => continue,
+                    m => m?,
+                };
                 live.extend(m.files.iter().map(|f| self.path(&f.path).to_string()));
             } else if *v + 1 < newest {
                 doomed.push(meta.location.clone());

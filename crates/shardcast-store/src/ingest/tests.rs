@@ -361,7 +361,10 @@ fn a_file_that_changes_while_it_is_read_is_refused() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, body.replace(",12", ",13")).unwrap();
     });
-    assert!(matches!(result, Err(Error::FileChanged { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::FileChanged { .. })),
+        "{result:?}"
+    );
     // An unchanged file reads whole.
     std::fs::write(&path, &body).unwrap();
     assert_eq!(read_file(&path).unwrap(), body.as_bytes());
