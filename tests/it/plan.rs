@@ -224,15 +224,19 @@ fn bad_configs_and_flags_are_refused() {
 #[test]
 fn the_daemon_reaches_a_tls_server_with_its_token() {
     let f = Fixture::new();
+    // Tokens come from files (or SHARDCAST_TOKEN), never the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let (good, wrong) = (dir.path().join("good"), dir.path().join("wrong"));
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&wrong, "wrong\n").unwrap();
     let server = f.serve(&[
         "--tls-cert",
         "tests/fixtures/tls/server.pem",
         "--tls-key",
         "tests/fixtures/tls/server.key",
-        "--token",
-        "s3cret",
+        "--token-file",
+        good.to_str().unwrap(),
     ]);
-    let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &server.addr);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -253,9 +257,9 @@ fn the_daemon_reaches_a_tls_server_with_its_token() {
         );
         records(&out.stdout).remove(0)
     };
-    let r = run(&["--token", "s3cret"]);
+    let r = run(&["--token-file", good.to_str().unwrap()]);
     assert_eq!(r["reason"]["basis"]["basis"], "forecast", "{r}");
-    let r = run(&["--token", "wrong"]);
+    let r = run(&["--token-file", wrong.to_str().unwrap()]);
     let cause = &r["reason"]["basis"]["cause"];
     assert_eq!(cause["cause"], "unavailable", "{r}");
     assert!(

@@ -776,8 +776,16 @@ async fn overload_auth_tls_health_and_graceful_shutdown() {
     );
     drop(server);
 
-    // Bearer tokens; refusals are counted.
-    let server = f.serve(&["--token", "s3cret", "--metrics-listen", "127.0.0.1:0"]);
+    // Bearer tokens, from a file (never the command line); refusals are
+    // counted.
+    let token = f.dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let server = f.serve(&[
+        "--token-file",
+        token.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let mut c = server.forecasts().await;
     let e = c.forecast(request(SERIES[0])).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);

@@ -2,6 +2,9 @@
 //!
 //! Requests enqueue a [`Job`] on a bounded queue and await its answer; a
 //! full queue answers [`Error::Overloaded`] at once instead of growing.
+//! Forecasts of streams instead wait for room ([`Batcher::forecast_waiting`])
+//! in their share of the queue, half of it, so streams are held back rather
+//! than refused and never take the room of other requests.
 //! Worker threads (inference is synchronous CPU work, so it runs off the
 //! async threads) take the first waiting job, gather more until the batch
 //! is full or `max_wait` has passed, and run one forward pass per model
@@ -17,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shardcast_model::forecaster::SeriesInput;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::context::GridTail;
 use crate::error::{Error, Result};
@@ -60,6 +63,9 @@ pub struct Job {
     /// History and events.
     pub tail: Arc<GridTail>,
     reply: oneshot::Sender<Result<Vec<f32>>>,
+    /// A stream's place in its share of the queue, given back when a worker
+    /// takes the job.
+    room: Option<OwnedSemaphorePermit>,
 }
 
 /// Handle to the queue; clones share it.
@@ -69,6 +75,8 @@ pub struct Batcher {
     depth: Arc<AtomicUsize>,
     limit: usize,
     metrics: Arc<Metrics>,
+    /// Places for streams' jobs in the queue: half of it.
+    stream_room: Arc<Semaphore>,
 }
 
 impl Batcher {
@@ -99,6 +107,7 @@ impl Batcher {
             depth,
             limit: cfg.queue,
             metrics,
+            stream_room: Arc::new(Semaphore::new((cfg.queue / 2).max(1))),
         };
         (batcher, handles)
     }
@@ -127,6 +136,36 @@ impl Batcher {
         shard_type: usize,
         tail: Arc<GridTail>,
     ) -> Result<Vec<f32>> {
+        self.enqueue(served, series, shard_type, tail, None).await
+    }
+
+    /// [`forecast`](Self::forecast) for a stream: first waits for a place in
+    /// the streams' share of the queue (half of it), so the streams together
+    /// never queue more than that. It can still be refused with
+    /// [`Error::Overloaded`] when other requests filled the rest.
+    pub async fn forecast_waiting(
+        &self,
+        served: Arc<Served>,
+        series: usize,
+        shard_type: usize,
+        tail: Arc<GridTail>,
+    ) -> Result<Vec<f32>> {
+        let room = Arc::clone(&self.stream_room)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        self.enqueue(served, series, shard_type, tail, Some(room))
+            .await
+    }
+
+    async fn enqueue(
+        &self,
+        served: Arc<Served>,
+        series: usize,
+        shard_type: usize,
+        tail: Arc<GridTail>,
+        room: Option<OwnedSemaphorePermit>,
+    ) -> Result<Vec<f32>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             served,
@@ -134,6 +173,7 @@ impl Batcher {
             shard_type,
             tail,
             reply,
+            room,
         };
         self.depth.fetch_add(1, Ordering::SeqCst);
         self.metrics.queue_depth.inc();
@@ -182,8 +222,15 @@ fn worker(rx: &Mutex<Receiver<Job>>, cfg: BatchConfig, depth: &AtomicUsize, metr
         }
         depth.fetch_sub(batch.len(), Ordering::SeqCst);
         metrics.queue_depth.dec_by(batch.len() as i64);
+        // Off the queue: streams may queue the next ones.
+        batch.iter_mut().for_each(|j| drop(j.room.take()));
+        // Jobs whose caller went away are not run.
         batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         metrics.batch_size.observe(batch.len() as f64);
+        metrics.forecasts_run.inc_by(batch.len() as u64);
         // A panic in the model answers its batch with an error; the thread
         // lives on, so the server keeps serving.
         let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&batch)))

@@ -1,6 +1,7 @@
 //! The server's errors and their one mapping to gRPC status codes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tonic::Status;
 
@@ -55,6 +56,28 @@ pub enum Error {
         /// What was found instead.
         reason: String,
     },
+    /// The server has no room for more of something a client asked for: open
+    /// streams, keys in a stream, or a request message's size.
+    #[error("{what}: {reason}")]
+    Exhausted {
+        /// What ran out, e.g. `streams`.
+        what: String,
+        /// By how much, and what to do.
+        reason: String,
+    },
+    /// A forecast came out non-finite because the history's values are too
+    /// large for the model's single-precision arithmetic.
+    #[error(
+        "{field}: values up to {largest:e} in magnitude overflow the model's single-precision arithmetic (the forecast is not finite); scale the series down"
+    )]
+    Overflow {
+        /// The request field (`context.values`) or the stored series.
+        field: String,
+        /// The largest magnitude in the history.
+        largest: f32,
+        /// Whether the values came with the request (else from the store).
+        from_request: bool,
+    },
     /// The request queue is full.
     #[error("server overloaded: {queued} forecasts queued (limit {limit}); retry later")]
     Overloaded {
@@ -92,6 +115,9 @@ pub enum Error {
     /// The store failed.
     #[error("store error")]
     Store(#[from] shardcast_store::Error),
+    /// An error shared by every caller of one read of the store.
+    #[error(transparent)]
+    Shared(Arc<Error>),
     /// The model failed on validated input: a bug.
     #[error("model error")]
     Model(#[from] shardcast_model::Error),
@@ -150,9 +176,20 @@ impl Error {
             | Error::UnknownVersion { .. }
             | Error::Store(shardcast_store::Error::UnknownSeries { .. }) => Code::NotFound,
             Error::ModelUnavailable { .. } | Error::NoModel { .. } => Code::FailedPrecondition,
-            Error::Overloaded { .. } => Code::ResourceExhausted,
+            Error::Overflow { from_request, .. } => {
+                if *from_request {
+                    Code::InvalidArgument
+                } else {
+                    Code::FailedPrecondition
+                }
+            }
+            Error::Overloaded { .. } | Error::Exhausted { .. } => Code::ResourceExhausted,
+            // Another writer committed first, and the store's own retries
+            // ran out: the client may retry the whole batch.
+            Error::Store(shardcast_store::Error::Conflict { .. }) => Code::Aborted,
             Error::ShuttingDown => Code::Unavailable,
             Error::Forecasting { source, .. } => source.code(),
+            Error::Shared(e) => e.code(),
             Error::Store(_)
             | Error::InferencePanicked
             | Error::BadModelOutput { .. }
@@ -198,5 +235,60 @@ mod tests {
         let s = Status::from(Error::invalid("requests[2].horizon", "too long"));
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("requests[2].horizon: too long"), "{s}");
+    }
+
+    #[test]
+    fn a_lost_commit_race_is_aborted_not_internal() {
+        let s = Status::from(Error::Store(shardcast_store::Error::Conflict {
+            version: 7,
+            attempts: 3,
+        }));
+        assert_eq!(s.code(), tonic::Code::Aborted);
+        assert!(s.message().contains("version 7"), "{s}");
+        // Other store failures stay INTERNAL.
+        let s = Status::from(Error::Store(shardcast_store::Error::Grid {
+            reason: "no bins".into(),
+        }));
+        assert_eq!(s.code(), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn shared_errors_keep_their_code_and_cause() {
+        let shared = |e| Error::Shared(Arc::new(e));
+        let s = Status::from(shared(Error::UnknownSeries {
+            key: "a/b/c/d".into(),
+        }));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert!(s.message().contains("a/b/c/d"), "{s}");
+        let s = Status::from(shared(Error::Store(shardcast_store::Error::Grid {
+            reason: "no bins".into(),
+        })));
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(s.message().contains("no bins"), "{s}");
+    }
+
+    #[test]
+    fn overflow_blames_the_request_or_the_data() {
+        let overflow = |from_request| Error::Overflow {
+            field: "context.values".into(),
+            largest: 3e38,
+            from_request,
+        };
+        let s = Status::from(overflow(true));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(
+            s.message().contains("context.values") && s.message().contains("3e38"),
+            "{s}"
+        );
+        assert_eq!(
+            Status::from(overflow(false)).code(),
+            tonic::Code::FailedPrecondition
+        );
+        let s = Status::from(Error::Exhausted {
+            what: "streams".into(),
+            reason: "all 2 taken".into(),
+        });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(s.message(), "streams: all 2 taken");
     }
 }

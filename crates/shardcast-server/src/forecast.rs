@@ -4,13 +4,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use futures::future::try_join_all;
+use futures::stream::FuturesUnordered;
+use prometheus_client::metrics::gauge::Gauge;
 use shardcast_core::{GridStep, QuantileForecast, QuantileSet, SeriesKey, Timestamp};
 use shardcast_planner::demand::shard_demand;
 use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_server::ForecastService;
 use shardcast_proto::{Provenance, forecast_to_pb, key_from_pb, key_to_pb};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -18,11 +23,35 @@ use tonic::{Request, Response, Status};
 use crate::State;
 use crate::context::GridTail;
 use crate::error::{Error, Result};
-use crate::ingest::TS_RANGE;
 use crate::registry::Served;
 
 /// Most quantile levels one request may ask for.
 const MAX_LEVELS: usize = 99;
+
+/// A history with a value this large in magnitude that gives a non-finite
+/// forecast has overflowed the model's single-precision arithmetic (`f32`
+/// ends at 3.4e38, and the forecast's bands reach beyond the values);
+/// below it, a non-finite forecast is the model's fault.
+const OVERFLOW_MAGNITUDE: f32 = 1e30;
+
+/// Forecasts of one stream in progress at once (all streams together are
+/// bounded by the queue's stream share and the store's read slots).
+const STREAM_CONCURRENCY: usize = 64;
+
+/// First wait before a stream retries forecasts it had to put off.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// Longest wait between such retries.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How a forecast joins the inference queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queueing {
+    /// A full queue refuses it (`RESOURCE_EXHAUSTED`): unary requests.
+    Refuse,
+    /// It waits for room in the streams' share of the queue.
+    Wait,
+}
 
 /// A forecast with where it came from.
 #[derive(Debug, Clone)]
@@ -146,7 +175,9 @@ impl State {
         let last = step
             .checked_mul(end)
             .and_then(|d| ctx.start_unix_ms.checked_add(d));
-        if !TS_RANGE.contains(&ctx.start_unix_ms) || !last.is_some_and(|t| TS_RANGE.contains(&t)) {
+        if Timestamp::checked(ctx.start_unix_ms).is_none()
+            || !last.is_some_and(|t| Timestamp::checked(t).is_some())
+        {
             return Err(Error::invalid(
                 format!("{field_prefix}context.start_unix_ms"),
                 format!(
@@ -175,22 +206,71 @@ impl State {
         field: &str,
     ) -> Result<Answer> {
         let tail = self.history(served, &key, context, field).await?;
+        let given = context.is_some().then_some(field);
+        self.forecast_tail(served, key, query, tail, given, Queueing::Refuse)
+            .await
+    }
+
+    /// Forecasts one series from `tail`, its history; `given` is the field
+    /// prefix when the history came with the request.
+    async fn forecast_tail(
+        &self,
+        served: &Arc<Served>,
+        key: SeriesKey,
+        query: &Query,
+        tail: Arc<GridTail>,
+        given: Option<&str>,
+        queueing: Queueing,
+    ) -> Result<Answer> {
         let model = &served.model;
         let series = model.series_row(&key.to_string());
         let shard_type = model.shard_type_row(&key.shard_type);
-        let values = self
-            .batcher
-            .forecast(Arc::clone(served), series, shard_type, Arc::clone(&tail))
-            .await
-            .map_err(|e| match e {
-                // Queue and shutdown errors are about the server, not the series.
-                Error::Overloaded { .. } | Error::ShuttingDown => e,
-                e => Error::Forecasting {
-                    key: key.to_string(),
+        let queued = match queueing {
+            Queueing::Refuse => {
+                self.batcher
+                    .forecast(Arc::clone(served), series, shard_type, Arc::clone(&tail))
+                    .await
+            }
+            Queueing::Wait => {
+                self.batcher
+                    .forecast_waiting(Arc::clone(served), series, shard_type, Arc::clone(&tail))
+                    .await
+            }
+        };
+        let values = queued.map_err(|e| match e {
+            // Queue and shutdown errors are about the server, not the series.
+            Error::Overloaded { .. } | Error::ShuttingDown => e,
+            e => Error::Forecasting {
+                key: key.to_string(),
+                version: served.version,
+                source: Box::new(e),
+            },
+        })?;
+        if values.iter().any(|v| !v.is_finite()) {
+            let largest = tail.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Huge values overflow the model's f32 arithmetic; on ordinary
+            // ones a non-finite answer is the model's fault.
+            if largest >= OVERFLOW_MAGNITUDE {
+                return Err(Error::Overflow {
+                    field: match given {
+                        Some(f) => format!("{f}context.values"),
+                        None => format!("series {key}"),
+                    },
+                    largest,
+                    from_request: given.is_some(),
+                });
+            }
+            return Err(Error::Forecasting {
+                key: key.to_string(),
+                version: served.version,
+                source: Box::new(Error::BadModelOutput {
                     version: served.version,
-                    source: Box::new(e),
-                },
-            })?;
+                    reason: format!(
+                        "non-finite values from a history of values at most {largest:e} in magnitude"
+                    ),
+                }),
+            });
+        }
         let step = GridStep::from_millis(tail.step)?;
         let last_observed = tail.last_observed();
         let start = Timestamp(last_observed + tail.step);
@@ -291,6 +371,249 @@ impl State {
     }
 }
 
+/// An open stream's place among the streams; counted while it lives.
+#[derive(Debug)]
+pub(crate) struct OpenStream {
+    _place: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// One piece of stream work in progress; counted while it lives.
+struct Working(Gauge);
+
+impl Working {
+    fn start(g: &Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// How a stream's round of forecasts ended.
+enum Round {
+    /// Every key was looked at; `deferred` of them must be tried again.
+    Done { deferred: usize },
+    /// The stream is over: its client went away or it sent an error.
+    Ended,
+}
+
+/// Whether a stream should retry a failed forecast later rather than end:
+/// a full queue or a failed store read.
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Overloaded { .. } => true,
+        Error::Store(shardcast_store::Error::UnknownSeries { .. }) => false,
+        Error::Store(_) => true,
+        Error::Shared(inner) => transient(inner),
+        _ => false,
+    }
+}
+
+type Sent = Option<(Arc<GridTail>, u32)>;
+
+impl State {
+    /// Takes a place for a stream of `keys` series: refused with
+    /// `RESOURCE_EXHAUSTED` beyond the configured keys per stream or when
+    /// every stream place is taken.
+    pub(crate) fn open_stream(&self, keys: usize) -> Result<OpenStream> {
+        let max_keys = self.limits.max_stream_keys;
+        if keys > max_keys {
+            return Err(Error::Exhausted {
+                what: "keys".into(),
+                reason: format!(
+                    "{keys} series in one stream, at most {max_keys}; split them over several streams"
+                ),
+            });
+        }
+        let place =
+            Arc::clone(&self.streams)
+                .try_acquire_owned()
+                .map_err(|_| Error::Exhausted {
+                    what: "streams".into(),
+                    reason: format!(
+                        "all {} stream places are taken; retry later",
+                        self.limits.max_streams
+                    ),
+                })?;
+        self.metrics.streams_open.inc();
+        Ok(OpenStream {
+            _place: place,
+            open: self.metrics.streams_open.clone(),
+        })
+    }
+
+    /// Serves one stream until its client goes away, it fails, or the
+    /// server stops: a round of forecasts, then a wait for new data or a new
+    /// model (or, after forecasts were put off, a retry). Both the round and
+    /// the wait end the moment the client goes away, dropping the work in
+    /// progress: queued forecasts are skipped, and store reads nobody else
+    /// waits for are dropped.
+    async fn stream(
+        self: Arc<Self>,
+        keys: Vec<SeriesKey>,
+        horizon: u32,
+        levels: Vec<f64>,
+        tx: mpsc::Sender<Result<pb::Forecast, Status>>,
+        open: OpenStream,
+    ) {
+        let _open = open;
+        let mut changes = self.context.changes();
+        let mut models = self.models.subscribe();
+        let mut stopping = self.stopping.subscribe();
+        // What each key's last forecast was made from: the history it read
+        // and the model version. A new forecast goes out when either changes
+        // (new, replaced or back-filled data, new events, a new model).
+        let mut sent: Vec<Sent> = vec![None; keys.len()];
+        let mut backoff = RETRY_FIRST;
+        loop {
+            let round = self.stream_round(&keys, horizon, &levels, &mut sent, &tx);
+            let outcome = tokio::select! {
+                () = tx.closed() => return,
+                _ = stopping.wait_for(|s| *s) => None,
+                r = round => Some(r),
+            };
+            let deferred = match outcome {
+                Some(Round::Done { deferred }) => deferred,
+                Some(Round::Ended) => return,
+                None => {
+                    let _ = tx
+                        .send(Err(Status::unavailable("server is shutting down")))
+                        .await;
+                    return;
+                }
+            };
+            let retry = async {
+                if deferred > 0 {
+                    tokio::time::sleep(backoff).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let stop = tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return } else { false },
+                () = tx.closed() => return,
+                changed = models.changed() => if changed.is_err() { return } else { false },
+                r = stopping.wait_for(|s| *s) => r.is_ok(),
+                () = retry => false,
+            };
+            if stop {
+                let _ = tx
+                    .send(Err(Status::unavailable("server is shutting down")))
+                    .await;
+                return;
+            }
+            backoff = if deferred > 0 {
+                (backoff * 2).min(RETRY_MAX)
+            } else {
+                RETRY_FIRST
+            };
+        }
+    }
+
+    /// One round of a stream: the history of every key (shared reads), and
+    /// a forecast for each whose history or model changed since the last
+    /// one sent, sent as it is ready. Forecasts that hit a full queue or a
+    /// failing store are counted, logged and left for a retry.
+    async fn stream_round(
+        &self,
+        keys: &[SeriesKey],
+        horizon: u32,
+        levels: &[f64],
+        sent: &mut [Sent],
+        tx: &mpsc::Sender<Result<pb::Forecast, Status>>,
+    ) -> Round {
+        let served = self.registry.current();
+        let query = match self.query(&served, horizon, levels, "") {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(e))).await;
+                return Round::Ended;
+            }
+        };
+        let last: Vec<Sent> = sent.to_vec();
+        let mut pending = keys.iter().zip(last).enumerate();
+        let mut work = FuturesUnordered::new();
+        let mut deferred = 0;
+        let mut first_cause = None;
+        loop {
+            while work.len() < STREAM_CONCURRENCY {
+                let Some((i, (key, last))) = pending.next() else {
+                    break;
+                };
+                work.push(self.stream_key(i, &served, &query, key, last));
+            }
+            let Some((i, out)) = work.next().await else {
+                break;
+            };
+            let item = match out {
+                Ok(None) => continue,
+                Ok(Some(a)) => {
+                    sent[i] = Some((Arc::clone(&a.tail), a.served.version));
+                    Ok(a.to_pb())
+                }
+                Err(e) if transient(&e) => {
+                    deferred += 1;
+                    self.metrics.stream_deferred.inc();
+                    first_cause.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => Err(Status::from(e)),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return Round::Ended;
+            }
+        }
+        if let Some(e) = first_cause {
+            tracing::warn!(
+                deferred,
+                keys = keys.len(),
+                error = %crate::error::chain(&e),
+                "stream forecasts put off; retrying them"
+            );
+        }
+        Round::Done { deferred }
+    }
+
+    /// Key `i` of a stream's round: its history, then a forecast unless
+    /// the history and model are those of `last`, the forecast sent before
+    /// (`Ok(None)`).
+    async fn stream_key(
+        &self,
+        i: usize,
+        served: &Arc<Served>,
+        query: &Query,
+        key: &SeriesKey,
+        last: Sent,
+    ) -> (usize, Result<Option<Answer>>) {
+        let _working = Working::start(&self.metrics.stream_work);
+        let tail = match self.history(served, key, None, "").await {
+            Ok(t) => t,
+            Err(e) => return (i, Err(e)),
+        };
+        let same = last
+            .is_some_and(|(t, v)| v == served.version && (Arc::ptr_eq(&t, &tail) || *t == *tail));
+        if same {
+            return (i, Ok(None));
+        }
+        let answer = self
+            .forecast_tail(served, key.clone(), query, tail, None, Queueing::Wait)
+            .await;
+        (i, answer.map(Some))
+    }
+}
+
 /// The level-by-level sum of forecasts that share their time axis.
 fn sum(parts: &[Answer], app: &str, shard_type: &str, metric: Option<&str>) -> Result<Answer> {
     let newest = parts
@@ -328,6 +651,17 @@ fn required_key(key: Option<&pb::SeriesKey>, field: &str) -> Result<SeriesKey> {
     key_from_pb(key)
         .map_err(|e| Error::invalid(format!("{field}key"), e.to_string()))?
         .ok_or_else(|| Error::invalid(format!("{field}key"), "missing"))
+}
+
+/// A number for a message: as written when short, else in scientific
+/// notation (`1e-300`, not three hundred digits).
+fn number(v: f64) -> String {
+    let plain = v.to_string();
+    if plain.len() <= 16 {
+        plain
+    } else {
+        format!("{v:e}")
+    }
 }
 
 /// "in the next 1 h 30 min".
@@ -452,12 +786,6 @@ impl ForecastService for ForecastApi {
             if req.keys.is_empty() {
                 return Err(Error::invalid("keys", "no series to stream"));
             }
-            if req.keys.len() > s.limits.max_series {
-                return Err(Error::invalid(
-                    "keys",
-                    format!("{} keys, at most {}", req.keys.len(), s.limits.max_series),
-                ));
-            }
             let keys = req
                 .keys
                 .iter()
@@ -466,71 +794,15 @@ impl ForecastService for ForecastApi {
                 .collect::<Result<Vec<_>>>()?;
             // Validate horizon and levels now, against the current model.
             s.query(&s.registry.current(), req.horizon, &req.quantiles, "")?;
-            Ok(keys)
+            let open = s.open_stream(keys.len())?;
+            Ok((keys, open))
         })();
-        let keys = match checked {
+        let (keys, open) = match checked {
             Ok(k) => k,
             Err(e) => return call.finish(Err(e)),
         };
         let (tx, rx) = mpsc::channel(16);
-        let state = Arc::clone(&s);
-        tokio::spawn(async move {
-            let mut changes = state.context.changes();
-            let mut models = state.models.subscribe();
-            let mut stopping = state.stopping.subscribe();
-            // What each key's last forecast was made from: the history it
-            // read and the model version. A new forecast goes out when
-            // either changes (new, replaced or back-filled data, new events,
-            // a new model).
-            let mut sent: Vec<Option<(Arc<GridTail>, u32)>> = vec![None; keys.len()];
-            loop {
-                let served = state.registry.current();
-                let answers = futures::future::join_all(keys.iter().map(|key| async {
-                    let query = state.query(&served, req.horizon, &req.quantiles, "")?;
-                    state
-                        .forecast_key(&served, key.clone(), &query, None, "")
-                        .await
-                }))
-                .await;
-                for (answer, last) in answers.into_iter().zip(sent.iter_mut()) {
-                    let item = match answer {
-                        Ok(a) => {
-                            let same = last.as_ref().is_some_and(|(tail, v)| {
-                                *v == a.served.version && **tail == *a.tail
-                            });
-                            if same {
-                                continue;
-                            }
-                            *last = Some((Arc::clone(&a.tail), a.served.version));
-                            Ok(a.to_pb())
-                        }
-                        // Transient trouble: skip this round, try again on
-                        // the next change.
-                        Err(e @ (Error::Overloaded { .. } | Error::Store(_))) => {
-                            tracing::warn!(error = %e, "stream forecast skipped");
-                            continue;
-                        }
-                        Err(e) => Err(Status::from(e)),
-                    };
-                    let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
-                        return;
-                    }
-                }
-                let stop = tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return } else { false },
-                    () = tx.closed() => return,
-                    changed = models.changed() => if changed.is_err() { return } else { false },
-                    r = stopping.wait_for(|s| *s) => r.is_ok(),
-                };
-                if stop {
-                    let _ = tx
-                        .send(Err(Status::unavailable("server is shutting down")))
-                        .await;
-                    return;
-                }
-            }
-        });
+        tokio::spawn(Arc::clone(&s).stream(keys, req.horizon, req.quantiles, tx, open));
         call.finish(Ok(Box::pin(ReceiverStream::new(rx)) as ForecastStream))
     }
 
@@ -550,7 +822,7 @@ impl ForecastService for ForecastApi {
             if !(req.shard_capacity.is_finite() && req.shard_capacity > 0.0) {
                 return Err(Error::invalid(
                     "shard_capacity",
-                    format!("{} is not a positive number", req.shard_capacity),
+                    format!("{} is not a positive number", number(req.shard_capacity)),
                 ));
             }
             let h = served.model.horizon();
@@ -576,7 +848,13 @@ impl ForecastService for ForecastApi {
                 query.horizon,
                 req.current_shards,
             )
-            .map_err(|e| Error::invalid("shard_capacity", e.to_string()))?;
+            .map_err(|e| match e {
+                shardcast_planner::Error::InvalidValue { value, reason, .. } => Error::invalid(
+                    "shard_capacity",
+                    format!("{} is invalid: {reason}", number(value)),
+                ),
+                e => Error::invalid("shard_capacity", e.to_string()),
+            })?;
             let window = answer.forecast.step().millis() * d.steps as i64;
             let p80 = d.shards_at(0.8);
             let summary = if p80 > req.current_shards {
@@ -617,5 +895,19 @@ impl ForecastService for ForecastApi {
         }
         .await;
         call.finish(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_in_messages_stay_short() {
+        assert_eq!(number(20.0), "20");
+        assert_eq!(number(-1.5), "-1.5");
+        assert_eq!(number(0.001), "0.001");
+        assert_eq!(number(1e-300), "1e-300");
+        assert_eq!(number(-1e300), "-1e300");
     }
 }

@@ -13,10 +13,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::State;
 use crate::error::{Error, Result};
 
-/// Timestamps accepted: years 0001 to 9999 (ms since the epoch).
-pub(crate) const TS_RANGE: std::ops::RangeInclusive<i64> =
-    -62_135_596_800_000..=253_402_300_799_999;
-
 /// The gRPC service over a shared [`State`].
 #[derive(Debug, Clone)]
 pub struct IngestApi {
@@ -43,7 +39,8 @@ fn append(batch: &mut PointBatch, m: usize, msg: pb::WriteRequest, limit: usize)
                 format!("{} is not a finite number", p.value),
             ));
         }
-        if !TS_RANGE.contains(&p.timestamp_unix_ms) {
+        // The one rule of every input path (the store's ingest too).
+        if shardcast_core::Timestamp::checked(p.timestamp_unix_ms).is_none() {
             return Err(Error::invalid(
                 field("timestamp_unix_ms"),
                 format!("{} is outside years 1 to 9999", p.timestamp_unix_ms),
@@ -65,8 +62,14 @@ impl State {
         let mut batch = PointBatch::default();
         let mut m = 0;
         while let Some(msg) = stream.next().await {
-            let msg =
-                msg.map_err(|s| Error::invalid(format!("messages[{m}]"), s.message().to_owned()))?;
+            let msg = msg.map_err(|s| match s.code() {
+                // tonic's decoder: the message is over the size limit.
+                tonic::Code::OutOfRange => Error::Exhausted {
+                    what: format!("messages[{m}]"),
+                    reason: format!("{}; send the points in smaller messages", s.message()),
+                },
+                _ => Error::invalid(format!("messages[{m}]"), s.message().to_owned()),
+            })?;
             append(&mut batch, m, msg, self.limits.max_write_points)?;
             m += 1;
         }
@@ -77,7 +80,7 @@ impl State {
         // The write is committed; a failed refresh only delays when
         // forecasts see it (the background poll retries).
         if let Err(e) = self.context.refresh().await {
-            tracing::warn!(error = %e, "store refresh after a write failed");
+            tracing::warn!(error = %crate::error::chain(&e), "store refresh after a write failed");
         }
         Ok(pb::WriteResponse {
             rows: summary.rows,

@@ -16,6 +16,12 @@
 //! written to the store are picked up by background polls without a
 //! restart.
 //!
+//! Streams are bounded ([`Limits::max_streams`], [`Limits::max_stream_keys`]:
+//! `RESOURCE_EXHAUSTED` beyond), share their store reads with everyone else,
+//! wait for room in their half of the inference queue instead of being
+//! refused, and stop their work the moment their client goes away;
+//! [`State::in_flight`] counts what is still running.
+//!
 //! It must not train models or parse files: the store crate owns stored
 //! data, the model crate owns inference. Neighbours: `shardcast-proto` (wire
 //! types), `shardcast-planner` (shard-demand distribution), and the binary's
@@ -30,6 +36,7 @@ mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+mod oversize;
 pub mod registry;
 
 use std::future::Future;
@@ -55,19 +62,31 @@ pub use error::{Error, Result};
 use batcher::{BatchConfig, Batcher};
 use context::StoreContext;
 use metrics::Metrics;
+use oversize::TooLarge;
 use registry::ModelRegistry;
 
-/// Limits on what one request may ask for.
+/// Limits on what one request, and all streams together, may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Most series in one batch, shard type or stream.
+    /// Most series in one batch or shard type.
     pub max_series: usize,
     /// Most values in a context override.
     pub max_context_points: usize,
     /// Most points in one `Write` stream.
     pub max_write_points: usize,
-    /// Largest encoded request message, bytes.
+    /// Largest encoded request message, bytes; a bigger one is answered
+    /// `RESOURCE_EXHAUSTED`.
     pub max_message_bytes: usize,
+    /// Most `StreamForecasts` calls open at once; more are answered
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// Most series in one `StreamForecasts` call; more are answered
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_stream_keys: usize,
+    /// Most reads of series history from the store running at once (they
+    /// are shared: concurrent requests for the same series and store
+    /// version wait for one read).
+    pub store_reads: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +96,9 @@ impl Default for Limits {
             max_context_points: 100_000,
             max_write_points: 10_000_000,
             max_message_bytes: 16 << 20,
+            max_streams: 64,
+            max_stream_keys: 256,
+            store_reads: context::DEFAULT_READS,
         }
     }
 }
@@ -153,6 +175,8 @@ pub struct State {
     pub models: watch::Sender<u32>,
     /// Set when the server starts shutting down; open streams end on it.
     pub stopping: watch::Sender<bool>,
+    /// Places for open streams (`limits.max_streams`).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
@@ -164,9 +188,14 @@ impl State {
             ModelRegistry::open(&models_dir, &name, format)
         })
         .await?;
-        let context = StoreContext::new(store, cfg.agg);
-        context.refresh().await?;
         let metrics = Arc::new(Metrics::default());
+        let context = StoreContext::with_reads(
+            store,
+            cfg.agg,
+            cfg.limits.store_reads,
+            metrics.store_reads.clone(),
+        );
+        context.refresh().await?;
         let (batcher, _workers) = Batcher::start(cfg.batch, Arc::clone(&metrics));
         let version = registry.current().version;
         metrics.model_version.set(i64::from(version));
@@ -178,7 +207,20 @@ impl State {
             limits: cfg.limits,
             models: watch::channel(version).0,
             stopping: watch::channel(false).0,
+            streams: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_streams)),
         }))
+    }
+
+    /// Work in flight now: open streams, their forecasts in progress,
+    /// forecasts queued for inference and store reads. All four are zero on
+    /// an idle server, and return to zero once every client has gone.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            streams: self.metrics.streams_open.get(),
+            stream_work: self.metrics.stream_work.get(),
+            queued: self.metrics.queue_depth.get(),
+            store_reads: self.metrics.store_reads.get(),
+        }
     }
 
     /// Tells metrics and streams which version is served now.
@@ -203,6 +245,26 @@ impl State {
             started: Instant::now(),
             done: false,
         }
+    }
+}
+
+/// Counts of work in flight; see [`State::in_flight`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InFlight {
+    /// Open `StreamForecasts` calls.
+    pub streams: i64,
+    /// Forecasts of open streams in progress.
+    pub stream_work: i64,
+    /// Forecasts waiting for an inference thread.
+    pub queued: i64,
+    /// Reads of series history from the store.
+    pub store_reads: i64,
+}
+
+impl InFlight {
+    /// Whether nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -380,12 +442,14 @@ pub async fn serve(
         auth = cfg.token.is_some(),
         "serving gRPC"
     );
+    // Every service but health asks for the token; reflection too, since
+    // it tells who asks what the server offers.
     let serving = server
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(InterceptedService::new(forecast, auth.clone()))
-        .add_service(InterceptedService::new(ingest, auth.clone()))
-        .add_service(InterceptedService::new(models, auth))
+        .add_service(InterceptedService::new(reflection, auth.clone()))
+        .add_service(TooLarge(InterceptedService::new(forecast, auth.clone())))
+        .add_service(TooLarge(InterceptedService::new(ingest, auth.clone())))
+        .add_service(TooLarge(InterceptedService::new(models, auth)))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped,
@@ -441,6 +505,7 @@ fn spawn_pollers(state: &Arc<State>, cfg: &ServerConfig) -> Vec<tokio::task::Joi
     };
     let store = {
         let (state, every, mut stop) = (Arc::clone(state), cfg.store_poll, stop);
+        let cfg_store = cfg.store.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -448,7 +513,11 @@ fn spawn_pollers(state: &Arc<State>, cfg: &ServerConfig) -> Vec<tokio::task::Joi
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 if let Err(e) = state.context.refresh().await {
-                    tracing::warn!(error = %e, "store refresh failed; serving the previous view");
+                    tracing::warn!(
+                        store = %cfg_store,
+                        error = %error::chain(&e),
+                        "store refresh failed; serving the previous view"
+                    );
                 }
             }
         })

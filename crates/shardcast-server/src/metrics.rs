@@ -21,10 +21,24 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Forecasts waiting for an inference thread.
     pub queue_depth: Gauge,
+    /// Forecasts run by the inference threads (jobs whose caller went away
+    /// before their turn are not run, nor counted).
+    pub forecasts_run: Counter,
     /// The version of the model being served.
     pub model_version: Gauge,
     /// Model versions refused at load.
     pub models_refused: Counter,
+    /// `StreamForecasts` calls open now.
+    pub streams_open: Gauge,
+    /// Forecasts of open streams in progress now (reading history, queued
+    /// or running).
+    pub stream_work: Gauge,
+    /// Stream forecasts put off because the queue was full or the store
+    /// failed; each is retried.
+    pub stream_deferred: Counter,
+    /// Reads of series history from the store in flight (running or
+    /// waiting for a read slot).
+    pub store_reads: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -42,8 +56,13 @@ impl Default for Metrics {
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         let queue_depth = Gauge::default();
+        let forecasts_run = Counter::default();
         let model_version = Gauge::default();
         let models_refused = Counter::default();
+        let streams_open = Gauge::default();
+        let stream_work = Gauge::default();
+        let stream_deferred = Counter::default();
+        let store_reads = Gauge::default();
         registry.register(
             "grpc_requests",
             "gRPC requests by method and status code",
@@ -65,6 +84,11 @@ impl Default for Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "inference_forecasts",
+            "Forecasts run by the inference threads",
+            forecasts_run.clone(),
+        );
+        registry.register(
             "model_version",
             "Version of the model being served",
             model_version.clone(),
@@ -74,14 +98,39 @@ impl Default for Metrics {
             "Model versions refused at load",
             models_refused.clone(),
         );
+        registry.register(
+            "streams_open",
+            "StreamForecasts calls open",
+            streams_open.clone(),
+        );
+        registry.register(
+            "stream_forecasts_in_flight",
+            "Forecasts of open streams in progress (reading history, queued or running)",
+            stream_work.clone(),
+        );
+        registry.register(
+            "stream_forecasts_deferred",
+            "Stream forecasts put off (queue full or store failed) and retried",
+            stream_deferred.clone(),
+        );
+        registry.register(
+            "store_reads_in_flight",
+            "Reads of series history from the store in flight",
+            store_reads.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             batch_size,
             queue_depth,
+            forecasts_run,
             model_version,
             models_refused,
+            streams_open,
+            stream_work,
+            stream_deferred,
+            store_reads,
         }
     }
 }

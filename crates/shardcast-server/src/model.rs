@@ -34,6 +34,7 @@ fn describe(s: &Served, serving: bool) -> pb::ModelVersion {
         step_ms: s.model.step_ms(),
         series: s.model.series_count() as u32,
         validation_loss: s.validation_loss,
+        refused_reason: String::new(),
     }
 }
 
@@ -51,6 +52,7 @@ fn describe_on_disk(name: &str, version: u32, dir: &std::path::Path) -> Option<p
         step_ms: c.get("step_ms")?.as_i64()?,
         series: c.get("series")?.as_array()?.len() as u32,
         validation_loss: validation_loss(dir),
+        refused_reason: String::new(),
     })
 }
 
@@ -91,9 +93,22 @@ impl ModelService for ModelApi {
                     .into_iter()
                     .filter_map(|v| {
                         if v == current.version {
-                            Some(describe(&current, true))
-                        } else {
-                            describe_on_disk(s.registry.name(), v, &dir.join(v.to_string()))
+                            return Some(describe(&current, true));
+                        }
+                        let on_disk =
+                            describe_on_disk(s.registry.name(), v, &dir.join(v.to_string()));
+                        // A refused version is listed as refused, even when
+                        // its config does not parse.
+                        match s.registry.refusal(v) {
+                            Some(reason) => Some(pb::ModelVersion {
+                                refused_reason: reason,
+                                ..on_disk.unwrap_or_else(|| pb::ModelVersion {
+                                    name: s.registry.name().to_owned(),
+                                    version: v,
+                                    ..Default::default()
+                                })
+                            }),
+                            None => on_disk,
                         }
                     })
                     .collect())

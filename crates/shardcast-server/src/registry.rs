@@ -6,12 +6,16 @@
 //! serves the newest version that loads; [`ModelRegistry::poll`] picks up a
 //! newer one without a restart, and a version that fails to load (corrupt,
 //! incompatible) is remembered as refused while the current one keeps
-//! serving. [`ModelRegistry::rollback`] serves an older version and pins it
-//! until [`ModelRegistry::reload`].
+//! serving. A refused version is tried again once its files change (names,
+//! sizes or modification times), so a version copied in slowly instead of
+//! renamed into place is served when the copy is complete.
+//! [`ModelRegistry::rollback`] serves an older version and pins it until
+//! [`ModelRegistry::reload`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use shardcast_model::forecaster::{Model, SeriesInput};
 use shardcast_model::onnx::OnnxModel;
@@ -216,14 +220,41 @@ pub fn validation_loss(dir: &Path) -> Option<f64> {
     })
 }
 
+/// The files of a version directory as name, size and modification time,
+/// sorted: when it differs from the one taken at a refusal, the version is
+/// tried again.
+type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut files: Fingerprint = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some((name, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Why a version was refused, and what its files looked like just before.
+#[derive(Debug)]
+struct Refusal {
+    reason: String,
+    files: Fingerprint,
+}
+
 #[derive(Debug, Default)]
 struct History {
     /// Versions served before the current one, oldest first.
     previous: Vec<u32>,
     /// Set by a rollback: do not follow newer versions until a reload.
     pinned: bool,
-    /// Versions that failed to load, with the reason.
-    refused: BTreeMap<u32, String>,
+    /// Versions that failed to load.
+    refused: BTreeMap<u32, Refusal>,
 }
 
 /// The served model of one name, swappable while requests run.
@@ -257,14 +288,17 @@ impl ModelRegistry {
         let mut history = History::default();
         let mut served = None;
         for v in versions(&dir).into_iter().rev() {
-            match Served::load(name, v, &dir.join(v.to_string()), format) {
+            let vdir = dir.join(v.to_string());
+            let files = fingerprint(&vdir);
+            match Served::load(name, v, &vdir, format) {
                 Ok(s) => {
                     served = Some(s);
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(model = name, version = v, error = %e, "refusing model version");
-                    history.refused.insert(v, e.to_string());
+                    let reason = e.to_string();
+                    history.refused.insert(v, Refusal { reason, files });
                 }
             }
         }
@@ -272,7 +306,12 @@ impl ModelRegistry {
             let reason = if history.refused.is_empty() {
                 format!("no version directories under {}", dir.display())
             } else {
-                format!("every version was refused: {:?}", history.refused)
+                let all: Vec<String> = history
+                    .refused
+                    .iter()
+                    .map(|(v, r)| format!("version {v}: {}", r.reason))
+                    .collect();
+                format!("every version was refused: {}", all.join("; "))
             };
             return Err(Error::NoModel { dir, reason });
         };
@@ -307,8 +346,13 @@ impl ModelRegistry {
         self.lock()
             .refused
             .iter()
-            .map(|(v, r)| format!("version {v}: {r}"))
+            .map(|(v, r)| format!("version {v}: {}", r.reason))
             .collect()
+    }
+
+    /// Why `version` was refused, if it was (and has not changed since).
+    pub fn refusal(&self, version: u32) -> Option<String> {
+        self.lock().refused.get(&version).map(|r| r.reason.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, History> {
@@ -327,7 +371,8 @@ impl ModelRegistry {
     }
 
     /// Serves the newest version newer than the current one that loads,
-    /// unless pinned by a rollback. Returns the version switched to.
+    /// unless pinned by a rollback. A version refused before is tried again
+    /// only when its files changed since. Returns the version switched to.
     /// Blocking (reads files); call it off the async threads.
     pub fn poll(&self) -> Option<u32> {
         let mut history = self.lock();
@@ -342,8 +387,18 @@ impl ModelRegistry {
             let dir = self.dir.join(v.to_string());
             // A version without this format's file yet (an ONNX export still
             // to come) is passed over, not refused.
-            if history.refused.contains_key(&v) || !dir.join(self.format.file()).exists() {
+            if !dir.join(self.format.file()).exists() {
                 continue;
+            }
+            // Taken before loading: files that change during the load are
+            // seen as changed on the next poll.
+            let files = fingerprint(&dir);
+            if let Some(r) = history.refused.get(&v) {
+                if r.files == files {
+                    continue;
+                }
+                tracing::info!(model = %self.name, version = v, "a refused model version changed; trying it again");
+                history.refused.remove(&v);
             }
             match Served::load(&self.name, v, &dir, self.format) {
                 Ok(s) => {
@@ -352,7 +407,8 @@ impl ModelRegistry {
                 }
                 Err(e) => {
                     tracing::warn!(model = %self.name, version = v, error = %e, "refusing model version; the current one keeps serving");
-                    history.refused.insert(v, e.to_string());
+                    let reason = e.to_string();
+                    history.refused.insert(v, Refusal { reason, files });
                 }
             }
         }

@@ -473,9 +473,16 @@ pub(crate) struct PlanArgs {
     /// Inference server address, instead of the config's.
     #[arg(long, env = "SHARDCAST_SERVER")]
     pub(crate) server: Option<String>,
-    /// Bearer token for the server, instead of the config's.
-    #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    /// File holding the bearer token for the server, instead of the
+    /// config's (surrounding whitespace is ignored). The token may instead
+    /// come from the SHARDCAST_TOKEN environment variable. It is not
+    /// accepted on the command line, where the process list would show it.
+    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Refused with a message: a token on the command line shows in the
+    /// process list.
+    #[arg(long = "token", hide = true)]
+    pub(crate) token_on_command_line: Option<String>,
     /// Seconds between rounds, instead of the config's.
     #[arg(long, env = "SHARDCAST_PLAN_INTERVAL")]
     pub(crate) interval: Option<f64>,
@@ -574,22 +581,44 @@ pub(crate) struct ServeArgs {
     /// sets `RAYON_NUM_THREADS=1` unless it is set).
     #[arg(long, env = "SHARDCAST_WORKERS", default_value_t = 1)]
     pub(crate) workers: usize,
-    /// Most series in one batch, shard type or stream request; keep it well
-    /// below --queue, since each series is one queued forecast.
+    /// Most series in one batch or shard type request; keep it well below
+    /// --queue, since each series is one queued forecast.
     #[arg(long, env = "SHARDCAST_MAX_SERIES", default_value_t = 256)]
     pub(crate) max_series: usize,
-    /// Largest request message, bytes.
+    /// Largest request message, bytes; a bigger one is answered
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
     pub(crate) max_message_bytes: usize,
+    /// Most StreamForecasts calls open at once; more are answered
+    /// RESOURCE_EXHAUSTED. Streams' forecasts together use at most half of
+    /// --queue, waiting for room rather than being refused.
+    #[arg(long, env = "SHARDCAST_MAX_STREAMS", default_value_t = 64)]
+    pub(crate) max_streams: usize,
+    /// Most series in one StreamForecasts call; more are answered
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHARDCAST_MAX_STREAM_KEYS", default_value_t = 256)]
+    pub(crate) max_stream_keys: usize,
+    /// Most reads of series history from the store at once (requests for
+    /// the same series and store version share one read).
+    #[arg(long, env = "SHARDCAST_STORE_READS", default_value_t = 4)]
+    pub(crate) store_reads: usize,
     /// How often to look for new model versions, milliseconds.
     #[arg(long, env = "SHARDCAST_MODEL_POLL_MS", default_value_t = 2000)]
     pub(crate) model_poll_ms: u64,
     /// How often to look for new data in the store, milliseconds.
     #[arg(long, env = "SHARDCAST_STORE_POLL_MS", default_value_t = 1000)]
     pub(crate) store_poll_ms: u64,
-    /// Bearer token every call but health must carry (`authorization: Bearer …`).
-    #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    /// File holding the bearer token every call but health (reflection
+    /// included) must carry as `authorization: Bearer …` (surrounding
+    /// whitespace is ignored). The token may instead come from the
+    /// SHARDCAST_TOKEN environment variable. It is not accepted on the
+    /// command line, where the process list would show it.
+    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Refused with a message: a token on the command line shows in the
+    /// process list.
+    #[arg(long = "token", hide = true)]
+    pub(crate) token_on_command_line: Option<String>,
     /// PEM certificate chain: serve TLS (needs --tls-key).
     #[arg(long, env = "SHARDCAST_TLS_CERT", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,

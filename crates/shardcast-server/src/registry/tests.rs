@@ -110,3 +110,34 @@ fn rollback_pins_until_reload() {
     assert!(r.rollback(None).is_err(), "nothing served before 2");
     assert_eq!(r.current().version, 2);
 }
+
+#[test]
+fn a_refused_version_is_tried_again_once_its_files_change() {
+    let tmp = models(&[1]);
+    let r = ModelRegistry::open(tmp.path(), "default", ModelFormat::Candle).unwrap();
+    // A slow copy: the config first, the weights later.
+    let dst = tmp.path().join("default/2");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "metrics.json"] {
+        std::fs::copy(bundled().join(f), dst.join(f)).unwrap();
+    }
+    assert_eq!(r.poll(), None);
+    assert!(
+        r.refused().is_empty(),
+        "no weights yet: passed over, not refused"
+    );
+    // Half of the weights: refused, with the reason, and not served.
+    let weights = std::fs::read(bundled().join("model.safetensors")).unwrap();
+    std::fs::write(dst.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    assert_eq!(r.poll(), None);
+    let why = r.refusal(2).expect("version 2 refused");
+    assert!(why.contains("version 2"), "{why}");
+    assert_eq!(r.poll(), None, "unchanged files stay refused");
+    assert_eq!(r.current().version, 1);
+    // The copy completes: the next poll serves it, no reload needed.
+    std::fs::write(dst.join("model.safetensors"), &weights).unwrap();
+    assert_eq!(r.poll(), Some(2));
+    assert_eq!(r.current().version, 2);
+    assert_eq!(r.refusal(2), None);
+    assert!(r.refused().is_empty(), "{:?}", r.refused());
+}
