@@ -176,7 +176,7 @@ impl State {
             .checked_mul(end)
             .and_then(|d| ctx.start_unix_ms.checked_add(d));
         if Timestamp::checked(ctx.start_unix_ms).is_none()
-            || !last.is_some_and(|t| Timestamp::checked(t).is_some())
+            || last.is_none_or(|t| Timestamp::checked(t).is_none())
         {
             return Err(Error::invalid(
                 format!("{field_prefix}context.start_unix_ms"),
