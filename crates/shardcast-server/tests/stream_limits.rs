@@ -7,28 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, Running, key, wait_until};
+use common::{Fixture, Running, key, stream_request, unary_request, wait_until};
 use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_client::ForecastServiceClient;
 use tonic::Code;
 
 /// Bound on a hang, far above what any wait below needs.
 const HANG: Duration = Duration::from_secs(120);
-
-fn stream_request(keys: usize) -> pb::StreamForecastsRequest {
-    pb::StreamForecastsRequest {
-        keys: (0..keys).map(key).collect(),
-        horizon: 0,
-        quantiles: vec![0.1, 0.5, 0.9],
-    }
-}
-
-fn unary_request() -> pb::ForecastRequest {
-    pb::ForecastRequest {
-        key: Some(key(7)),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_keys_in_a_stream_are_resource_exhausted() {

@@ -12,9 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, Running, key, wait_until};
+use common::{Fixture, Running, stream_request, unary_request, wait_until};
 use futures::future::join_all;
-use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_client::ForecastServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -37,21 +36,6 @@ fn open_fds() -> usize {
 fn rss_pages() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     statm.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn stream_request(keys: usize) -> pb::StreamForecastsRequest {
-    pb::StreamForecastsRequest {
-        keys: (0..keys).map(key).collect(),
-        horizon: 0,
-        quantiles: vec![0.1, 0.5, 0.9],
-    }
-}
-
-fn unary_request() -> pb::ForecastRequest {
-    pb::ForecastRequest {
-        key: Some(key(7)),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

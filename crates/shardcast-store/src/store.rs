@@ -373,13 +373,7 @@ impl Store {
         let mut retries = 0;
         loop {
             let (staged, mut summary) = self.stage_points(&base, &batch, &parts).await?;
-            let overlaps = |m: &Manifest| {
-                parts
-                    .iter()
-                    .map(|p| overlapping(m, &batch, p).map(|f| f.path.clone()).collect())
-                    .collect::<Vec<Vec<String>>>()
-                    == staged.read
-            };
+            let overlaps = |m: &Manifest| merge_still_holds(m, &batch, &parts, &staged);
             if let Some(version) = self
                 .publish_staged(&staged, &mut base, &mut retries, overlaps)
                 .await?
@@ -747,6 +741,22 @@ fn overlapping<'a>(
     base.files_of(TableKind::Metrics)
         .filter(move |f| f.app.as_deref() == Some(app.as_str()) && f.day == Some(p.day))
         .filter(move |f| f.min_ts <= p.max_ts && f.max_ts >= p.min_ts)
+}
+
+/// Whether the stored files a staged batch merged with are still exactly
+/// the ones of `m` in its partitions, so its files can be published on `m`
+/// unchanged (a rebase).
+fn merge_still_holds(
+    m: &Manifest,
+    batch: &PointBatch,
+    parts: &[Partition],
+    staged: &Staged,
+) -> bool {
+    parts
+        .iter()
+        .map(|p| overlapping(m, batch, p).map(|f| f.path.clone()).collect())
+        .collect::<Vec<Vec<String>>>()
+        == staged.read
 }
 
 /// The name prefix of an attempt's files: the version it is written for and

@@ -44,6 +44,23 @@ pub(crate) fn key(i: usize) -> pb::SeriesKey {
     }
 }
 
+/// A `StreamForecasts` request for the first `keys` series.
+pub(crate) fn stream_request(keys: usize) -> pb::StreamForecastsRequest {
+    pb::StreamForecastsRequest {
+        keys: (0..keys).map(key).collect(),
+        horizon: 0,
+        quantiles: vec![0.1, 0.5, 0.9],
+    }
+}
+
+/// A unary `Forecast` request for one stored series.
+pub(crate) fn unary_request() -> pb::ForecastRequest {
+    pb::ForecastRequest {
+        key: Some(key(7)),
+        ..Default::default()
+    }
+}
+
 /// A temporary store and models directory.
 pub(crate) struct Fixture {
     pub(crate) dir: tempfile::TempDir,

@@ -508,13 +508,7 @@ async fn a_lost_race_rebases_when_its_merge_still_holds_and_redoes_it_otherwise(
     let (mut base, batch, parts, staged) = attempt(later).await;
     store.write_points(writer_batch(1, 0)).await.unwrap();
     let mut retries = 0;
-    let still = |m: &Manifest| {
-        parts
-            .iter()
-            .map(|p| overlapping(m, &batch, p).map(|f| f.path.clone()).collect())
-            .collect::<Vec<Vec<String>>>()
-            == staged.read
-    };
+    let still = |m: &Manifest| merge_still_holds(m, &batch, &parts, &staged);
     let v = store
         .publish_staged(&staged, &mut base, &mut retries, still)
         .await
@@ -526,13 +520,7 @@ async fn a_lost_race_rebases_when_its_merge_still_holds_and_redoes_it_otherwise(
     // files deleted), to be merged again on the newer manifest.
     let (mut base, batch, parts, staged) = attempt(writer_batch(0, 1)).await;
     store.write_points(writer_batch(0, 2)).await.unwrap();
-    let still = |m: &Manifest| {
-        parts
-            .iter()
-            .map(|p| overlapping(m, &batch, p).map(|f| f.path.clone()).collect())
-            .collect::<Vec<Vec<String>>>()
-            == staged.read
-    };
+    let still = |m: &Manifest| merge_still_holds(m, &batch, &parts, &staged);
     let v = store
         .publish_staged(&staged, &mut base, &mut retries, still)
         .await
