@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shardcast_core::{GridStep, SeriesKey};
@@ -562,26 +562,27 @@ async fn writes_land_in_the_store_and_streams_follow_them() {
 }
 
 /// Runs `clients` loops of forecasts until `stop`. Each task returns the
-/// model versions it was answered by, repeats collapsed; `latest` holds the
-/// version of the newest answer; `failures` counts failed calls.
+/// model versions it was answered by, repeats collapsed; `latest[i]` holds
+/// the version of client `i`'s newest answer (0 before its first);
+/// `failures` counts failed calls.
 fn load(
     server: &Server,
     clients: usize,
     stop: Arc<AtomicBool>,
 ) -> (
     Vec<tokio::task::JoinHandle<Vec<u32>>>,
-    Arc<AtomicUsize>,
+    Vec<Arc<AtomicU32>>,
     Arc<AtomicUsize>,
 ) {
     let failures = Arc::new(AtomicUsize::new(0));
-    let latest = Arc::new(AtomicUsize::new(0));
+    let latest: Vec<_> = (0..clients).map(|_| Arc::new(AtomicU32::new(0))).collect();
     let addr = format!("http://{}", server.addr);
     let tasks = (0..clients)
         .map(|i| {
             let (stop, failures, latest, addr) = (
                 Arc::clone(&stop),
                 Arc::clone(&failures),
-                Arc::clone(&latest),
+                Arc::clone(&latest[i]),
                 addr.clone(),
             );
             tokio::spawn(async move {
@@ -592,7 +593,7 @@ fn load(
                     match c.forecast(request(SERIES[i % 2])).await {
                         Ok(r) => {
                             let v = r.into_inner().forecast.unwrap().model_version;
-                            latest.store(v as usize, Ordering::Relaxed);
+                            latest.store(v, Ordering::Relaxed);
                             if seen.last() != Some(&v) {
                                 seen.push(v);
                             }
@@ -607,17 +608,46 @@ fn load(
             })
         })
         .collect();
-    (tasks, failures, latest)
+    (tasks, latest, failures)
+}
+
+/// Waits until `ready` holds, checking every 20 ms; fails after a minute
+/// (a guard against hanging, not a timing requirement).
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every client's newest answer came from `version`.
+async fn all_served_by(latest: &[Arc<AtomicU32>], version: u32) {
+    until(&format!("every client answered by version {version}"), || {
+        latest.iter().all(|l| l.load(Ordering::Relaxed) == version)
+    })
+    .await;
+}
+
+/// The value of an unlabelled counter or gauge in `/metrics`' text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_model_versions_are_served_under_load_without_a_failed_request() {
     let f = Fixture::new();
     let server = f.serve(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.metrics.clone().unwrap();
+    let polls = || metric(&http_get(&metrics, "/metrics"), "shardcast_model_polls_total");
     let mut models = ModelServiceClient::new(server.channel().await);
     let stop = Arc::new(AtomicBool::new(false));
-    let (tasks, failures, latest) = load(&server, 4, Arc::clone(&stop));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (tasks, latest, failures) = load(&server, 4, Arc::clone(&stop));
+    all_served_by(&latest, 1).await;
 
     // A corrupt version 3 is refused; a good version 2 is picked up.
     f.add_version_with(3, |dir| {
@@ -626,29 +656,22 @@ async fn new_model_versions_are_served_under_load_without_a_failed_request() {
         std::fs::write(&w, &bytes[..100]).unwrap();
     });
     f.add_version(2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while latest.load(Ordering::Relaxed) != 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "version 2 never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    all_served_by(&latest, 2).await;
 
-    // Roll back to 1 under load, then reload (2 again; 3 still refused).
+    // Roll back to 1 under load: it stays pinned through two passes of the
+    // poller, then a reload serves 2 again (3 still refused).
     let st = models
         .rollback(mpb::RollbackRequest { version: 0 })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(st.serving.unwrap().version, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        latest.load(Ordering::Relaxed),
-        1,
-        "pinned to 1 after the rollback"
-    );
+    all_served_by(&latest, 1).await;
+    let after_rollback = polls();
+    until("two model polls after the rollback", || {
+        polls() >= after_rollback + 2.0
+    })
+    .await;
     let st = models
         .reload(mpb::ReloadRequest {})
         .await
@@ -660,11 +683,12 @@ async fn new_model_versions_are_served_under_load_without_a_failed_request() {
         "{:?}",
         st.refused
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    all_served_by(&latest, 2).await;
 
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        // Every client saw each switch once, in order.
+        // Every client saw each switch once, in order: 1 stayed pinned
+        // until the reload.
         assert_eq!(t.await.unwrap(), vec![1, 2, 1, 2]);
     }
     assert_eq!(

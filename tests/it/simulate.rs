@@ -149,10 +149,13 @@ fn simulate_writes_the_records_summary_and_chart() {
 
     // The summary: a line per run, the oracle's figures, the targets.
     assert!(stdout.contains("under-prov%") && stdout.contains("vs oracle"));
-    let oracle_line = stdout.lines().find(|l| l.starts_with("oracle")).unwrap();
-    let cols: Vec<&str> = oracle_line.split_whitespace().collect();
-    assert_eq!(&cols[..5], &["oracle", "-", "168", "0.00", "0.000"]);
-    assert_eq!(cols[6], "1.000");
+    // The rows that do not depend on the trained model are pinned whole:
+    // the header, the oracle's and the reactive rule's.
+    let model_free: Vec<&str> = stdout
+        .lines()
+        .filter(|l| ["policy", "oracle", "reactive"].iter().any(|p| l.starts_with(p)))
+        .collect();
+    insta::assert_snapshot!("simulate_summary_model_free", model_free.join("\n"));
     assert_eq!(
         stdout
             .lines()

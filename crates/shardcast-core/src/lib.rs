@@ -3,7 +3,9 @@
 //! This crate owns the vocabulary: [`SeriesKey`] (which series a point
 //! belongs to), [`Quantile`] and [`QuantileForecast`] (a probabilistic
 //! forecast whose quantiles never cross), [`Horizon`], [`Timestamp`] helpers
-//! and the [`Forecaster`] trait that models implement.
+//! the [`Forecaster`] trait that models implement, the one seeded
+//! generator of the workspace ([`rng`]) and configuration files laid over
+//! defaults ([`overlay`]).
 //!
 //! It must stay free of I/O: no async runtime, no Arrow, Candle or tonic.
 //! The store, model, planner and proto crates build on it; it depends on no
@@ -12,8 +14,10 @@
 mod decision;
 mod error;
 mod forecast;
+pub mod overlay;
 mod quantile;
 mod resources;
+pub mod rng;
 mod series;
 mod time;
 

@@ -501,8 +501,8 @@ pub struct TargetCounts {
     pub rollback: u32,
 }
 
-/// Writes the file aside and renames it over the old one, so a reader sees
-/// the previous round's file or this one, never a mix.
+/// Writes the file atomically, so a reader sees the previous round's file or
+/// this one, never a mix.
 fn write_targets(path: &Path, at: Timestamp, records: &[DecisionRecord]) -> Result<()> {
     let file = TargetsFile {
         at,
@@ -523,13 +523,7 @@ fn write_targets(path: &Path, at: Timestamp, records: &[DecisionRecord]) -> Resu
         path: path.to_owned(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
     let mut json = serde_json::to_vec_pretty(&file).map_err(|e| io(e.into()))?;
     json.push(b'\n');
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&json).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    shardcast_fs::write_bytes(path, &json).map_err(io)
 }

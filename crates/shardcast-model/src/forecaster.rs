@@ -30,10 +30,13 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-pub use artifact::FORMAT_VERSION;
+pub use artifact::{CONFIG_FILE, FORMAT_VERSION};
 pub(crate) use baseline::weights as baseline_weights;
 pub use baseline::{Baseline, default_baselines};
-pub use config::{CellKind, ComputeDevice, ModelConfig, TrainConfig};
+pub use config::{
+    CellKind, ComputeDevice, DataShape, ModelConfig, SMALL_DATA_HIDDEN, SMALL_DATA_MEMBERS,
+    SMALL_DATA_POINTS, TrainConfig,
+};
 pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
 pub(crate) use hybrid::MISS_CAP;

@@ -26,12 +26,12 @@ pub mod lstm;
 pub mod metrics;
 pub mod onnx;
 mod portable;
-mod rng;
 mod scratch;
 mod seq_out;
 mod storage;
 #[cfg(test)]
 mod test_util;
+pub mod versions;
 
 pub use error::{Error, Result};
 pub use gru::{Gru, GruConfig, GruLayer, GruOutput, GruStackOutput};

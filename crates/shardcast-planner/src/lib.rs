@@ -34,7 +34,6 @@ mod error;
 pub mod migration;
 pub mod placement;
 pub mod provider;
-mod rng;
 pub mod scale;
 pub mod simulator;
 pub mod traffic;

@@ -701,5 +701,8 @@ pub fn sweep(
     Ok(Sweep { oracle, runs })
 }
 
+mod targets;
+pub use targets::{ORACLE_SLACK, PROTOCOL_UTILISATION, Targets};
+
 #[cfg(test)]
 mod tests;

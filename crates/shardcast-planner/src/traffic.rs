@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, check_range};
-use crate::rng::hash_bytes;
+use shardcast_core::rng::hash_bytes;
 
 /// What the balancer knows of one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -499,6 +499,7 @@ fn spawn_pollers(state: &Arc<State>, cfg: &ServerConfig) -> Vec<tokio::task::Joi
                     Ok(None) => {}
                     Err(e) => tracing::error!(error = %e, "model poll failed"),
                 }
+                state.metrics.model_polls.inc();
                 state.publish_model();
             }
         })

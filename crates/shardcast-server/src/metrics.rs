@@ -28,6 +28,8 @@ pub struct Metrics {
     pub model_version: Gauge,
     /// Model versions refused at load.
     pub models_refused: Counter,
+    /// Passes of the model poller (also while a rollback pins the version).
+    pub model_polls: Counter,
     /// `StreamForecasts` calls open now.
     pub streams_open: Gauge,
     /// Forecasts of open streams in progress now (reading history, queued
@@ -59,6 +61,7 @@ impl Default for Metrics {
         let forecasts_run = Counter::default();
         let model_version = Gauge::default();
         let models_refused = Counter::default();
+        let model_polls = Counter::default();
         let streams_open = Gauge::default();
         let stream_work = Gauge::default();
         let stream_deferred = Counter::default();
@@ -99,6 +102,11 @@ impl Default for Metrics {
             models_refused.clone(),
         );
         registry.register(
+            "model_polls",
+            "Passes of the model poller",
+            model_polls.clone(),
+        );
+        registry.register(
             "streams_open",
             "StreamForecasts calls open",
             streams_open.clone(),
@@ -127,6 +135,7 @@ impl Default for Metrics {
             forecasts_run,
             model_version,
             models_refused,
+            model_polls,
             streams_open,
             stream_work,
             stream_deferred,

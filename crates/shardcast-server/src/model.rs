@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use shardcast_model::versions::versions;
 use shardcast_proto::model::v1 as pb;
 use shardcast_proto::model::v1::model_service_server::ModelService;
 use tonic::{Request, Response, Status};
 
 use crate::State;
 use crate::error::Result;
-use crate::registry::{Served, validation_loss, versions};
+use crate::registry::{Served, validation_loss};
 
 /// The gRPC service over a shared [`State`].
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use shardcast_model::forecaster::{Model, SeriesInput};
 use shardcast_model::onnx::OnnxModel;
+use shardcast_model::versions::versions;
 
 use crate::error::{Error, Result};
 
@@ -265,20 +266,6 @@ pub struct ModelRegistry {
     format: ModelFormat,
     current: RwLock<Arc<Served>>,
     history: Mutex<History>,
-}
-
-/// The version numbers under `dir`, ascending: subdirectories with a
-/// numeric name and a `config.json`.
-pub fn versions(dir: &Path) -> Vec<u32> {
-    let mut out: Vec<u32> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("config.json").is_file())
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    out.sort_unstable();
-    out
 }
 
 impl ModelRegistry {

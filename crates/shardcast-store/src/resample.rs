@@ -7,7 +7,8 @@
 //! are filled as the [`GapFill`] says (linear interpolation between the
 //! neighbouring filled bins for the protocol). A coarser grid of a grid
 //! (the protocol's hourly NAB series are hourly means of the 5-minute grid)
-//! is the same function applied to the finer grid's points.
+//! is the same function applied to the finer grid's points. [`infer_step`]
+//! tells the step a raw series was sampled at.
 
 use serde::{Deserialize, Serialize};
 use shardcast_core::{GridStep, Timestamp};
@@ -305,6 +306,21 @@ pub fn event_indicator(
         }
     }
     ind
+}
+
+/// The grid step a series was sampled at: the median spacing of its
+/// increasing timestamps (milliseconds), rounded to whole minutes; five
+/// minutes when there are fewer than two distinct timestamps.
+pub fn infer_step(ts: &[i64]) -> GridStep {
+    let mut gaps: Vec<i64> = ts
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&d| d > 0)
+        .collect();
+    gaps.sort_unstable();
+    let median = gaps.get(gaps.len() / 2).copied().unwrap_or(300_000);
+    GridStep::from_millis(((median + 30_000) / 60_000).max(1) * 60_000)
+        .unwrap_or(GridStep::FIVE_MINUTES)
 }
 
 #[cfg(test)]

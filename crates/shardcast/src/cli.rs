@@ -409,9 +409,9 @@ pub(crate) struct TrainArgs {
     /// Directory of model directories.
     #[arg(long, default_value = "models")]
     pub(crate) models_dir: PathBuf,
-    /// Version (default: one more than the newest numeric version).
-    #[arg(long)]
-    pub(crate) version: Option<String>,
+    /// Version, a number from 1 (default: one more than the newest).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) version: Option<u32>,
     /// Warm start from this model directory: weights whose names and shapes
     /// match are copied before training.
     #[arg(long)]

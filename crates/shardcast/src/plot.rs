@@ -138,11 +138,7 @@ pub(crate) fn write_png(
     panels: &[Panel],
 ) -> Result<()> {
     let bytes = render_png(width, panel_height, panels)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    shardcast_fs::write_bytes(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Draws `panels` as [`write_png`] does and returns the PNG bytes.

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 /// Version of the directory format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
-const CONFIG: &str = "config.json";
+/// The file of a model directory that holds its configuration.
+pub const CONFIG_FILE: &str = "config.json";
 const WEIGHTS: &str = "model.safetensors";
 const METRICS: &str = "metrics.json";
 
@@ -53,14 +54,6 @@ impl Model {
         if dir.exists() {
             return Err(artifact_err(dir, "already exists; pick a new version"));
         }
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| artifact_err(parent, e))?;
-        let name = dir
-            .file_name()
-            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-        let tmp: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp).map_err(|e| artifact_err(&tmp, e))?;
         let range = [
             self.series.iter().map(|s| s.first_ts).min().unwrap_or(0),
             self.series.iter().map(|s| s.last_ts).max().unwrap_or(0),
@@ -78,24 +71,26 @@ impl Model {
             reversion: self.reversion,
             training_range: range,
         };
-        let write = || -> Result<()> {
-            let json = serde_json::to_vec_pretty(&cfg).map_err(|e| artifact_err(&tmp, e))?;
-            std::fs::write(tmp.join(CONFIG), json).map_err(|e| artifact_err(&tmp, e))?;
-            self.varmap.save(tmp.join(WEIGHTS))?;
-            let m = serde_json::to_vec_pretty(metrics).map_err(|e| artifact_err(&tmp, e))?;
-            std::fs::write(tmp.join(METRICS), m).map_err(|e| artifact_err(&tmp, e))?;
-            std::fs::rename(&tmp, dir).map_err(|e| artifact_err(dir, e))
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&tmp);
-        })
+        // The directory appears whole (config, weights, metrics) or not at
+        // all, so the server never loads a half-written version.
+        shardcast_fs::write_dir(
+            dir,
+            |tmp| {
+                let json = serde_json::to_vec_pretty(&cfg).map_err(|e| artifact_err(tmp, e))?;
+                std::fs::write(tmp.join(CONFIG_FILE), json).map_err(|e| artifact_err(tmp, e))?;
+                self.varmap.save(tmp.join(WEIGHTS))?;
+                let m = serde_json::to_vec_pretty(metrics).map_err(|e| artifact_err(tmp, e))?;
+                std::fs::write(tmp.join(METRICS), m).map_err(|e| artifact_err(tmp, e))
+            },
+            artifact_err,
+        )
     }
 
     /// Loads a model directory written by [`Model::save`], refusing unknown
     /// format versions, unknown fields and weights that do not match the
     /// configuration.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(CONFIG);
+        let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| artifact_err(&path, e))?;
         let raw: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| artifact_err(&path, e))?;

@@ -6,12 +6,12 @@ const STEP: i64 = 3_600_000;
 /// A daily pattern with a per-series level and persistent (AR(1)) noise, so
 /// that yesterday's value is a noisy guess and the recent past helps.
 fn synthetic(n: usize, level: f32, seed: u64) -> Vec<f32> {
-    let mut rng = crate::rng::Rng::new(seed);
+    let mut rng = shardcast_core::rng::SplitMix64::new(seed);
     let mut ar = 0f32;
     (0..n)
         .map(|i| {
             let day = (std::f32::consts::TAU * (i % 24) as f32 / 24.0).sin();
-            ar = 0.9 * ar + 0.1 * (rng.uniform() as f32 - 0.5);
+            ar = 0.9 * ar + 0.1 * (rng.unit() as f32 - 0.5);
             level * (1.0 + 0.5 * day + ar)
         })
         .collect()

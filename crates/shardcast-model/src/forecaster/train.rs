@@ -12,7 +12,7 @@ use super::config::{ModelConfig, TrainConfig};
 use super::features::{Batch, SeriesInput, SeriesScale, push_window};
 use super::network::{Network, levels_tensor, pinball_loss};
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use shardcast_core::rng::SplitMix64;
 
 /// Where a fit stands, for progress display.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +116,7 @@ pub(crate) fn split(cfg: &ModelConfig, tc: &TrainConfig, lengths: &[usize]) -> S
 
 /// Re-initialises every variable of `vars` from `rng` (names decide the
 /// distribution), so that a seed fixes the starting point.
-pub(crate) fn init_vars(vars: &[(String, Var)], hidden: usize, rng: &mut Rng) -> Result<()> {
+pub(crate) fn init_vars(vars: &[(String, Var)], hidden: usize, rng: &mut SplitMix64) -> Result<()> {
     let dims_of = |name: &str| {
         vars.iter()
             .find(|(n, _)| n == name)
@@ -138,7 +138,7 @@ pub(crate) fn init_vars(vars: &[(String, Var)], hidden: usize, rng: &mut Rng) ->
         };
         let n: usize = dims.iter().product();
         let data: Vec<f32> = (0..n)
-            .map(|_| (bound * (2.0 * rng.uniform() - 1.0)) as f32)
+            .map(|_| (bound * (2.0 * rng.unit() - 1.0)) as f32)
             .collect();
         var.set(&Tensor::from_vec(data, dims, var.device())?)?;
     }
@@ -200,7 +200,7 @@ impl Fitter<'_> {
     ) -> Result<MemberReport> {
         let tc = self.tc;
         let seed = tc.seed.wrapping_add(k as u64 * 1_000_003);
-        let mut rng = Rng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         init_vars(vars, self.cfg.hidden_size, &mut rng)?;
         for (name, var) in vars {
             if let Some((_, w)) = warm.into_iter().flatten().find(|(n, _)| n == name)

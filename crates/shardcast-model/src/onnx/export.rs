@@ -65,26 +65,7 @@ fn onnx_err(path: &Path, reason: impl std::fmt::Display) -> Error {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(parent).map_err(|e| onnx_err(parent, e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| onnx_err(path, "is not a file path"))?
-        .to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        onnx_err(path, e)
-    })
+    shardcast_fs::write_bytes(path, bytes).map_err(|e| onnx_err(path, e))
 }
 
 fn model_proto(model: &Model) -> Result<ModelProto> {

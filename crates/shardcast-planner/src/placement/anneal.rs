@@ -7,7 +7,7 @@
 //! typical cost change of a move down to a ten-thousandth of it.
 
 use super::{CostBreakdown, Model, PlacementPolicy, State};
-use crate::rng::{SplitMix64, mix64};
+use shardcast_core::rng::{SplitMix64, mix64};
 
 /// Weight of one unplaced item in an annealing step: far above any soft
 /// cost, so a move that unplaces an item is never accepted in practice.

@@ -257,3 +257,61 @@ fn service_levels_beyond_the_forecast_read_the_exponential_tail() {
     flat.shardcast.tail = Tail::Flat;
     assert_eq!(run(&flat, 0.98).summary.under_provisioned_steps, 24);
 }
+
+fn summary(policy: PolicyKind, knob: Option<f64>, under: usize, hours: f64) -> SimRun {
+    SimRun {
+        summary: Summary {
+            policy,
+            knob,
+            steps: 100,
+            under_provisioned_steps: under,
+            under_provisioned_pct: under as f64,
+            unserved_demand_pct: 0.0,
+            shard_hours: hours,
+            shard_hours_vs_oracle: Some(hours / 100.0),
+            scale_actions: 0,
+            mean_idle_shards: 0.0,
+            fallback_steps: 0,
+        },
+        records: Vec::new(),
+    }
+}
+
+#[test]
+fn targets_pick_the_runs_that_decide_them() {
+    use PolicyKind::{Oracle, Reactive, Shardcast};
+    let sweep = |shardcast: &[(f64, usize, f64)]| Sweep {
+        oracle: summary(Oracle, None, 0, 100.0),
+        runs: [
+            summary(Reactive, Some(0.6), 4, 140.0),
+            summary(Reactive, Some(0.7), 10, 120.0),
+        ]
+        .into_iter()
+        .chain(shardcast.iter().map(|&(k, u, h)| summary(Shardcast, Some(k), u, h)))
+        .collect(),
+    };
+    // 0.9 is cheaper than the reference with 5 steps (<= 10 / 2): target 1
+    // met; 0.99 is as safe (3 steps) at 1.12 x oracle: target 2 met.
+    let s = sweep(&[(0.5, 20, 100.0), (0.9, 5, 118.0), (0.99, 3, 112.0)]);
+    let t = Targets::of(&s);
+    assert_eq!(t.reference.unwrap().knob, Some(0.7));
+    assert_eq!(t.allowed_steps(), Some(5));
+    assert_eq!(t.cheaper.unwrap().knob, Some(0.99), "fewest steps at no more hours");
+    assert_eq!(t.as_safe.unwrap().knob, Some(0.99));
+    assert_eq!((t.cheaper_met(), t.as_safe_met()), (Some(true), Some(true)));
+    assert_eq!(t.shown_level(), Some(0.99));
+    // Every shardcast run costs more than the reference, and the safe one
+    // is 1.3 x oracle: both missed.
+    let s = sweep(&[(0.9, 8, 121.0), (0.99, 2, 130.0)]);
+    let t = Targets::of(&s);
+    assert!(t.cheaper.is_none());
+    assert_eq!(t.as_safe.unwrap().knob, Some(0.9));
+    assert_eq!((t.cheaper_met(), t.as_safe_met()), (Some(false), Some(false)));
+    assert_eq!(t.shown_level(), Some(0.9));
+    // Without the protocol's reactive rule nothing can be checked.
+    let mut s = sweep(&[(0.9, 5, 100.0)]);
+    s.runs.remove(1);
+    let t = Targets::of(&s);
+    assert_eq!((t.cheaper_met(), t.as_safe_met()), (None, None));
+    assert_eq!(t.shown_level(), Some(0.9));
+}

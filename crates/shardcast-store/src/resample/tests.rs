@@ -159,3 +159,16 @@ fn parses_aggregations() {
     assert!("p101".parse::<Agg>().is_err());
     assert!("median-ish".parse::<Agg>().is_err());
 }
+
+#[test]
+fn the_step_of_a_series_is_its_median_spacing_in_whole_minutes() {
+    let minutes = |m: &[i64]| m.iter().map(|m| m * 60_000).collect::<Vec<_>>();
+    // One gap of an hour and a repeated timestamp do not move the median.
+    let ts = minutes(&[0, 5, 10, 10, 15, 75, 80]);
+    assert_eq!(infer_step(&ts), GridStep::FIVE_MINUTES);
+    // 59.6 minutes rounds to an hour; 10 seconds to one minute.
+    assert_eq!(infer_step(&[0, 3_576_000, 7_152_000]), GridStep::HOUR);
+    assert_eq!(infer_step(&[0, 10_000, 20_000]).millis(), 60_000);
+    assert_eq!(infer_step(&[7]), GridStep::FIVE_MINUTES);
+    assert_eq!(infer_step(&[]), GridStep::FIVE_MINUTES);
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use shardcast_core::Timestamp;
+use shardcast_core::rng::SplitMix64;
 use shardcast_store::ingest::{
     KeySource, MetricMapping, ReadSettings, TimestampFormat, parse_metric_files,
 };
@@ -33,7 +34,7 @@ fn generate(path: &Path, rows: u64) -> Result<u64> {
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     writeln!(w, "timestamp,app,shard_type,metric,value")?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = SplitMix64::new(0);
     let mut n = 0;
     let mut sec = 0i64;
     'outer: loop {
@@ -44,10 +45,7 @@ fn generate(path: &Path, rows: u64) -> Result<u64> {
         for (i, app) in APPS.iter().enumerate() {
             for (j, ty) in TYPES.iter().enumerate() {
                 for (k, m) in METRICS.iter().enumerate() {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let noise = (state >> 11) as f64 / (1u64 << 53) as f64;
+                    let noise = rng.unit();
                     let level = 100.0 * (1 + i + j + k) as f64;
                     let v = level * (1.0 + 0.3 * daily) + 10.0 * noise;
                     writeln!(w, "{stamp},{app},{ty},{m},{v:.3}")?;

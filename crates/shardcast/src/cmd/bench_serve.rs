@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_client::ForecastServiceClient;
+use shardcast_model::versions;
 use shardcast_store::ingest::{MetricMapping, ReadSettings, parse_metric_files};
 use tonic::transport::Channel;
 
@@ -163,7 +164,9 @@ async fn store(args: &BenchServeArgs) -> Result<String> {
 /// Copies the served model version into `<dir>/models/<name>/<v>` and
 /// exports it to ONNX there for the reference.
 fn model(args: &BenchServeArgs) -> Result<(PathBuf, PathBuf)> {
-    let src = super::model::newest_model(&args.models_dir, &args.model).with_context(|| {
+    let src = versions::newest(&args.models_dir, &args.model)
+        .map(|(_, dir)| dir)
+        .with_context(|| {
         format!(
             "no model {} under {}",
             args.model,

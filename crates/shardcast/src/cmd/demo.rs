@@ -19,21 +19,9 @@ use shardcast_store::ingest::{
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use shardcast_model::versions;
 
 use crate::cli::{Cli, Command, DemoArgs, OutputFormat};
-
-/// The median spacing of a series' timestamps, rounded to whole minutes.
-pub(crate) fn typical_step(ts: &[i64]) -> GridStep {
-    let mut gaps: Vec<i64> = ts
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .filter(|&d| d > 0)
-        .collect();
-    gaps.sort_unstable();
-    let median = gaps.get(gaps.len() / 2).copied().unwrap_or(300_000);
-    GridStep::from_millis(((median + 30_000) / 60_000).max(1) * 60_000)
-        .unwrap_or(GridStep::FIVE_MINUTES)
-}
 
 /// The bundled traces: (glob under the data dir, app, shard type, value columns).
 const SOURCES: &[(&str, &str, &str, &[&str])] = &[
@@ -137,7 +125,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
 /// Step 4: the newest version of the bundled model, or a small one trained
 /// now on the store when there is none.
 async fn model(args: &DemoArgs, store_dir: &Path) -> Result<PathBuf> {
-    if let Some(dir) = super::model::newest_model(&args.models, "default") {
+    if let Some(dir) = versions::newest(&args.models, "default").map(|(_, dir)| dir) {
         println!("\n[4/7] model: the bundled {}", dir.display());
         return Ok(args.models.clone());
     }

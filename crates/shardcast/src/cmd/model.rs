@@ -2,16 +2,19 @@
 //! grid, into the model crate, results out as a model directory or the
 //! protocol F forecast CSV and a metrics table.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use shardcast_core::overlay::overlaid;
 use shardcast_core::{GridStep, Timestamp};
 use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
 use shardcast_model::forecaster::{
-    Model, ModelConfig, Progress, TrainConfig, TrainSeries, default_baselines,
+    DataShape, Model, ModelConfig, Progress, TrainConfig, TrainSeries, default_baselines,
 };
+use shardcast_model::versions;
 use shardcast_store::query::SeriesFilter;
 use shardcast_store::resample::{Agg, GapFill, event_indicator, resample};
 
@@ -96,30 +99,10 @@ struct ConfigFile {
 /// Horizon of `train` and `backtest` when `--horizon` is not given.
 pub(crate) const DEFAULT_HORIZON: usize = 12;
 
-/// Training data (points over all series) below which the default model
-/// is small: an ensemble of [`SMALL_DATA_MEMBERS`] seeds of a network
-/// [`SMALL_DATA_HIDDEN`] wide. A network trained on few windows depends
-/// much on its seed, and there three fits are cheap (about 20 s for each of
-/// the two setups below); it also overfits them within a few hundred steps
-/// at the default width. Protocol F, seeds 42/1/2, relative WQL:
-/// - `nab_aws_hourly_h24`: one member 0.551/0.564/0.560, three
-///   0.524/0.521/0.528, three 16 wide 0.518/0.507/0.531;
-/// - `azure_vm_hourly_h24`: one member 0.780/0.749/0.738, three
-///   0.756/0.724/0.731, three 16 wide 0.731/0.723/0.734.
-///
-/// On more data one network is steadier and the ensemble slower, and the
-/// narrow one is worse (seed 42, 16 wide against 64: `nyc_taxi_30min_h48`
-/// 0.639 against 0.530, `nab_aws_5min_h12` 0.280 against 0.265).
-const SMALL_DATA_POINTS: usize = 8192;
-/// Members of the default model on small data.
-const SMALL_DATA_MEMBERS: usize = 3;
-/// Recurrent width of the default model on small data.
-const SMALL_DATA_HIDDEN: usize = 16;
-
-/// The model and training configuration: defaults chosen from the grid, the
-/// shortest series and the `total` points over all series (and
-/// `default_horizon` when `--horizon` is absent), then the config file, then
-/// flags.
+/// The model and training configuration: the model crate's defaults for
+/// the data (the grid, the shortest series, the `total` points over all
+/// series, `default_horizon` when `--horizon` is absent), then the config
+/// file, then flags.
 pub(crate) fn configure(
     args: &ModelArgs,
     step: GridStep,
@@ -127,39 +110,13 @@ pub(crate) fn configure(
     total: usize,
     default_horizon: usize,
 ) -> Result<(ModelConfig, TrainConfig)> {
-    let season = args
-        .season
-        .or_else(|| step.per_day())
-        .unwrap_or(args.horizon.unwrap_or(default_horizon).max(1));
-    let horizon = args.horizon.unwrap_or(default_horizon);
-    let context = 48.min(season.max(horizon));
-    let mut lags = vec![];
-    if season >= horizon {
-        lags.push(season);
-    }
-    // Weekly structure (the weekly lag, the day-of-week features) only with
-    // four weeks of training data: each weekday seen four times, three of
-    // them with the lag. On three weeks the network learns that week's
-    // accidents (protocol F, azure_vm_hourly_h24: relative WQL 1.30 with
-    // both, 0.92 without the lag, 0.80 without either).
-    let week = 7 * season;
-    let weeks_of_data = shortest >= 4 * week + context;
-    if week >= horizon && weeks_of_data {
-        lags.push(week);
-    }
-    let mut model = ModelConfig {
-        horizon,
-        season,
-        context,
-        lags,
-        weekday: weeks_of_data,
-        baselines: default_baselines(season, horizon, shortest),
-        ..ModelConfig::default()
-    };
-    if total < SMALL_DATA_POINTS {
-        model.members = SMALL_DATA_MEMBERS;
-        model.hidden_size = SMALL_DATA_HIDDEN;
-    }
+    let mut model = ModelConfig::for_data(&DataShape {
+        per_day: step.per_day(),
+        horizon: args.horizon.unwrap_or(default_horizon),
+        season: args.season,
+        shortest,
+        total,
+    });
     let mut train = TrainConfig::default();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
@@ -172,17 +129,7 @@ pub(crate) fn configure(
             serde_json::from_str(&text)
         }
         .with_context(|| format!("bad training config {}", path.display()))?;
-        let mut merged = serde_json::to_value(&model)?;
-        for (k, v) in file.model {
-            match merged.get_mut(&k) {
-                Some(slot) => *slot = v,
-                None => bail!(
-                    "bad training config {}: unknown field `model.{k}`",
-                    path.display()
-                ),
-            }
-        }
-        model = serde_json::from_value(merged)
+        model = overlaid(&model, serde_json::Value::Object(file.model))
             .with_context(|| format!("bad training config {}", path.display()))?;
         train = file.train;
     }
@@ -222,34 +169,40 @@ pub(crate) fn configure(
     Ok((model, train))
 }
 
-/// Progress on stderr: a redrawn line on a terminal, a line per validation
-/// pass otherwise.
-pub(crate) fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) {
-    let tty = std::io::stderr().is_terminal();
+/// Training progress on stderr: a progress bar (indicatif) on a terminal, a
+/// line per validation pass otherwise. The bar is cleared when the returned
+/// closure is dropped, that is when training ends.
+pub(crate) fn progress_printer(eval_every: usize) -> impl FnMut(&Progress) + Send + 'static {
+    let bar = ClearOnDrop(if std::io::stderr().is_terminal() {
+        let style = ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len}")
+            .expect("a valid template")
+            .progress_chars("=> ");
+        ProgressBar::new(0).with_style(style)
+    } else {
+        ProgressBar::hidden()
+    });
     move |p: &Progress| {
-        let line = format!(
-            "member {}/{} step {:>5}/{} loss {:.4} best val {:.4} {:>6.1}s",
-            p.member + 1,
-            p.members,
-            p.step,
-            p.max_steps,
-            p.train_loss,
-            p.best_val_loss,
-            p.seconds
+        let member = format!("member {}/{}", p.member + 1, p.members);
+        let loss = format!(
+            "loss {:.4} best val {:.4} {:>6.1}s",
+            p.train_loss, p.best_val_loss, p.seconds
         );
-        let mut err = std::io::stderr().lock();
-        if tty {
-            let _ = write!(err, "\r{line}\x1b[K");
-            let _ = err.flush();
+        if !bar.0.is_hidden() {
+            bar.0.set_length(p.max_steps as u64);
+            bar.0.set_position(p.step as u64);
+            bar.0.set_message(format!("{member} {loss}"));
         } else if p.step.is_multiple_of(eval_every) {
-            let _ = writeln!(err, "{line}");
+            eprintln!("{member} step {:>5}/{} {loss}", p.step, p.max_steps);
         }
     }
 }
 
-pub(crate) fn end_progress() {
-    if std::io::stderr().is_terminal() {
-        eprintln!();
+/// Clears a progress bar when dropped.
+struct ClearOnDrop(ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
     }
 }
 
@@ -299,7 +252,6 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
         backtest::run(&config, &train, spec, &data, progress_printer(eval_every)).map(|b| (b, data))
     })
     .await??;
-    end_progress();
     let (bt, data) = bt;
     let wall = started.elapsed().as_secs_f64();
     if let Some(out) = &args.out {
@@ -329,28 +281,21 @@ fn write_forecasts(
     step: i64,
 ) -> Result<()> {
     let levels = &bt.model.config().quantiles;
-    let mut text = String::from("series,ts,step");
-    for q in levels {
-        text.push_str(&format!(",q{q}"));
-    }
-    text.push('\n');
-    for ((r, s), label) in bt.series.iter().zip(data).zip(labels) {
-        for (i, st) in r.steps.iter().enumerate() {
-            let ts = Timestamp(s.start + step * (r.first + i) as i64);
-            text.push_str(&format!("{label},{ts},{st}"));
-            for v in &r.forecasts[i * levels.len()..][..levels.len()] {
-                text.push_str(&format!(",{v}"));
+    shardcast_fs::write_file(path, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        let head = ["series", "ts", "step"].map(String::from);
+        csv.write_record(head.into_iter().chain(levels.iter().map(|q| format!("q{q}"))))?;
+        for ((r, s), label) in bt.series.iter().zip(data).zip(labels) {
+            for (i, st) in r.steps.iter().enumerate() {
+                let ts = Timestamp(s.start + step * (r.first + i) as i64);
+                let values = &r.forecasts[i * levels.len()..][..levels.len()];
+                let row = [label.clone(), ts.to_string(), st.to_string()];
+                csv.write_record(row.into_iter().chain(values.iter().map(f32::to_string)))?;
             }
-            text.push('\n');
         }
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        csv.flush()
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
@@ -436,11 +381,12 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
     let total = grids.iter().map(|g| g.values.len()).sum();
     let (config, train) = configure(&args.model, step, shortest, total, DEFAULT_HORIZON)?;
     let dir = args.models_dir.join(&args.name);
-    let version = match &args.version {
-        Some(v) => v.clone(),
-        None => next_version(&dir)?,
+    let version = match args.version {
+        Some(v) => v,
+        None => versions::next_version(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?,
     };
-    let out = dir.join(&version);
+    let out = dir.join(version.to_string());
     if out.exists() {
         bail!("{} already exists; pick another --version", out.display());
     }
@@ -482,7 +428,6 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
         )?)
     })
     .await??;
-    end_progress();
     model.save(&out, &serde_json::json!({ "fit": report }))?;
     for m in &report.members {
         println!(
@@ -504,43 +449,11 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// One more than the largest numeric version under `dir` (1 when none).
-fn next_version(dir: &Path) -> Result<String> {
-    let mut max = 0u64;
-    if dir.is_dir() {
-        for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-            if let Some(v) = e?.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
-                max = max.max(v);
-            }
-        }
-    }
-    Ok((max + 1).to_string())
-}
-
-/// The newest version directory under `models_dir/name` (the largest numeric
-/// version, else the last in name order), if any.
-pub(crate) fn newest_model(models_dir: &Path, name: &str) -> Option<std::path::PathBuf> {
-    let dir = models_dir.join(name);
-    let mut versions: Vec<(Option<u64>, std::path::PathBuf)> = std::fs::read_dir(&dir)
-        .ok()?
-        .flatten()
-        .filter(|e| e.path().join("config.json").is_file())
-        .map(|e| {
-            (
-                e.file_name().to_str().and_then(|n| n.parse().ok()),
-                e.path(),
-            )
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, p)| p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-    use shardcast_model::forecaster::ComputeDevice;
+    use shardcast_model::forecaster::{ComputeDevice, SMALL_DATA_MEMBERS};
 
     #[derive(Parser)]
     struct Cli {
@@ -549,36 +462,41 @@ mod tests {
     }
 
     #[test]
-    fn weekly_structure_needs_four_weeks_of_data() {
-        let args = Cli::try_parse_from(["shardcast", "--horizon", "24"])
-            .unwrap()
-            .model;
-        let hourly = GridStep::from_millis(3_600_000).unwrap();
-        // Three weeks (azure_vm_hourly_h24): the daily lag only.
-        let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
-        assert_eq!(c.lags, vec![24]);
-        assert!(c.calendar && !c.weekday);
-        let (c, _) = configure(&args, hourly, 4 * 168 + 24, 4 * 168 + 24, DEFAULT_HORIZON).unwrap();
-        assert_eq!(c.lags, vec![24, 168]);
-        assert!(c.weekday);
-    }
-
-    #[test]
-    fn small_data_gets_a_small_ensemble_unless_told_otherwise() {
+    fn flags_win_over_the_defaults_for_the_data() {
         let hourly = GridStep::from_millis(3_600_000).unwrap();
         let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().model;
-        let args = parse(&["shardcast"]);
-        let (c, _) = configure(&args, hourly, 552, 3 * 552, DEFAULT_HORIZON).unwrap();
-        assert_eq!(
-            (c.members, c.hidden_size),
-            (SMALL_DATA_MEMBERS, SMALL_DATA_HIDDEN)
-        );
-        let (c, _) = configure(&args, hourly, 552, SMALL_DATA_POINTS, DEFAULT_HORIZON).unwrap();
-        let default = ModelConfig::default();
-        assert_eq!((c.members, c.hidden_size), (1, default.hidden_size));
+        let args = parse(&["shardcast", "--horizon", "24"]);
+        let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
+        let shape = DataShape {
+            per_day: Some(24),
+            horizon: 24,
+            season: None,
+            shortest: 552,
+            total: 552,
+        };
+        assert_eq!(c, ModelConfig::for_data(&shape));
         let args = parse(&["shardcast", "--members", "2", "--hidden", "24"]);
         let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
         assert_eq!((c.members, c.hidden_size), (2, 24));
+        assert_eq!(c.horizon, DEFAULT_HORIZON);
+    }
+
+    #[test]
+    fn the_config_file_overlays_the_model_and_refuses_unknown_fields() {
+        let hourly = GridStep::from_millis(3_600_000).unwrap();
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().model;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("train.toml");
+        std::fs::write(&file, "[model]\nhidden_size = 8\n").unwrap();
+        let args = parse(&["shardcast", "--config", file.to_str().unwrap()]);
+        let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
+        assert_eq!((c.hidden_size, c.members), (8, SMALL_DATA_MEMBERS));
+        std::fs::write(&file, "[model]\nwidth = 8\n").unwrap();
+        let e = format!(
+            "{:#}",
+            configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap_err()
+        );
+        assert!(e.contains("train.toml") && e.contains("unknown field `width`"), "{e}");
     }
 
     #[test]

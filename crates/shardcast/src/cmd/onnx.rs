@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use shardcast_model::forecaster::Model;
 use shardcast_model::onnx::{self, OnnxModel};
+use shardcast_model::versions;
 
 /// Settings of `shardcast export-onnx`.
 #[derive(Debug, Args)]
@@ -28,7 +29,7 @@ fn model_dir(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let newest = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
-        (Some(parent), Some(name)) => super::model::newest_model(parent, name),
+        (Some(parent), Some(name)) => versions::newest(parent, name).map(|(_, dir)| dir),
         _ => None,
     };
     match newest {

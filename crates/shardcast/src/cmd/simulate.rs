@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use shardcast_core::overlay::overlaid;
 use shardcast_core::{GridStep, QuantileForecast, Timestamp};
 use shardcast_model::forecaster::{Model, TrainSeries};
 use shardcast_planner::simulator::{
-    PolicyKind, SimConfig, SimRun, SourceRequest, Summary, Sweep, SweepSpec, Trace,
-    collect_forecasts, lead_steps, sweep,
+    ORACLE_SLACK, PROTOCOL_UTILISATION, PolicyKind, SimConfig, SimRun, SourceRequest, Summary, Sweep, SweepSpec,
+    Targets, Trace, collect_forecasts, lead_steps, sweep,
 };
 use shardcast_store::resample::{Agg, GapFill, resample};
 
@@ -23,10 +24,6 @@ use crate::cli::{AggArg, SimulateArgs};
 use crate::plot::{self, Axis, Band, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel};
 use source::{GridView, ModelSource};
 
-/// The protocol's reactive rule: the knob the targets are measured against.
-const PROTOCOL_UTILISATION: f64 = 0.7;
-/// Target 2 of issue 5: shard-hours within this factor of the oracle's.
-const ORACLE_SLACK: f64 = 1.15;
 /// Default length of the simulated range.
 const DEFAULT_DAYS: i64 = 7;
 
@@ -126,7 +123,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
             .png
             .clone()
             .unwrap_or_else(|| args.out.with_extension("png"));
-        let shown = targets.shown_level(&result);
+        let shown = targets.shown_level();
         draw(
             &png,
             &series.label,
@@ -209,7 +206,7 @@ async fn load(args: &SimulateArgs) -> Result<Loaded> {
     let data = store.load_one(&info.key).await?;
     let step = args
         .grid
-        .unwrap_or_else(|| super::demo::typical_step(&data.ts));
+        .unwrap_or_else(|| shardcast_store::resample::infer_step(&data.ts));
     let agg = match args.agg {
         AggArg::Mean => Agg::Mean,
         AggArg::Sum => Agg::Sum,
@@ -296,28 +293,9 @@ fn sim_config(path: Option<&Path>) -> Result<SimConfig> {
         );
     }
     // Fields the file leaves out keep the simulator's defaults, also inside
-    // nested policies (serde alone would take each policy's own defaults).
-    let mut merged = serde_json::to_value(SimConfig::default())?;
-    merge(&mut merged, value);
-    serde_json::from_value(merged)
+    // nested policies.
+    overlaid(&SimConfig::default(), value)
         .with_context(|| format!("bad simulator config {}", path.display()))
-}
-
-/// Overlays `patch` on `base`, object by object.
-fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
-    match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, p) => *b = p,
-    }
 }
 
 /// The model: loaded with `--model` (checked to predate the range), else
@@ -389,7 +367,6 @@ async fn model_for(args: &SimulateArgs, s: &Loaded, first: usize, horizon: usize
         })
         .await?
         .with_context(|| format!("training on `{}` failed", s.label))?;
-        super::model::end_progress();
         eprintln!(
             "train: {} windows, kept step {} of {}, {:.1}s",
             report.train_windows,
@@ -419,35 +396,31 @@ fn runs(s: &Sweep) -> impl Iterator<Item = &SimRun> {
 }
 
 fn write_csv(path: &Path, s: &Sweep) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let write = |w: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
-        writeln!(w, "ts,policy,knob,demand,shards_ready,shards_requested")?;
+    shardcast_fs::write_file(path, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        csv.write_record([
+            "ts",
+            "policy",
+            "knob",
+            "demand",
+            "shards_ready",
+            "shards_requested",
+        ])?;
         for run in runs(s) {
             for r in &run.records {
-                let knob = r.knob.map(|k| k.to_string()).unwrap_or_default();
-                writeln!(
-                    w,
-                    "{},{},{knob},{:.6},{},{}",
-                    r.ts,
-                    r.policy.as_str(),
-                    r.demand,
-                    r.shards_ready,
-                    r.shards_requested
-                )?;
+                csv.write_record([
+                    r.ts.to_string(),
+                    r.policy.as_str().to_owned(),
+                    r.knob.map(|k| k.to_string()).unwrap_or_default(),
+                    format!("{:.6}", r.demand),
+                    r.shards_ready.to_string(),
+                    r.shards_requested.to_string(),
+                ])?;
             }
         }
-        w.flush()
-    };
-    write(&mut w).with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(w);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        csv.flush()
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn knob_text(s: &Summary) -> String {
@@ -483,78 +456,6 @@ fn print_summary(s: &Sweep) {
     }
 }
 
-/// Issue 5's targets, measured on the swept runs (no interpolation).
-struct Targets<'a> {
-    /// The protocol's reactive rule, when swept.
-    reference: Option<&'a Summary>,
-    oracle: &'a Summary,
-    /// The shardcast run with the fewest under-provisioned steps among those
-    /// with no more shard-hours than the reference.
-    cheaper: Option<&'a Summary>,
-    /// The shardcast run with the fewest shard-hours among those with no
-    /// more under-provisioned steps than the reference.
-    as_safe: Option<&'a Summary>,
-    shardcast: Vec<&'a Summary>,
-}
-
-impl<'a> Targets<'a> {
-    fn of(s: &'a Sweep) -> Self {
-        let of = |kind| {
-            s.runs
-                .iter()
-                .map(|r| &r.summary)
-                .filter(move |r| r.policy == kind)
-        };
-        let reference = of(PolicyKind::Reactive).find(|r| {
-            r.knob
-                .is_some_and(|k| (k - PROTOCOL_UTILISATION).abs() < 1e-9)
-        });
-        let shardcast: Vec<&Summary> = of(PolicyKind::Shardcast).collect();
-        let cheaper = reference.and_then(|re| {
-            shardcast
-                .iter()
-                .filter(|r| r.shard_hours <= re.shard_hours * (1.0 + 1e-12))
-                .min_by(|a, b| {
-                    a.under_provisioned_steps
-                        .cmp(&b.under_provisioned_steps)
-                        .then(a.shard_hours.total_cmp(&b.shard_hours))
-                })
-                .copied()
-        });
-        let as_safe = reference.and_then(|re| {
-            shardcast
-                .iter()
-                .filter(|r| r.under_provisioned_steps <= re.under_provisioned_steps)
-                .min_by(|a, b| a.shard_hours.total_cmp(&b.shard_hours))
-                .copied()
-        });
-        Self {
-            reference,
-            oracle: &s.oracle.summary,
-            cheaper,
-            as_safe,
-            shardcast,
-        }
-    }
-
-    /// The service level to draw: the one that meets target 1, else 2, else
-    /// the middle of the sweep.
-    fn shown_level(&self, s: &Sweep) -> Option<f64> {
-        self.cheaper
-            .or(self.as_safe)
-            .and_then(|r| r.knob)
-            .or_else(|| {
-                let levels: Vec<f64> = s
-                    .runs
-                    .iter()
-                    .filter(|r| r.summary.policy == PolicyKind::Shardcast)
-                    .filter_map(|r| r.summary.knob)
-                    .collect();
-                levels.get(levels.len() / 2).copied()
-            })
-    }
-}
-
 fn print_targets(t: &Targets<'_>) {
     let Some(re) = t.reference else {
         println!(
@@ -578,7 +479,7 @@ fn print_targets(t: &Targets<'_>) {
     let allowed = re.under_provisioned_steps / 2;
     match t.cheaper {
         Some(r) => {
-            let met = r.under_provisioned_steps <= allowed;
+            let met = t.cheaper_met() == Some(true);
             println!(
                 "  1. at no more shard-hours, at most half its under-provisioned steps (<= {allowed}): \
                  shardcast {} has {} ({:.2}%) at {:.3} x oracle: {}",
@@ -613,7 +514,7 @@ fn print_targets(t: &Targets<'_>) {
     }
     match t.as_safe {
         Some(r) => {
-            let met = vs(r) <= ORACLE_SLACK;
+            let met = t.as_safe_met() == Some(true);
             println!(
                 "  2. at its under-provisioned level (<= {} steps), shard-hours within 15% of the oracle's: \
                  shardcast {} has {} steps at {:.3} x oracle: {}",
@@ -646,7 +547,6 @@ fn print_targets(t: &Targets<'_>) {
             );
         }
     }
-    let _ = t.oracle;
 }
 
 /// The chart: demand against ready shards per policy, the forecast fan at
