@@ -304,7 +304,10 @@ fn killed_ingest_leaves_all_or_nothing() {
             "after a kill mid-write: {n} rows, {base} before and {total} in the batch"
         );
         if n == base {
-            assert!(wrote, "the ingest ended without a file and without its rows");
+            assert!(
+                wrote,
+                "the ingest ended without a file and without its rows"
+            );
             killed = Some((store_dir, base));
             break;
         }

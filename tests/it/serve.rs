@@ -623,9 +623,10 @@ async fn until(what: &str, mut ready: impl FnMut() -> bool) {
 
 /// Waits until every client's newest answer came from `version`.
 async fn all_served_by(latest: &[Arc<AtomicU32>], version: u32) {
-    until(&format!("every client answered by version {version}"), || {
-        latest.iter().all(|l| l.load(Ordering::Relaxed) == version)
-    })
+    until(
+        &format!("every client answered by version {version}"),
+        || latest.iter().all(|l| l.load(Ordering::Relaxed) == version),
+    )
     .await;
 }
 
@@ -643,7 +644,12 @@ async fn new_model_versions_are_served_under_load_without_a_failed_request() {
     let f = Fixture::new();
     let server = f.serve(&["--metrics-listen", "127.0.0.1:0"]);
     let metrics = server.metrics.clone().unwrap();
-    let polls = || metric(&http_get(&metrics, "/metrics"), "shardcast_model_polls_total");
+    let polls = || {
+        metric(
+            &http_get(&metrics, "/metrics"),
+            "shardcast_model_polls_total",
+        )
+    };
     let mut models = ModelServiceClient::new(server.channel().await);
     let stop = Arc::new(AtomicBool::new(false));
     let (tasks, latest, failures) = load(&server, 4, Arc::clone(&stop));

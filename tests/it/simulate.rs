@@ -153,7 +153,11 @@ fn simulate_writes_the_records_summary_and_chart() {
     // the header, the oracle's and the reactive rule's.
     let model_free: Vec<&str> = stdout
         .lines()
-        .filter(|l| ["policy", "oracle", "reactive"].iter().any(|p| l.starts_with(p)))
+        .filter(|l| {
+            ["policy", "oracle", "reactive"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .collect();
     insta::assert_snapshot!("simulate_summary_model_free", model_free.join("\n"));
     assert_eq!(

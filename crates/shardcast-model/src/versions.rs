@@ -40,9 +40,8 @@ pub fn next_version(dir: &Path) -> io::Result<u32> {
     }
     std::fs::read_dir(dir)?;
     let max = numbered(dir).into_iter().map(|(v, _)| v).max().unwrap_or(0);
-    max.checked_add(1).ok_or_else(|| {
-        io::Error::other(format!("{} already holds version {max}", dir.display()))
-    })
+    max.checked_add(1)
+        .ok_or_else(|| io::Error::other(format!("{} already holds version {max}", dir.display())))
 }
 
 /// Subdirectories of `dir` named by a number, with their paths.
@@ -79,6 +78,10 @@ mod tests {
         assert_eq!(newest(d.path(), "default"), Some((10, m.join("10"))));
         assert_eq!(next_version(&m).unwrap(), 11);
         std::fs::create_dir(m.join("12")).unwrap();
-        assert_eq!(next_version(&m).unwrap(), 13, "an empty version is not reused");
+        assert_eq!(
+            next_version(&m).unwrap(),
+            13,
+            "an empty version is not reused"
+        );
     }
 }

@@ -130,7 +130,13 @@ mod tests {
 
     /// A server of a router answering "hello" on `/metrics`, its address
     /// and the sender that stops it.
-    async fn start(limits: Limits) -> (std::net::SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    async fn start(
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new()
@@ -145,7 +151,7 @@ mod tests {
 
     /// Sends `request` on a new connection and reads until the server
     /// closes it.
-    async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    async fn exchange(addr: std::net::SocketAddr, request: String) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         let mut out = String::new();
@@ -153,22 +159,25 @@ mod tests {
         out
     }
 
-    fn get(path: &str) -> String {
+    fn request(path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n")
     }
 
     #[tokio::test]
     async fn answers_get_head_and_query_strings_and_404_elsewhere() {
         let (addr, _stop, _task) = start(Limits::default()).await;
-        let ok = exchange(addr, &get("/metrics")).await;
+        let ok = exchange(addr, request("/metrics")).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nhello\n"), "{ok}");
-        let query = exchange(addr, &get("/metrics?name[]=x")).await;
-        assert!(query.starts_with("HTTP/1.1 200") && query.ends_with("hello\n"), "{query}");
-        let head = exchange(addr, "HEAD /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let query = exchange(addr, request("/metrics?name[]=x")).await;
+        assert!(
+            query.starts_with("HTTP/1.1 200") && query.ends_with("hello\n"),
+            "{query}"
+        );
+        let head = exchange(addr, "HEAD /metrics HTTP/1.1\r\nhost: x\r\n\r\n".into()).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
-        let missing = exchange(addr, &get("/nope")).await;
+        let missing = exchange(addr, request("/nope")).await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         assert!(missing.ends_with("try GET /metrics\n"), "{missing}");
     }
@@ -189,7 +198,7 @@ mod tests {
             .await
             .expect("a silent connection is closed")
             .unwrap();
-        let ok = exchange(addr, &get("/metrics")).await;
+        let ok = exchange(addr, request("/metrics")).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     }
 
@@ -202,7 +211,7 @@ mod tests {
         };
         let (addr, _stop, _task) = start(limits).await;
         let silent = TcpStream::connect(addr).await.unwrap();
-        let waiting = tokio::spawn(exchange(addr, &get("/metrics")));
+        let waiting = tokio::spawn(exchange(addr, request("/metrics")));
         // Held while the silent client keeps the only slot.
         assert!(
             tokio::time::timeout(Duration::from_millis(300), async {
@@ -222,7 +231,11 @@ mod tests {
     #[tokio::test]
     async fn shutdown_stops_accepting_and_returns() {
         let (addr, stop, task) = start(Limits::default()).await;
-        assert!(exchange(addr, &get("/metrics")).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            exchange(addr, request("/metrics"))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
         stop.send(()).unwrap();
         task.await.unwrap();
         assert!(TcpStream::connect(addr).await.is_err());

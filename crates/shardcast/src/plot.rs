@@ -138,7 +138,8 @@ pub(crate) fn write_png(
     panels: &[Panel],
 ) -> Result<()> {
     let bytes = render_png(width, panel_height, panels)?;
-    shardcast_fs::write_bytes(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    shardcast_fs::write_bytes(path, &bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Draws `panels` as [`write_png`] does and returns the PNG bytes.

@@ -2,7 +2,7 @@
 //! `metrics.json`. A directory is written aside and renamed into place, so a
 //! reader sees a whole model or none.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 

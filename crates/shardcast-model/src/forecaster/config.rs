@@ -145,10 +145,7 @@ impl ModelConfig {
     /// small data. The command line and library callers start from this.
     pub fn for_data(data: &DataShape) -> Self {
         let horizon = data.horizon;
-        let season = data
-            .season
-            .or(data.per_day)
-            .unwrap_or(horizon.max(1));
+        let season = data.season.or(data.per_day).unwrap_or(horizon.max(1));
         let context = 48.min(season.max(horizon));
         let mut lags = vec![];
         if season >= horizon {
@@ -473,6 +470,9 @@ mod tests {
             ..hourly(5000, 5000)
         };
         let c = ModelConfig::for_data(&odd);
-        assert_eq!((c.season, c.context, c.lags.clone()), (10, 10, vec![10, 70]));
+        assert_eq!(
+            (c.season, c.context, c.lags.clone()),
+            (10, 10, vec![10, 70])
+        );
     }
 }

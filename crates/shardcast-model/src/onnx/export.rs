@@ -7,7 +7,6 @@
 //! window statistics in float64, as the Rust code accumulates them), so the
 //! two agree to float32 rounding.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;

@@ -87,18 +87,21 @@ impl<'a> Targets<'a> {
     /// Whether target 2 is met; `None` when it cannot be checked.
     pub fn as_safe_met(&self) -> Option<bool> {
         self.reference?;
-        Some(self.as_safe.is_some_and(|r| {
-            r.shard_hours_vs_oracle
-                .is_some_and(|v| v <= ORACLE_SLACK)
-        }))
+        Some(
+            self.as_safe
+                .is_some_and(|r| r.shard_hours_vs_oracle.is_some_and(|v| v <= ORACLE_SLACK)),
+        )
     }
 
     /// The service level to draw: the one that meets target 1, else 2, else
     /// the middle of the sweep.
     pub fn shown_level(&self) -> Option<f64> {
-        self.cheaper.or(self.as_safe).and_then(|r| r.knob).or_else(|| {
-            let levels: Vec<f64> = self.shardcast.iter().filter_map(|r| r.knob).collect();
-            levels.get(levels.len() / 2).copied()
-        })
+        self.cheaper
+            .or(self.as_safe)
+            .and_then(|r| r.knob)
+            .or_else(|| {
+                let levels: Vec<f64> = self.shardcast.iter().filter_map(|r| r.knob).collect();
+                levels.get(levels.len() / 2).copied()
+            })
     }
 }

@@ -287,7 +287,11 @@ fn targets_pick_the_runs_that_decide_them() {
             summary(Reactive, Some(0.7), 10, 120.0),
         ]
         .into_iter()
-        .chain(shardcast.iter().map(|&(k, u, h)| summary(Shardcast, Some(k), u, h)))
+        .chain(
+            shardcast
+                .iter()
+                .map(|&(k, u, h)| summary(Shardcast, Some(k), u, h)),
+        )
         .collect(),
     };
     // 0.9 is cheaper than the reference with 5 steps (<= 10 / 2): target 1
@@ -296,7 +300,11 @@ fn targets_pick_the_runs_that_decide_them() {
     let t = Targets::of(&s);
     assert_eq!(t.reference.unwrap().knob, Some(0.7));
     assert_eq!(t.allowed_steps(), Some(5));
-    assert_eq!(t.cheaper.unwrap().knob, Some(0.99), "fewest steps at no more hours");
+    assert_eq!(
+        t.cheaper.unwrap().knob,
+        Some(0.99),
+        "fewest steps at no more hours"
+    );
     assert_eq!(t.as_safe.unwrap().knob, Some(0.99));
     assert_eq!((t.cheaper_met(), t.as_safe_met()), (Some(true), Some(true)));
     assert_eq!(t.shown_level(), Some(0.99));
@@ -306,7 +314,10 @@ fn targets_pick_the_runs_that_decide_them() {
     let t = Targets::of(&s);
     assert!(t.cheaper.is_none());
     assert_eq!(t.as_safe.unwrap().knob, Some(0.9));
-    assert_eq!((t.cheaper_met(), t.as_safe_met()), (Some(false), Some(false)));
+    assert_eq!(
+        (t.cheaper_met(), t.as_safe_met()),
+        (Some(false), Some(false))
+    );
     assert_eq!(t.shown_level(), Some(0.9));
     // Without the protocol's reactive rule nothing can be checked.
     let mut s = sweep(&[(0.9, 5, 100.0)]);

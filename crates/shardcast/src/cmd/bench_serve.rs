@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use shardcast_model::versions;
 use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_client::ForecastServiceClient;
-use shardcast_model::versions;
 use shardcast_store::ingest::{MetricMapping, ReadSettings, parse_metric_files};
 use tonic::transport::Channel;
 
@@ -167,12 +167,12 @@ fn model(args: &BenchServeArgs) -> Result<(PathBuf, PathBuf)> {
     let src = versions::newest(&args.models_dir, &args.model)
         .map(|(_, dir)| dir)
         .with_context(|| {
-        format!(
-            "no model {} under {}",
-            args.model,
-            args.models_dir.display()
-        )
-    })?;
+            format!(
+                "no model {} under {}",
+                args.model,
+                args.models_dir.display()
+            )
+        })?;
     let version = src.file_name().expect("a version directory");
     let root = args.dir.join("models");
     let dst = root.join(&args.model).join(version);

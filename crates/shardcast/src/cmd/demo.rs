@@ -11,7 +11,6 @@
 mod replay;
 
 use anyhow::{Context, Result, bail};
-use shardcast_core::GridStep;
 use shardcast_store::ingest::{
     EventMapping, KeySource, MetricMapping, ReadSettings, TimestampFormat, expand_inputs,
     parse_event_files, parse_metric_files,

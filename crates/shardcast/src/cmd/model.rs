@@ -284,7 +284,10 @@ fn write_forecasts(
     shardcast_fs::write_file(path, |w| {
         let mut csv = csv::Writer::from_writer(w);
         let head = ["series", "ts", "step"].map(String::from);
-        csv.write_record(head.into_iter().chain(levels.iter().map(|q| format!("q{q}"))))?;
+        csv.write_record(
+            head.into_iter()
+                .chain(levels.iter().map(|q| format!("q{q}"))),
+        )?;
         for ((r, s), label) in bt.series.iter().zip(data).zip(labels) {
             for (i, st) in r.steps.iter().enumerate() {
                 let ts = Timestamp(s.start + step * (r.first + i) as i64);
@@ -496,7 +499,10 @@ mod tests {
             "{:#}",
             configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap_err()
         );
-        assert!(e.contains("train.toml") && e.contains("unknown field `width`"), "{e}");
+        assert!(
+            e.contains("train.toml") && e.contains("unknown field `width`"),
+            "{e}"
+        );
     }
 
     #[test]

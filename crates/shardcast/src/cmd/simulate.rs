@@ -6,8 +6,7 @@
 
 mod source;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -15,8 +14,8 @@ use shardcast_core::overlay::overlaid;
 use shardcast_core::{GridStep, QuantileForecast, Timestamp};
 use shardcast_model::forecaster::{Model, TrainSeries};
 use shardcast_planner::simulator::{
-    ORACLE_SLACK, PROTOCOL_UTILISATION, PolicyKind, SimConfig, SimRun, SourceRequest, Summary, Sweep, SweepSpec,
-    Targets, Trace, collect_forecasts, lead_steps, sweep,
+    ORACLE_SLACK, PROTOCOL_UTILISATION, PolicyKind, SimConfig, SimRun, SourceRequest, Summary,
+    Sweep, SweepSpec, Targets, Trace, collect_forecasts, lead_steps, sweep,
 };
 use shardcast_store::resample::{Agg, GapFill, resample};
 
