@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use shardcast_core::{GridStep, SeriesKey};
-use shardcast_model::forecaster::{Model, SeriesInput};
+use shardcast_core::{Forecaster, GridStep, SeriesKey, Window};
+use shardcast_model::forecaster::Model;
 use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_client::ForecastServiceClient;
 use shardcast_proto::ingest::v1 as ipb;
@@ -203,16 +203,23 @@ async fn direct(f: &Fixture, series: &str) -> Vec<f32> {
     let grid = resample(&data.ts, &data.value, step, Agg::Mean, GapFill::Linear).unwrap();
     let values = grid.to_f32();
     let events = vec![0f32; values.len() + model.config().horizon];
-    let input = SeriesInput {
-        series: model.series_row(&k.to_string()),
-        shard_type: model.shard_type_row("ec2-cpu"),
-        start: grid.start.millis(),
-        step: model.step_ms(),
-        values: &values,
+    let name = k.to_string();
+    assert!(
+        model.series().iter().any(|m| m.name == name),
+        "the bundled model knows {series}"
+    );
+    let window = Window {
+        series: &name,
+        shard_type: "ec2-cpu",
+        start: grid.start,
+        step,
+        history: &values,
         events: Some(&events),
     };
-    assert!(input.series > 0, "the bundled model knows {series}");
-    model.forecast(&[(input, values.len())]).unwrap()
+    Forecaster::forecast(&model, &window)
+        .unwrap()
+        .values()
+        .to_vec()
 }
 
 fn flat(f: &pb::Forecast) -> Vec<f32> {

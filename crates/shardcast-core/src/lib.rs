@@ -3,7 +3,8 @@
 //! This crate owns the vocabulary: [`SeriesKey`] (which series a point
 //! belongs to), [`Quantile`] and [`QuantileForecast`] (a probabilistic
 //! forecast whose quantiles never cross), [`Horizon`], [`Timestamp`] helpers
-//! the [`Forecaster`] trait that models implement, the one seeded
+//! the [`Forecaster`] contract that every model implements (with
+//! [`SeasonalNaive`], the baseline), the one seeded
 //! generator of the workspace ([`rng`]) and configuration files laid over
 //! defaults ([`overlay`]).
 //!
@@ -14,6 +15,7 @@
 mod decision;
 mod error;
 mod forecast;
+mod naive;
 pub mod overlay;
 mod quantile;
 mod resources;
@@ -26,7 +28,8 @@ pub use decision::{
     WindowPart,
 };
 pub use error::{Error, Result};
-pub use forecast::{ForecastRequest, Forecaster, QuantileForecast};
+pub use forecast::{ForecastSpec, Forecaster, QuantileForecast, Window};
+pub use naive::SeasonalNaive;
 pub use quantile::{Horizon, PROTOCOL_QUANTILES, Quantile, QuantileSet};
 pub use resources::Resources;
 pub use series::{SeriesKey, ShardType};

@@ -7,9 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::forecaster::{
-    FitReport, Model, ModelConfig, Progress, SeriesInput, TrainConfig, TrainSeries,
-};
+use shardcast_core::{Forecaster, GridStep, Timestamp, Window};
+
+use crate::forecaster::{FitReport, Model, ModelConfig, Progress, TrainConfig, TrainSeries};
 use crate::metrics::{self, Score};
 
 /// One series on its grid, training range and held-out points together.
@@ -170,51 +170,72 @@ pub fn run(
         .collect();
     let (model, fit) = Model::fit(config, train, spec.step_ms, &train_data, progress)?;
     let started = std::time::Instant::now();
+    let results = evaluate(&model, spec, data)?;
+    let forecast_seconds = started.elapsed().as_secs_f64();
+    Ok(Backtest {
+        series: results,
+        model,
+        fit,
+        forecast_seconds,
+    })
+}
+
+/// Forecasts the held-out points of every series with `forecaster`, in
+/// consecutive windows of its horizon (each sees every point before it),
+/// and scores them beside seasonal naive on the same windows. A window
+/// without a forecast fails the backtest.
+pub fn evaluate<F: Forecaster + ?Sized>(
+    forecaster: &F,
+    spec: BacktestSpec,
+    data: &[BacktestSeries],
+) -> Result<Vec<SeriesResult>, F::Error> {
+    let fspec = forecaster.spec();
+    let (h, levels) = (fspec.horizon, fspec.levels);
+    let quantiles: Vec<f64> = levels.levels().iter().map(|l| l.get()).collect();
+    let step = GridStep::from_millis(spec.step_ms)?;
     let mut windows = Vec::new();
     let mut owner = Vec::new();
     for (i, s) in data.iter().enumerate() {
-        let first = s.values.len() - spec.test_points;
-        let input = SeriesInput {
-            series: model.series_row(&s.name),
-            shard_type: model.shard_type_row(&s.shard_type),
-            start: s.start,
-            step: spec.step_ms,
-            values: &s.values,
-            events: s.events.as_deref(),
-        };
-        for origin in (first..s.values.len()).step_by(spec.horizon) {
-            windows.push((input, origin));
+        let first = s.values.len().saturating_sub(spec.test_points);
+        for origin in (first..s.values.len()).step_by(h.max(1)) {
+            windows.push(Window {
+                series: &s.name,
+                shard_type: &s.shard_type,
+                start: Timestamp(s.start),
+                step,
+                history: &s.values[..origin],
+                events: s.events.as_deref(),
+            });
             owner.push(i);
         }
     }
-    let fc = model.forecast(&windows)?;
-    let forecast_seconds = started.elapsed().as_secs_f64();
-    let (h, q) = (config.horizon, config.quantiles.len());
+    let forecasts = forecaster.forecast_batch(&windows)?;
     let mut results: Vec<SeriesResult> = data
         .iter()
         .map(|s| SeriesResult {
             name: s.name.clone(),
-            first: s.values.len() - spec.test_points,
+            first: s.values.len().saturating_sub(spec.test_points),
             steps: Vec::new(),
             forecasts: Vec::new(),
             model: empty_score(),
             naive: empty_score(),
         })
         .collect();
-    for (w, (&i, (_, origin))) in owner.iter().zip(&windows).enumerate() {
-        let n = data[i].values.len();
-        let steps = h.min(n - origin);
+    for ((&i, w), f) in owner.iter().zip(&windows).zip(forecasts) {
+        let f = f?;
+        let steps = h.min(data[i].values.len() - w.history.len());
         let r = &mut results[i];
         r.steps.extend(1..=steps);
-        r.forecasts.extend_from_slice(&fc[w * h * q..][..steps * q]);
+        r.forecasts
+            .extend_from_slice(&f.values()[..steps * levels.len()]);
     }
     for (r, s) in results.iter_mut().zip(data) {
         let train_part = &s.values[..r.first];
         let actual = &s.values[r.first..];
         let scale = metrics::mase_scale(train_part, spec.season);
-        r.model = metrics::score(actual, &r.forecasts, &config.quantiles, scale);
+        r.model = metrics::score(actual, &r.forecasts, &quantiles, scale);
         let mut naive = Vec::with_capacity(r.forecasts.len());
-        for origin in (r.first..s.values.len()).step_by(h) {
+        for origin in (r.first..s.values.len()).step_by(h.max(1)) {
             let steps = h.min(s.values.len() - origin);
             naive.extend(metrics::seasonal_naive(
                 &s.values,
@@ -222,17 +243,12 @@ pub fn run(
                 spec.season,
                 origin,
                 steps,
-                &config.quantiles,
+                &quantiles,
             ));
         }
-        r.naive = metrics::score(actual, &naive, &config.quantiles, scale);
+        r.naive = metrics::score(actual, &naive, &quantiles, scale);
     }
-    Ok(Backtest {
-        series: results,
-        model,
-        fit,
-        forecast_seconds,
-    })
+    Ok(results)
 }
 
 fn empty_score() -> Score {

@@ -87,6 +87,11 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A forecast that breaks the core's rules (values not finite,
+    /// quantiles crossing, a context it cannot use).
+    #[error(transparent)]
+    Forecast(#[from] shardcast_core::Error),
+
     /// Backward was asked for a forward pass that did not keep its activations.
     #[error("{op}: backward called without saved activations")]
     NotSaved {

@@ -17,6 +17,7 @@
 mod artifact;
 mod baseline;
 mod config;
+mod contract;
 mod features;
 mod hybrid;
 mod network;
@@ -38,6 +39,7 @@ pub use config::{
     SMALL_DATA_POINTS, TrainConfig,
 };
 pub use features::{SeriesInput, SeriesScale};
+pub use contract::StatisticalHalf;
 pub use hybrid::Hybrid;
 pub(crate) use hybrid::MISS_CAP;
 pub use reversion::Reversion;
@@ -624,7 +626,11 @@ impl Model {
                 let scale = self.scale_for(input, *origin);
                 push_window(&self.config, &scale, input, *origin, false, &mut batch)?;
             }
-            let mut z = self.network_quantiles(&batch)?;
+            // All weight on the statistical half: the network is not asked.
+            let mut z = match hybrid {
+                Some(hy) if hy.weight == 0.0 => vec![0f32; chunk.len() * h * q],
+                _ => self.network_quantiles(&batch)?,
+            };
             if let Some(hybrid) = hybrid {
                 hybrid.blend(&self.config, &batch, &mut z);
             }

@@ -63,6 +63,7 @@
 mod contract;
 mod eval;
 mod export;
+mod forecaster;
 mod proto;
 #[cfg(test)]
 mod tests;

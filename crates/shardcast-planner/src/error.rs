@@ -49,6 +49,11 @@ pub enum Error {
     /// A domain value rejected by core.
     #[error(transparent)]
     Core(#[from] shardcast_core::Error),
+    /// Forecasts a simulation cannot use: a forecaster that failed or does
+    /// not fit the trace's grid and look-ahead, or a demand series that is
+    /// not the trace.
+    #[error("forecasts: {0}")]
+    Forecasts(String),
 }
 
 /// Result alias of this crate.

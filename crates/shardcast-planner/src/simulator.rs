@@ -21,8 +21,8 @@
 //!   requested by `s − lead` and must not be released before `s`); with
 //!   newest-first releases this covers every step and no schedule has fewer
 //!   shards at any step.
-//! - **shardcast** asks a [`ForecastSource`] for a forecast from the
-//!   history before step `t` and runs [`crate::scale::plan_scale`] on it.
+//! - **shardcast** asks a [`Forecaster`] for a forecast from the
+//!   history before step `t` ([`collect_forecasts`]) and runs [`crate::scale::plan_scale`] on it.
 //!
 //! # Figures
 //!
@@ -35,7 +35,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use shardcast_core::{
-    FallbackCause, GridStep, QuantileForecast, QuantileSet, ScaleBasis, ShardType, Timestamp,
+    FallbackCause, Forecaster, GridStep, QuantileForecast, ScaleBasis, ShardType, Timestamp,
+    Window,
 };
 
 use crate::error::{Error, Result, check_open_unit};
@@ -258,90 +259,175 @@ pub struct SimRun {
     pub records: Vec<StepRecord>,
 }
 
-/// What a forecast source is asked at step `t`.
+/// Forecasts computed per forecaster call: windows of consecutive steps
+/// are batched, as one call is much cheaper than one per window.
+const BLOCK: usize = 256;
+
+/// The series a trace was made from, in its own units, as the shardcast
+/// policy's forecaster reads it: the trace is `values[offset..] /
+/// capacity`, and the forecast for trace step `t` is made from
+/// `values[..offset + t]` alone.
 #[derive(Debug, Clone, Copy)]
-pub struct SourceRequest<'a> {
-    /// Demand of every step before `t`, in shard units.
-    pub history: &'a [f64],
-    /// Time of step `t`, the forecast's first step.
+pub struct Demand<'a> {
+    /// The series id the forecaster knows it by.
+    pub series: &'a str,
+    /// Its shard type.
+    pub shard_type: &'a str,
+    /// Time of `values[0]`.
     pub start: Timestamp,
-    /// Grid spacing.
-    pub step: GridStep,
-    /// Steps to forecast.
-    pub horizon: usize,
+    /// Observed demand on the trace's grid, the points before the trace
+    /// included.
+    pub values: &'a [f32],
+    /// Event indicator on the same grid (events are known ahead).
+    pub events: Option<&'a [f32]>,
+    /// Demand one shard serves.
+    pub capacity: f64,
 }
 
-/// Supplies forecasts to the shardcast policy: the model in production,
-/// fakes in tests. `None` means no forecast, and the planner falls back.
-pub trait ForecastSource {
-    /// A forecast of demand (shard units) starting at `request.start`.
-    fn forecast(&mut self, request: &SourceRequest<'_>) -> Option<QuantileForecast>;
-}
-
-impl<F> ForecastSource for F
-where
-    F: FnMut(&SourceRequest<'_>) -> Option<QuantileForecast>,
-{
-    fn forecast(&mut self, request: &SourceRequest<'_>) -> Option<QuantileForecast> {
-        self(request)
-    }
-}
-
-/// A seasonal-naive source: the value one season ago plus the empirical
-/// quantiles of the seasonal differences over the last `window` steps.
-/// A baseline; `shardcast simulate` feeds the planner the demand model.
-#[derive(Debug, Clone)]
-pub struct SeasonalNaiveSource {
-    /// Season length in steps.
-    pub season: usize,
-    /// How many recent seasonal differences estimate the spread.
-    pub window: usize,
-    /// Levels to emit.
-    pub levels: QuantileSet,
-}
-
-impl SeasonalNaiveSource {
-    /// A source with the protocol's 13 levels.
-    pub fn new(season: usize, window: usize) -> Self {
+impl<'a> Demand<'a> {
+    /// Demand in shard units on one grid, for tests and callers that have
+    /// no other history: capacity 1, values as given.
+    pub fn of_trace(trace: &Trace, values: &'a [f32]) -> Self {
         Self {
-            season: season.max(1),
-            window: window.max(1),
-            levels: QuantileSet::protocol(),
+            series: "",
+            shard_type: "",
+            start: trace.start,
+            values,
+            events: None,
+            capacity: 1.0,
         }
+    }
+
+    /// Where trace step 0 sits in `values`, checking that the trace is
+    /// this series divided by the capacity.
+    fn offset_of(&self, trace: &Trace) -> Result<usize> {
+        let step = trace.step.millis();
+        let since = trace.start.0 - self.start.0;
+        let bad = |reason: String| Error::Forecasts(format!("series `{}`: {reason}", self.series));
+        if since < 0 || since % step != 0 {
+            return Err(bad(format!(
+                "the trace starts at {}, not on the series' grid from {} by {}",
+                trace.start, self.start, trace.step
+            )));
+        }
+        let offset = (since / step) as usize;
+        if offset + trace.values.len() > self.values.len() {
+            return Err(bad(format!(
+                "the trace ends after the series ({} points from point {offset}, {} in all)",
+                trace.values.len(),
+                self.values.len()
+            )));
+        }
+        crate::error::check_range(
+            "capacity",
+            self.capacity,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            "must be positive",
+        )?;
+        for (t, &v) in trace.values.iter().enumerate() {
+            let stored = f64::from(self.values[offset + t]) / self.capacity;
+            if (v - stored).abs() > 1e-6 * stored.abs().max(1.0) {
+                return Err(bad(format!(
+                    "the trace ({v}) differs from the series divided by the capacity ({stored}) at point {}",
+                    offset + t
+                )));
+            }
+        }
+        Ok(offset)
     }
 }
 
-impl ForecastSource for SeasonalNaiveSource {
-    fn forecast(&mut self, r: &SourceRequest<'_>) -> Option<QuantileForecast> {
-        let h = r.history;
-        let s = self.season;
-        if h.len() <= s {
-            return None;
+/// Asks `forecaster` for the forecast of every step of `trace`, each from
+/// the history of `demand` before it, in shard units (never negative).
+/// Forecasts do not depend on the service level, so a sweep collects them
+/// once. A step without a forecast (no history yet, a window the
+/// forecaster refuses) is `None`, and the planner falls back there; a
+/// forecaster that cannot run at all, or forecasts fewer steps than the
+/// policy looks ahead, is an error.
+pub fn collect_forecasts<F: Forecaster + ?Sized>(
+    trace: &Trace,
+    cfg: &SimConfig,
+    forecaster: &F,
+    demand: &Demand<'_>,
+) -> Result<Vec<Option<QuantileForecast>>> {
+    let offset = demand.offset_of(trace)?;
+    let horizon = shardcast_horizon(cfg, trace.step);
+    let spec = forecaster.spec();
+    if spec.horizon < horizon {
+        return Err(Error::Forecasts(format!(
+            "the planner needs {horizon} forecast steps, the forecaster forecasts {}",
+            spec.horizon
+        )));
+    }
+    if spec.step.is_some_and(|s| s != trace.step) {
+        return Err(Error::Forecasts(format!(
+            "the trace is on a {} grid, the forecaster's is {:?}",
+            trace.step, spec.step
+        )));
+    }
+    let failed = |e: F::Error| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
         }
-        let from = h.len().saturating_sub(self.window).max(s);
-        let mut diffs: Vec<f64> = (from..h.len()).map(|j| h[j] - h[j - s]).collect();
-        diffs.sort_by(f64::total_cmp);
-        let offsets: Vec<f64> = self
-            .levels
-            .levels()
-            .iter()
-            .map(|q| empirical_quantile(&diffs, q.get()))
+        Error::Forecasts(text)
+    };
+    let mut out: Vec<Option<QuantileForecast>> = vec![None; trace.values.len()];
+    let mut refused = 0usize;
+    for from in (0..trace.values.len()).step_by(BLOCK) {
+        let to = (from + BLOCK).min(trace.values.len());
+        let windows: Vec<Window<'_>> = (from..to)
+            .map(|t| Window {
+                series: demand.series,
+                shard_type: demand.shard_type,
+                start: demand.start,
+                step: trace.step,
+                history: &demand.values[..offset + t],
+                events: demand.events,
+            })
             .collect();
-        let mut values = Vec::with_capacity(r.horizon * offsets.len());
-        for i in 0..r.horizon {
-            let base = h[h.len() - s + (i % s)];
-            values.extend(offsets.iter().map(|o| (base + o).max(0.0) as f32));
+        let answers = forecaster.forecast_batch(&windows).map_err(failed)?;
+        if answers.len() != windows.len() {
+            return Err(Error::Forecasts(format!(
+                "{} forecasts for {} windows",
+                answers.len(),
+                windows.len()
+            )));
         }
-        QuantileForecast::new(self.levels.clone(), r.start, r.step, values).ok()
+        for (t, answer) in (from..to).zip(answers) {
+            match answer.and_then(|f| in_shards(&f, horizon, demand.capacity)) {
+                Ok(f) => out[t] = Some(f),
+                Err(e) => {
+                    if refused == 0 {
+                        tracing::warn!(error = %e, at = %trace.time_of(t), "no forecast; the planner falls back");
+                    }
+                    refused += 1;
+                }
+            }
+        }
     }
+    if refused > 1 {
+        tracing::warn!(steps = refused, "steps without a forecast");
+    }
+    Ok(out)
 }
 
-/// Linear-interpolated empirical quantile of sorted, non-empty data.
-fn empirical_quantile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (pos - lo as f64) * (sorted[hi] - sorted[lo])
+/// The first `horizon` steps of `f` divided by `capacity`, never negative.
+fn in_shards(
+    f: &QuantileForecast,
+    horizon: usize,
+    capacity: f64,
+) -> shardcast_core::Result<QuantileForecast> {
+    let f = f.truncated(horizon)?;
+    let values = f
+        .values()
+        .iter()
+        .map(|&v| (f64::from(v) / capacity).max(0.0) as f32)
+        .collect();
+    QuantileForecast::new(f.levels().clone(), f.start(), f.step(), values)
 }
 
 /// Shards of a run, oldest request first, each with the step it serves from.
@@ -555,29 +641,8 @@ fn shardcast_horizon(cfg: &SimConfig, step: GridStep) -> usize {
     cfg.lead_steps + lead_steps(cfg.shardcast.hold_secs, step) + 1
 }
 
-/// Asks `source` for the forecast of every step, each from the history
-/// before it. Forecasts do not depend on the service level, so a sweep
-/// collects them once.
-pub fn collect_forecasts(
-    trace: &Trace,
-    cfg: &SimConfig,
-    source: &mut dyn ForecastSource,
-) -> Vec<Option<QuantileForecast>> {
-    let horizon = shardcast_horizon(cfg, trace.step);
-    (0..trace.values.len())
-        .map(|t| {
-            source.forecast(&SourceRequest {
-                history: &trace.values[..t],
-                start: trace.time_of(t),
-                step: trace.step,
-                horizon,
-            })
-        })
-        .collect()
-}
-
 /// The planner on precomputed forecasts (`forecasts[t]` starts at step `t`).
-pub fn simulate_shardcast_with(
+pub fn simulate_shardcast(
     trace: &Trace,
     cfg: &SimConfig,
     service_level: f64,
@@ -626,17 +691,6 @@ pub fn simulate_shardcast_with(
     )
 }
 
-/// The planner, asking `source` for each step's forecast.
-pub fn simulate_shardcast(
-    trace: &Trace,
-    cfg: &SimConfig,
-    service_level: f64,
-    source: &mut dyn ForecastSource,
-) -> Result<SimRun> {
-    let forecasts = collect_forecasts(trace, cfg, source);
-    simulate_shardcast_with(trace, cfg, service_level, &forecasts)
-}
-
 /// Knob values to sweep. Data: parse it from TOML or JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -673,23 +727,22 @@ impl Sweep {
 }
 
 /// Runs the oracle, the reactive policy at each target utilisation and,
-/// when a source is given, shardcast at each service level (forecasts are
-/// collected once and shared by every service level).
+/// given forecasts (from [`collect_forecasts`]), shardcast at each service
+/// level.
 pub fn sweep(
     trace: &Trace,
     cfg: &SimConfig,
     spec: &SweepSpec,
-    source: Option<&mut dyn ForecastSource>,
+    forecasts: Option<&[Option<QuantileForecast>]>,
 ) -> Result<Sweep> {
     let mut oracle = simulate_oracle(trace, cfg)?;
     let mut runs = Vec::new();
     for &target in &spec.target_utilisations {
         runs.push(simulate_reactive(trace, cfg, target)?);
     }
-    if let Some(source) = source {
-        let forecasts = collect_forecasts(trace, cfg, source);
+    if let Some(forecasts) = forecasts {
         for &level in &spec.service_levels {
-            runs.push(simulate_shardcast_with(trace, cfg, level, &forecasts)?);
+            runs.push(simulate_shardcast(trace, cfg, level, forecasts)?);
         }
     }
     let base = oracle.summary.shard_hours;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shardcast_model::forecaster::SeriesInput;
+use shardcast_core::{Forecaster, GridStep, QuantileForecast, Timestamp, Window};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::context::GridTail;
@@ -51,18 +51,19 @@ impl Default for BatchConfig {
     }
 }
 
-/// One forecast to run: a series' history and its embedding rows.
+/// One forecast to run: a series' history and the names the model knows
+/// it by.
 #[derive(Debug)]
 pub struct Job {
     /// The model version to run (the one current when the request arrived).
     pub served: Arc<Served>,
-    /// Embedding row of the series (0 for a series the model never saw).
-    pub series: usize,
-    /// Embedding row of the shard type.
-    pub shard_type: usize,
+    /// The series id (a model that never saw it forecasts it as new).
+    pub series: String,
+    /// Its shard type.
+    pub shard_type: String,
     /// History and events.
     pub tail: Arc<GridTail>,
-    reply: oneshot::Sender<Result<Vec<f32>>>,
+    reply: oneshot::Sender<Result<QuantileForecast>>,
     /// A stream's place in its share of the queue, given back when a worker
     /// takes the job.
     room: Option<OwnedSemaphorePermit>,
@@ -128,14 +129,15 @@ impl Batcher {
         Ok(())
     }
 
-    /// Queues one forecast and waits for its `[horizon, quantiles]` values.
+    /// Queues one forecast and waits for it (the model's horizon and
+    /// levels).
     pub async fn forecast(
         &self,
         served: Arc<Served>,
-        series: usize,
-        shard_type: usize,
+        series: String,
+        shard_type: String,
         tail: Arc<GridTail>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<QuantileForecast> {
         self.enqueue(served, series, shard_type, tail, None).await
     }
 
@@ -146,10 +148,10 @@ impl Batcher {
     pub async fn forecast_waiting(
         &self,
         served: Arc<Served>,
-        series: usize,
-        shard_type: usize,
+        series: String,
+        shard_type: String,
         tail: Arc<GridTail>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<QuantileForecast> {
         let room = Arc::clone(&self.stream_room)
             .acquire_owned()
             .await
@@ -161,11 +163,11 @@ impl Batcher {
     async fn enqueue(
         &self,
         served: Arc<Served>,
-        series: usize,
-        shard_type: usize,
+        series: String,
+        shard_type: String,
         tail: Arc<GridTail>,
         room: Option<OwnedSemaphorePermit>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<QuantileForecast> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             served,
@@ -251,8 +253,8 @@ fn worker(rx: &Mutex<Receiver<Job>>, cfg: BatchConfig, depth: &AtomicUsize, metr
 }
 
 /// Runs a batch, one forward pass per model version; answers in job order.
-fn run(batch: &[Job]) -> Vec<Result<Vec<f32>>> {
-    let mut answers: Vec<Option<Result<Vec<f32>>>> = batch.iter().map(|_| None).collect();
+fn run(batch: &[Job]) -> Vec<Result<QuantileForecast>> {
+    let mut answers: Vec<Option<Result<QuantileForecast>>> = batch.iter().map(|_| None).collect();
     for (i, job) in batch.iter().enumerate() {
         if answers[i].is_some() {
             continue;
@@ -262,17 +264,19 @@ fn run(batch: &[Job]) -> Vec<Result<Vec<f32>>> {
             .filter(|&k| Arc::ptr_eq(&batch[k].served, served))
             .collect();
         let jobs: Vec<&Job> = group.iter().map(|&k| &batch[k]).collect();
-        let per = served.model.horizon() * served.model.quantiles().len();
-        match forward(served, &jobs, per) {
+        match forward(served, &jobs) {
             Ok(out) => {
-                for (&k, vals) in group.iter().zip(out.chunks(per)) {
-                    answers[k] = Some(Ok(vals.to_vec()));
+                for (&k, answer) in group.iter().zip(out) {
+                    answers[k] = Some(answer);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, jobs = group.len(), "batched forecast failed; running its jobs one by one");
                 for &k in &group {
-                    answers[k] = Some(forward(served, &[&batch[k]], per));
+                    answers[k] = Some(
+                        forward(served, &[&batch[k]])
+                            .and_then(|mut one| one.pop().expect("one job, one answer")),
+                    );
                 }
             }
         }
@@ -283,32 +287,33 @@ fn run(batch: &[Job]) -> Vec<Result<Vec<f32>>> {
         .collect()
 }
 
-/// One forward pass over `jobs`, checked to give `per` finite values each.
-fn forward(served: &Served, jobs: &[&Job], per: usize) -> Result<Vec<f32>> {
-    let windows: Vec<_> = jobs
+/// One forward pass over `jobs`: an answer per job, or the error that
+/// failed them all.
+fn forward(served: &Served, jobs: &[&Job]) -> Result<Vec<Result<QuantileForecast>>> {
+    let windows: Vec<Window<'_>> = jobs
         .iter()
         .map(|j| {
-            (
-                SeriesInput {
-                    series: j.series,
-                    shard_type: j.shard_type,
-                    start: j.tail.start,
-                    step: j.tail.step,
-                    values: &j.tail.values,
-                    events: Some(&j.tail.events),
-                },
-                j.tail.values.len(),
-            )
+            Ok(Window {
+                series: &j.series,
+                shard_type: &j.shard_type,
+                start: Timestamp(j.tail.start),
+                step: GridStep::from_millis(j.tail.step)?,
+                history: &j.tail.values,
+                events: Some(&j.tail.events),
+            })
         })
-        .collect();
-    let out = served.model.forecast(&windows)?;
-    if out.len() != jobs.len() * per {
+        .collect::<Result<_>>()?;
+    let out = served.model.forecast_batch(&windows)?;
+    if out.len() != jobs.len() {
         return Err(Error::BadModelOutput {
             version: served.version,
-            reason: format!("{} values for {} forecasts of {per}", out.len(), jobs.len()),
+            reason: format!("{} forecasts for {} windows", out.len(), jobs.len()),
         });
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|answer| answer.map_err(Error::from))
+        .collect())
 }
 
 #[cfg(test)]

@@ -222,9 +222,8 @@ impl State {
         given: Option<&str>,
         queueing: Queueing,
     ) -> Result<Answer> {
-        let model = &served.model;
-        let series = model.series_row(&key.to_string());
-        let shard_type = model.shard_type_row(&key.shard_type);
+        let series = key.to_string();
+        let shard_type = key.shard_type.clone();
         let queued = match queueing {
             Queueing::Refuse => {
                 self.batcher
@@ -237,60 +236,25 @@ impl State {
                     .await
             }
         };
-        let values = queued.map_err(|e| match e {
+        let full = queued.map_err(|e| match e {
             // Queue and shutdown errors are about the server, not the series.
             Error::Overloaded { .. } | Error::ShuttingDown => e,
+            // Values the forecast cannot hold: an overflow of the history, or
+            // the model's fault.
+            Error::Core(bad @ shardcast_core::Error::ForecastValues { .. }) => {
+                bad_values(&bad, &key, served, &tail, given)
+            }
             e => Error::Forecasting {
                 key: key.to_string(),
                 version: served.version,
                 source: Box::new(e),
             },
         })?;
-        if values.iter().any(|v| !v.is_finite()) {
-            let largest = tail.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-            // Huge values overflow the model's f32 arithmetic; on ordinary
-            // ones a non-finite answer is the model's fault.
-            if largest >= OVERFLOW_MAGNITUDE {
-                return Err(Error::Overflow {
-                    field: match given {
-                        Some(f) => format!("{f}context.values"),
-                        None => format!("series {key}"),
-                    },
-                    largest,
-                    from_request: given.is_some(),
-                });
-            }
-            return Err(Error::Forecasting {
-                key: key.to_string(),
-                version: served.version,
-                source: Box::new(Error::BadModelOutput {
-                    version: served.version,
-                    reason: format!(
-                        "non-finite values from a history of values at most {largest:e} in magnitude"
-                    ),
-                }),
-            });
-        }
-        let step = GridStep::from_millis(tail.step)?;
         let last_observed = tail.last_observed();
-        let start = Timestamp(last_observed + tail.step);
-        let own = QuantileSet::new(model.quantiles())?;
-        let nq = own.len();
-        let full = QuantileForecast::new(own, start, step, values)?;
+        let first = full.truncated(query.horizon)?;
         let forecast = match &query.levels {
-            None => QuantileForecast::new(
-                full.levels().clone(),
-                start,
-                step,
-                full.values()[..query.horizon * nq].to_vec(),
-            )?,
-            Some(levels) => {
-                let vals = (0..query.horizon)
-                    .flat_map(|i| levels.levels().iter().map(move |l| (i, l.get())))
-                    .map(|(i, l)| full.interpolate(i, l))
-                    .collect();
-                QuantileForecast::new(levels.clone(), start, step, vals)?
-            }
+            None => first,
+            Some(levels) => first.at_levels(levels),
         };
         Ok(Answer {
             key,
@@ -614,24 +578,14 @@ impl State {
     }
 }
 
-/// The level-by-level sum of forecasts that share their time axis.
+/// The level-by-level sum ([`QuantileForecast::sum`]) of forecasts that
+/// share their time axis, under the shard type's key.
 fn sum(parts: &[Answer], app: &str, shard_type: &str, metric: Option<&str>) -> Result<Answer> {
     let newest = parts
         .iter()
         .max_by_key(|a| a.last_observed)
         .expect("at least one series");
-    let mut vals = vec![0f32; newest.forecast.values().len()];
-    for p in parts {
-        vals.iter_mut()
-            .zip(p.forecast.values())
-            .for_each(|(s, v)| *s += v);
-    }
-    let forecast = QuantileForecast::new(
-        newest.forecast.levels().clone(),
-        newest.forecast.start(),
-        newest.forecast.step(),
-        vals,
-    )?;
+    let forecast = QuantileForecast::sum(parts.iter().map(|a| &a.forecast))?;
     Ok(Answer {
         key: SeriesKey {
             app: app.to_owned(),
@@ -644,6 +598,39 @@ fn sum(parts: &[Answer], app: &str, shard_type: &str, metric: Option<&str>) -> R
         served: Arc::clone(&newest.served),
         tail: Arc::clone(&newest.tail),
     })
+}
+
+/// The error of a forecast whose values are not finite or cross: an
+/// overflow when the history holds values too large for the model's `f32`
+/// arithmetic, else the model's fault.
+fn bad_values(
+    bad: &shardcast_core::Error,
+    key: &SeriesKey,
+    served: &Served,
+    tail: &GridTail,
+    given: Option<&str>,
+) -> Error {
+    let largest = tail.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if largest >= OVERFLOW_MAGNITUDE {
+        return Error::Overflow {
+            field: match given {
+                Some(f) => format!("{f}context.values"),
+                None => format!("series {key}"),
+            },
+            largest,
+            from_request: given.is_some(),
+        };
+    }
+    Error::Forecasting {
+        key: key.to_string(),
+        version: served.version,
+        source: Box::new(Error::BadModelOutput {
+            version: served.version,
+            reason: format!(
+                "{bad}, from a history of values at most {largest:e} in magnitude"
+            ),
+        }),
+    }
 }
 
 /// A required key, validated.

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use shardcast_model::forecaster::{Model, SeriesInput};
+use shardcast_core::{ForecastSpec, Forecaster, GridStep, QuantileForecast, Timestamp, Window};
+use shardcast_model::forecaster::Model;
 use shardcast_model::onnx::OnnxModel;
 use shardcast_model::versions::versions;
 
@@ -62,14 +63,6 @@ impl Engine {
         }
     }
 
-    /// The quantile levels forecast, increasing.
-    pub fn quantiles(&self) -> &[f64] {
-        match self {
-            Self::Candle(m) => &m.config().quantiles,
-            Self::Onnx(m) => &m.contract().quantiles,
-        }
-    }
-
     /// Grid spacing (ms).
     pub fn step_ms(&self) -> i64 {
         match self {
@@ -83,22 +76,6 @@ impl Engine {
         match self {
             Self::Candle(m) => m.window().max(1),
             Self::Onnx(m) => m.contract().window.max(1),
-        }
-    }
-
-    /// Embedding row of a series by full key name (0: unknown).
-    pub fn series_row(&self, name: &str) -> usize {
-        match self {
-            Self::Candle(m) => m.series_row(name),
-            Self::Onnx(m) => m.contract().series_row(name),
-        }
-    }
-
-    /// Embedding row of a shard type (0: unknown).
-    pub fn shard_type_row(&self, name: &str) -> usize {
-        match self {
-            Self::Candle(m) => m.shard_type_row(name),
-            Self::Onnx(m) => m.contract().shard_type_row(name),
         }
     }
 
@@ -118,18 +95,25 @@ impl Engine {
         }
     }
 
-    /// Forecasts each `(series, origin)` window: `[windows, horizon,
-    /// quantiles]` in the series' units.
-    pub fn forecast(
-        &self,
-        windows: &[(SeriesInput<'_>, usize)],
-    ) -> shardcast_model::Result<Vec<f32>> {
+}
+
+impl Forecaster for Engine {
+    type Error = shardcast_model::Error;
+
+    fn spec(&self) -> ForecastSpec {
         match self {
-            Self::Candle(m) => m.forecast(windows),
-            Self::Onnx(m) => {
-                let inputs = m.contract().inputs(windows)?;
-                Ok(m.run(&inputs)?.flatten_all()?.to_vec1::<f32>()?)
-            }
+            Self::Candle(m) => m.spec(),
+            Self::Onnx(m) => m.spec(),
+        }
+    }
+
+    fn forecast_batch(
+        &self,
+        windows: &[Window<'_>],
+    ) -> shardcast_model::Result<Vec<shardcast_core::Result<QuantileForecast>>> {
+        match self {
+            Self::Candle(m) => m.forecast_batch(windows),
+            Self::Onnx(m) => m.forecast_batch(windows),
         }
     }
 }
@@ -185,26 +169,25 @@ fn probe(model: &Engine) -> std::result::Result<(), String> {
     let n = model.history_points();
     let values: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
     let events = vec![0f32; n + model.horizon()];
-    let input = SeriesInput {
-        series: 0,
-        shard_type: 0,
-        start: 0,
-        step: model.step_ms(),
-        values: &values,
+    let step = GridStep::from_millis(model.step_ms()).map_err(|e| e.to_string())?;
+    let window = Window {
+        series: "",
+        shard_type: "",
+        start: Timestamp(0),
+        step,
+        history: &values,
         events: Some(&events),
     };
-    let out = model
-        .forecast(&[(input, n)])
+    // The contract checks the shape, finiteness and order of the answer.
+    let forecast = model
+        .forecast(&window)
         .map_err(|e| format!("a test forecast failed: {}", crate::error::chain(&e)))?;
-    let want = model.horizon() * model.quantiles().len();
-    if out.len() != want {
+    if forecast.horizon() != model.horizon() {
         return Err(format!(
-            "a test forecast gave {} values, expected {want} (horizon × quantiles)",
-            out.len()
+            "a test forecast gave {} steps, expected {}",
+            forecast.horizon(),
+            model.horizon()
         ));
-    }
-    if out.iter().any(|v| !v.is_finite()) {
-        return Err("a test forecast gave non-finite values".into());
     }
     Ok(())
 }

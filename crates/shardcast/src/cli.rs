@@ -803,8 +803,24 @@ pub(crate) struct SimulateArgs {
     /// Save the model trained for the run to this (new) directory.
     #[arg(long, conflicts_with = "model")]
     pub(crate) save_model: Option<PathBuf>,
+    /// What forecasts for the shardcast policy: the demand model, its
+    /// statistical half alone, or seasonal naive (no model is trained).
+    #[arg(long, value_enum, default_value = "model")]
+    pub(crate) forecaster: ForecasterChoice,
     #[command(flatten)]
     pub(crate) model_args: ModelArgs,
+}
+
+/// The `--forecaster` choice of `simulate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ForecasterChoice {
+    /// The demand model (trained before the range, or `--model`).
+    Model,
+    /// The model's statistical half on its own.
+    Statistical,
+    /// Seasonal naive: a day ago, with the spread of the last week's
+    /// day-over-day changes.
+    Naive,
 }
 
 /// The `--baselines` choice.

@@ -309,3 +309,83 @@ fn validation_fits_use_every_origin_of_the_range() {
     assert_eq!(many[0], (0, 0));
     assert!(many.windows(2).all(|p| p[1].1 - p[0].1 == 3));
 }
+
+#[test]
+fn the_contract_gives_the_model_rows_and_answers_every_window() {
+    use shardcast_core::{Forecaster, GridStep, Timestamp, Window};
+    let (cfg, mut tc) = small_config();
+    tc.max_steps = 20;
+    let d = data();
+    let (model, _) = Model::fit(&cfg, &tc, STEP, &d, |_| {}).unwrap();
+    let spec = model.spec();
+    assert_eq!(spec.horizon, 6);
+    assert_eq!(spec.step, Some(GridStep::HOUR));
+    assert_eq!(spec.levels.len(), cfg.quantiles.len());
+    assert_eq!(spec.history, model.window());
+
+    let window = |s: &TrainSeries, upto: usize| Window {
+        series: &s.name,
+        shard_type: &s.shard_type,
+        start: Timestamp(s.start),
+        step: GridStep::HOUR,
+        history: &s.values[..upto],
+        events: None,
+    };
+    let n = d[0].values.len();
+    let batch = [window(&d[0], n), window(&d[1], 0), window(&d[2], n - 5)];
+    let out = model.forecast_batch(&batch).unwrap();
+    assert_eq!(out.len(), 3);
+    // The window without history has no forecast; the others do.
+    let err = out[1].as_ref().unwrap_err().to_string();
+    assert!(err.contains("no history"), "{err}");
+    let rows = |s: &TrainSeries, upto: usize| {
+        let input = crate::test_util::input_of(&model, s);
+        model.forecast(&[(input, upto)]).unwrap()
+    };
+    let first = out[0].as_ref().unwrap();
+    assert_eq!(first.values(), rows(&d[0], n).as_slice());
+    assert_eq!(first.start(), Timestamp(STEP * n as i64));
+    assert_eq!(
+        out[2].as_ref().unwrap().values(),
+        rows(&d[2], n - 5).as_slice()
+    );
+    // One window alone gives what it gave in the batch.
+    assert_eq!(&Forecaster::forecast(&model, &batch[0]).unwrap(), first);
+}
+
+#[test]
+fn the_statistical_half_forecasts_a_steady_day_without_the_network() {
+    use shardcast_core::{Forecaster, GridStep, Timestamp, Window};
+    let (cfg, mut tc) = small_config();
+    tc.max_steps = 5;
+    // A day that repeats exactly: level plus shape forecasts it exactly,
+    // whatever the (barely trained) network says.
+    let day: Vec<f32> = (0..24 * 14)
+        .map(|i| 50.0 + 20.0 * (std::f32::consts::TAU * (i % 24) as f32 / 24.0).sin())
+        .collect();
+    let d = [TrainSeries {
+        name: "s".into(),
+        shard_type: "t".into(),
+        start: 0,
+        values: day.clone(),
+        events: None,
+    }];
+    let (model, _) = Model::fit(&cfg, &tc, STEP, &d, |_| {}).unwrap();
+    let half = model.statistical().expect("a hybrid model");
+    assert_eq!(half.hybrid().weight, 0.0);
+    let n = day.len() - 6;
+    let w = Window {
+        series: "s",
+        shard_type: "t",
+        start: Timestamp(0),
+        step: GridStep::HOUR,
+        history: &day[..n],
+        events: None,
+    };
+    let f = half.forecast(&w).unwrap();
+    let median = f.level_path(0.5).unwrap();
+    for (k, (m, want)) in median.iter().zip(&day[n..]).enumerate() {
+        assert!((m - want).abs() < 0.5, "step {k}: {m} vs {want}");
+    }
+    assert!(half.spec().history <= model.window());
+}

@@ -1,5 +1,7 @@
 use proptest::prelude::*;
 
+use shardcast_core::{ForecastSpec, QuantileSet, SeasonalNaive};
+
 use super::*;
 
 fn trace(values: Vec<f64>) -> Trace {
@@ -19,20 +21,73 @@ fn cfg(lead: usize) -> SimConfig {
     }
 }
 
-/// A source that knows the future: every level equals the actual demand
-/// (the last value beyond the end of the trace).
-fn perfect(values: Vec<f64>) -> impl FnMut(&SourceRequest<'_>) -> Option<QuantileForecast> {
-    move |r| {
-        let t = r.history.len();
-        let levels = QuantileSet::new(&[0.1, 0.5, 0.9]).unwrap();
-        let vals = (0..r.horizon)
-            .flat_map(|i| {
-                let v = values[(t + i).min(values.len() - 1)] as f32;
-                [v, v, v]
-            })
-            .collect();
-        QuantileForecast::new(levels, r.start, r.step, vals).ok()
+/// A test forecaster: `answer(t, horizon)` gives the levels' values of each
+/// step of the forecast made before trace step `t`, or no forecast.
+struct Fake<A> {
+    levels: QuantileSet,
+    horizon: usize,
+    answer: A,
+}
+
+impl<A> Forecaster for Fake<A>
+where
+    A: Fn(usize, usize) -> Option<Vec<f32>>,
+{
+    type Error = shardcast_core::Error;
+
+    fn spec(&self) -> ForecastSpec {
+        ForecastSpec {
+            step: None,
+            horizon: self.horizon,
+            levels: self.levels.clone(),
+            history: 1,
+        }
     }
+
+    fn forecast_batch(
+        &self,
+        windows: &[Window<'_>],
+    ) -> shardcast_core::Result<Vec<shardcast_core::Result<QuantileForecast>>> {
+        Ok(windows
+            .iter()
+            .map(|w| match (self.answer)(w.history.len(), self.horizon) {
+                Some(v) => QuantileForecast::new(self.levels.clone(), w.origin(), w.step, v),
+                None => Err(shardcast_core::Error::InvalidContext {
+                    reason: "no forecast".into(),
+                }),
+            })
+            .collect())
+    }
+}
+
+/// Forecasts for every step of `tr` (demand in shard units, capacity 1).
+fn forecasts_of<F: Forecaster>(tr: &Trace, c: &SimConfig, f: &F) -> Vec<Option<QuantileForecast>> {
+    let values: Vec<f32> = tr.values.iter().map(|&v| v as f32).collect();
+    collect_forecasts(tr, c, f, &Demand::of_trace(tr, &values)).unwrap()
+}
+
+/// A forecaster that knows the future: every level equals the actual
+/// demand (the last value beyond the end of the trace).
+fn perfect(values: Vec<f64>) -> Fake<impl Fn(usize, usize) -> Option<Vec<f32>>> {
+    Fake {
+        levels: QuantileSet::new(&[0.1, 0.5, 0.9]).unwrap(),
+        horizon: 64,
+        answer: move |t, horizon| {
+            Some(
+                (0..horizon)
+                    .flat_map(|i| {
+                        let v = values[(t + i).min(values.len() - 1)] as f32;
+                        [v, v, v]
+                    })
+                    .collect(),
+            )
+        },
+    }
+}
+
+/// The planner on `source`'s forecasts.
+fn run_with<F: Forecaster>(tr: &Trace, c: &SimConfig, level: f64, source: &F) -> Result<SimRun> {
+    simulate_shardcast(tr, c, level, &forecasts_of(tr, c, source))
 }
 
 #[test]
@@ -87,8 +142,7 @@ fn perfect_forecast_meets_the_oracle() {
         let mut c = cfg(lead);
         c.shardcast.scale_down_stabilisation_secs = 0;
         let oracle = simulate_oracle(&tr, &c).unwrap();
-        let mut src = perfect(values.clone());
-        let run = simulate_shardcast(&tr, &c, 0.9, &mut src).unwrap();
+        let run = run_with(&tr, &c, 0.9, &perfect(values.clone())).unwrap();
         assert_eq!(run.summary.under_provisioned_steps, 0, "lead {lead}");
         assert_eq!(run.summary.fallback_steps, 0);
         let a: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
@@ -99,13 +153,12 @@ fn perfect_forecast_meets_the_oracle() {
 }
 
 #[test]
-fn seasonal_naive_source_runs_and_falls_back_without_history() {
+fn seasonal_naive_runs_and_falls_back_without_history() {
     let values: Vec<f64> = (0..96)
         .map(|t| 10.0 + 5.0 * ((t % 24) as f64 / 24.0 * std::f64::consts::TAU).sin())
         .collect();
     let tr = trace(values);
-    let mut src = SeasonalNaiveSource::new(24, 48);
-    let run = simulate_shardcast(&tr, &cfg(2), 0.9, &mut src).unwrap();
+    let run = run_with(&tr, &cfg(2), 0.9, &SeasonalNaive::new(24, 48, 8)).unwrap();
     // No forecast until a season plus one step of history exists.
     assert_eq!(run.summary.fallback_steps, 25);
     // A perfectly periodic trace is forecast exactly after that.
@@ -120,9 +173,9 @@ fn seasonal_naive_source_runs_and_falls_back_without_history() {
 fn sweep_reports_relative_shard_hours() {
     let tr = step_trace();
     let values = tr.values.clone();
-    let mut src = perfect(values);
     let spec = SweepSpec::default();
-    let s = sweep(&tr, &cfg(2), &spec, Some(&mut src)).unwrap();
+    let fc = forecasts_of(&tr, &cfg(2), &perfect(values));
+    let s = sweep(&tr, &cfg(2), &spec, Some(&fc)).unwrap();
     assert_eq!(s.runs.len(), 10);
     assert_eq!(s.oracle.summary.shard_hours_vs_oracle, Some(1.0));
     for r in &s.runs {
@@ -159,8 +212,7 @@ fn inputs_are_checked() {
     assert_eq!(lead_steps(600, GridStep::HOUR), 1);
     assert_eq!(lead_steps(0, GridStep::HOUR), 0);
     assert!(simulate_reactive(&step_trace(), &cfg(1), 0.0).is_err());
-    let mut src = perfect(vec![1.0]);
-    assert!(simulate_shardcast(&step_trace(), &cfg(1), 1.0, &mut src).is_err());
+    assert!(run_with(&step_trace(), &cfg(1), 1.0, &perfect(vec![1.0])).is_err());
 }
 
 proptest! {
@@ -190,8 +242,7 @@ proptest! {
         let tr = trace(values.clone());
         let mut c = cfg(lead);
         c.shardcast.scale_down_stabilisation_secs = 0;
-        let mut src = perfect(values);
-        let run = simulate_shardcast(&tr, &c, 0.5, &mut src).unwrap();
+        let run = run_with(&tr, &c, 0.5, &perfect(values)).unwrap();
         let oracle = simulate_oracle(&tr, &c).unwrap();
         prop_assert_eq!(run.summary.under_provisioned_steps, 0);
         prop_assert!((run.summary.shard_hours - oracle.summary.shard_hours).abs() < 1e-9);
@@ -201,8 +252,12 @@ proptest! {
 #[test]
 fn missing_forecasts_fall_back_to_the_hpa_rule_and_are_counted() {
     let tr = step_trace();
-    let mut none = |_: &SourceRequest<'_>| -> Option<QuantileForecast> { None };
-    let run = simulate_shardcast(&tr, &cfg(2), 0.9, &mut none).unwrap();
+    let none = Fake {
+        levels: QuantileSet::new(&[0.5]).unwrap(),
+        horizon: 8,
+        answer: |_, _| None,
+    };
+    let run = run_with(&tr, &cfg(2), 0.9, &none).unwrap();
     let req: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
     // Step 0 sizes from demand at the fallback's target 0.7: ceil(2 / 0.7)
     // = 3, which the tolerance then keeps. The step to 10 is seen at step
@@ -219,10 +274,12 @@ fn missing_forecasts_fall_back_to_the_hpa_rule_and_are_counted() {
 }
 
 /// Every step forecast with levels 0.5 and 0.9 at 9.2 and 9.7.
-fn fixed_forecast(r: &SourceRequest<'_>) -> Option<QuantileForecast> {
-    let levels = QuantileSet::new(&[0.5, 0.9]).unwrap();
-    let values = (0..r.horizon).flat_map(|_| [9.2f32, 9.7]).collect();
-    QuantileForecast::new(levels, r.start, r.step, values).ok()
+fn fixed_forecast() -> Fake<impl Fn(usize, usize) -> Option<Vec<f32>>> {
+    Fake {
+        levels: QuantileSet::new(&[0.5, 0.9]).unwrap(),
+        horizon: 8,
+        answer: |_, horizon| Some((0..horizon).flat_map(|_| [9.2f32, 9.7]).collect()),
+    }
 }
 
 #[test]
@@ -235,8 +292,7 @@ fn service_levels_beyond_the_forecast_read_the_exponential_tail() {
     let c = cfg(2);
     assert_eq!(c.shardcast.tail, Tail::Exponential);
     let run = |c: &SimConfig, level: f64| {
-        let mut src = fixed_forecast;
-        simulate_shardcast(&tr, c, level, &mut src).unwrap()
+        run_with(&tr, c, level, &fixed_forecast()).unwrap()
     };
     let low = run(&c, 0.9);
     assert!(low.records.iter().all(|r| r.shards_requested == 10));
@@ -325,4 +381,68 @@ fn targets_pick_the_runs_that_decide_them() {
     let t = Targets::of(&s);
     assert_eq!((t.cheaper_met(), t.as_safe_met()), (None, None));
     assert_eq!(t.shown_level(), Some(0.9));
+}
+
+#[test]
+fn forecasts_come_from_the_history_before_each_step_only() {
+    // Demand in its own units (capacity 5), with 30 points before the trace.
+    let values: Vec<f32> = (0..90).map(|i| 10.0 + (i % 7) as f32).collect();
+    let capacity = 5.0;
+    let start = Timestamp(0);
+    let step = GridStep::FIVE_MINUTES;
+    let offset = 30;
+    let shards: Vec<f64> = values[offset..]
+        .iter()
+        .map(|&v| f64::from(v) / capacity)
+        .collect();
+    let tr = Trace::new(Timestamp(step.millis() * offset as i64), step, shards).unwrap();
+    let demand = Demand {
+        series: "a/t/m/s",
+        shard_type: "t",
+        start,
+        values: &values,
+        events: None,
+        capacity,
+    };
+    // The forecast of trace step t is made from exactly the points before
+    // it: its first level echoes the history's length and last value.
+    let echo = Fake {
+        levels: QuantileSet::new(&[0.5]).unwrap(),
+        horizon: 8,
+        answer: |n: usize, horizon: usize| Some(vec![n as f32; horizon]),
+    };
+    let c = cfg(2);
+    let fc = collect_forecasts(&tr, &c, &echo, &demand).unwrap();
+    for (t, f) in fc.iter().enumerate() {
+        let f = f.as_ref().unwrap();
+        assert_eq!(f.start(), tr.time_of(t));
+        assert_eq!(f.horizon(), shardcast_horizon(&c, step));
+        // In shard units.
+        assert_eq!(f.values()[0], (offset + t) as f32 / 5.0);
+    }
+
+    // A trace that is not this series over its capacity is refused.
+    let other = Demand {
+        capacity: 4.0,
+        ..demand
+    };
+    let err = collect_forecasts(&tr, &c, &echo, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("differs from the series"), "{err}");
+    // So is a trace that starts before the series or off its grid.
+    let early = Demand {
+        start: Timestamp(step.millis() * 31),
+        ..demand
+    };
+    assert!(collect_forecasts(&tr, &c, &echo, &early).is_err());
+    // A forecaster that looks less far ahead than the policy.
+    let short = Fake {
+        horizon: 2,
+        ..echo
+    };
+    let err = collect_forecasts(&tr, &c, &short, &demand)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs"), "{err}");
 }

@@ -1,27 +1,25 @@
 //! `shardcast simulate`: protocol P on a series from the store. The series
 //! goes on its grid, the model is trained on (or checked to predate) the
-//! points before the simulated range, its forecasts feed the planner's
-//! simulator through [`source::ModelSource`], and the sweep comes out as the
+//! points before the simulated range, its forecasts (or those of its
+//! statistical half, or of seasonal naive: `--forecaster`) feed the
+//! planner's simulator, and the sweep comes out as the
 //! per-step CSV, a summary table with the targets, and a PNG.
-
-mod source;
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use shardcast_core::overlay::overlaid;
-use shardcast_core::{GridStep, QuantileForecast, Timestamp};
+use shardcast_core::{GridStep, QuantileForecast, SeasonalNaive, Timestamp};
 use shardcast_model::forecaster::{Model, TrainSeries};
 use shardcast_planner::simulator::{
-    ORACLE_SLACK, PROTOCOL_UTILISATION, PolicyKind, SimConfig, SimRun, SourceRequest, Summary,
-    Sweep, SweepSpec, Targets, Trace, collect_forecasts, lead_steps, sweep,
+    Demand, ORACLE_SLACK, PROTOCOL_UTILISATION, PolicyKind, SimConfig, SimRun, Summary, Sweep,
+    SweepSpec, Targets, Trace, collect_forecasts, lead_steps, sweep,
 };
 use shardcast_store::resample::{Agg, GapFill, resample};
 
-use crate::cli::{AggArg, SimulateArgs};
+use crate::cli::{AggArg, ForecasterChoice, SimulateArgs};
 use crate::plot::{self, Axis, Band, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel};
-use source::{GridView, ModelSource};
 
 /// Default length of the simulated range.
 const DEFAULT_DAYS: i64 = 7;
@@ -85,33 +83,46 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         peak / capacity
     );
     let horizon = cfg.lead_steps + lead_steps(cfg.shardcast.hold_secs, series.step) + 1;
-    let model = model_for(&args, &series, first, horizon).await?;
-
+    let model = match args.forecaster {
+        ForecasterChoice::Naive => None,
+        ForecasterChoice::Model | ForecasterChoice::Statistical => {
+            Some(model_for(&args, &series, first, horizon).await?)
+        }
+    };
     let spec = SweepSpec {
         target_utilisations: args.target_utilisations.clone(),
         service_levels: args.service_levels.clone(),
     };
-    let (forecasts, calls, forecast_secs) = tokio::task::block_in_place(|| -> Result<_> {
-        let t = Instant::now();
-        let view = GridView {
-            name: &series.name,
-            shard_type: &series.shard_type,
-            start: series.start,
-            step: series.step.millis(),
-            values: &series.values,
-            events: Some(&series.events),
-        };
-        let mut src = ModelSource::new(&model, view, first, capacity)?;
-        let forecasts = collect_forecasts(&trace, &cfg, &mut src);
-        if let Some(e) = src.take_error() {
-            return Err(e.context(format!("forecasting `{}` failed", series.label)));
-        }
-        Ok((forecasts, src.calls(), t.elapsed().as_secs_f64()))
-    })?;
-    let mut replay = |r: &SourceRequest<'_>| -> Option<QuantileForecast> {
-        forecasts.get(r.history.len())?.clone()
+    let demand = Demand {
+        series: &series.name,
+        shard_type: &series.shard_type,
+        start: Timestamp(series.start),
+        values: &series.values,
+        events: Some(&series.events),
+        capacity,
     };
-    let result = sweep(&trace, &cfg, &spec, Some(&mut replay)).context("simulation failed")?;
+    let (forecasts, forecast_secs) = tokio::task::block_in_place(|| -> Result<_> {
+        let t = Instant::now();
+        let forecasts = match (args.forecaster, &model) {
+            (ForecasterChoice::Model, Some(model)) => {
+                collect_forecasts(&trace, &cfg, model, &demand)
+            }
+            (ForecasterChoice::Statistical, Some(model)) => {
+                let half = model
+                    .statistical()
+                    .context("the model has no statistical half (it was trained without one)")?;
+                collect_forecasts(&trace, &cfg, &half, &demand)
+            }
+            _ => {
+                let season = series.step.per_day().unwrap_or(1);
+                let naive = SeasonalNaive::new(season, 7 * season, horizon);
+                collect_forecasts(&trace, &cfg, &naive, &demand)
+            }
+        }
+        .with_context(|| format!("forecasting `{}` failed", series.label))?;
+        Ok((forecasts, t.elapsed().as_secs_f64()))
+    })?;
+    let result = sweep(&trace, &cfg, &spec, Some(&forecasts)).context("simulation failed")?;
 
     write_csv(&args.out, &result)?;
     print_summary(&result);
@@ -135,7 +146,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         println!("chart written to {}", png.display());
     }
     println!(
-        "per-step records written to {} ({:.1}s in all; {} forecasts in {calls} model calls, {forecast_secs:.2}s)",
+        "per-step records written to {} ({:.1}s in all; {} forecasts in {forecast_secs:.2}s)",
         args.out.display(),
         started.elapsed().as_secs_f64(),
         forecasts.iter().flatten().count()
