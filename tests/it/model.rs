@@ -131,7 +131,7 @@ fn train_is_reproducible_and_refuses_bad_configs() {
     let out = train(&["--config", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("model.hiden_size"),
+        !out.status.success() && err.contains("in `model`") && err.contains("`hiden_size`"),
         "{err}"
     );
     std::fs::write(&bad, r#"{"train": {"batchsize": 8}}"#).unwrap();

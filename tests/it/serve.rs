@@ -568,19 +568,17 @@ async fn writes_land_in_the_store_and_streams_follow_them() {
     assert!(e.message().contains("no points"), "{e}");
 }
 
-/// Runs `clients` loops of forecasts until `stop`. Each task returns the
-/// model versions it was answered by, repeats collapsed; `latest[i]` holds
-/// the version of client `i`'s newest answer (0 before its first);
-/// `failures` counts failed calls.
-fn load(
-    server: &Server,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-) -> (
-    Vec<tokio::task::JoinHandle<Vec<u32>>>,
-    Vec<Arc<AtomicU32>>,
-    Arc<AtomicUsize>,
-) {
+/// Clients under load: each task returns the model versions it was
+/// answered by, repeats collapsed; `latest[i]` holds the version of client
+/// `i`'s newest answer (0 before its first); `failures` counts failed calls.
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+    latest: Vec<Arc<AtomicU32>>,
+    failures: Arc<AtomicUsize>,
+}
+
+/// Runs `clients` loops of forecasts until `stop`.
+fn load(server: &Server, clients: usize, stop: Arc<AtomicBool>) -> Load {
     let failures = Arc::new(AtomicUsize::new(0));
     let latest: Vec<_> = (0..clients).map(|_| Arc::new(AtomicU32::new(0))).collect();
     let addr = format!("http://{}", server.addr);
@@ -615,7 +613,11 @@ fn load(
             })
         })
         .collect();
-    (tasks, latest, failures)
+    Load {
+        tasks,
+        latest,
+        failures,
+    }
 }
 
 /// Waits until `ready` holds, checking every 20 ms; fails after a minute
@@ -659,7 +661,11 @@ async fn new_model_versions_are_served_under_load_without_a_failed_request() {
     };
     let mut models = ModelServiceClient::new(server.channel().await);
     let stop = Arc::new(AtomicBool::new(false));
-    let (tasks, latest, failures) = load(&server, 4, Arc::clone(&stop));
+    let Load {
+        tasks,
+        latest,
+        failures,
+    } = load(&server, 4, Arc::clone(&stop));
     all_served_by(&latest, 1).await;
 
     // A corrupt version 3 is refused; a good version 2 is picked up.

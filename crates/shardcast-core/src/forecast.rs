@@ -1,8 +1,8 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, GridStep, QuantileSet, Result, Timestamp};
 #[cfg(doc)]
 use crate::SeriesKey;
+use crate::{Error, GridStep, QuantileSet, Result, Timestamp};
 
 /// A probabilistic forecast: for every horizon step, the values of a set of
 /// quantile levels. Quantiles never cross: within a step, values are
@@ -312,7 +312,10 @@ pub trait Forecaster {
     /// horizon and levels, or why that window has none (history too short,
     /// values the model cannot represent); one bad window does not fail the
     /// others.
-    fn forecast_batch(&self, windows: &[Window<'_>]) -> Result<Vec<Result<QuantileForecast>>, Self::Error>;
+    fn forecast_batch(
+        &self,
+        windows: &[Window<'_>],
+    ) -> Result<Vec<Result<QuantileForecast>>, Self::Error>;
 
     /// Forecasts one window.
     fn forecast(&self, window: &Window<'_>) -> Result<QuantileForecast, Self::Error> {
@@ -327,7 +330,6 @@ pub trait Forecaster {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -38,8 +38,8 @@ pub use config::{
     CellKind, ComputeDevice, DataShape, ModelConfig, SMALL_DATA_HIDDEN, SMALL_DATA_MEMBERS,
     SMALL_DATA_POINTS, TrainConfig,
 };
-pub use features::{SeriesInput, SeriesScale};
 pub use contract::StatisticalHalf;
+pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
 pub(crate) use hybrid::MISS_CAP;
 pub use reversion::Reversion;

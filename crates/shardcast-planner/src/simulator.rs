@@ -35,8 +35,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use shardcast_core::{
-    FallbackCause, Forecaster, GridStep, QuantileForecast, ScaleBasis, ShardType, Timestamp,
-    Window,
+    FallbackCause, Forecaster, GridStep, QuantileForecast, ScaleBasis, ShardType, Timestamp, Window,
 };
 
 use crate::error::{Error, Result, check_open_unit};

@@ -626,9 +626,7 @@ fn bad_values(
         version: served.version,
         source: Box::new(Error::BadModelOutput {
             version: served.version,
-            reason: format!(
-                "{bad}, from a history of values at most {largest:e} in magnitude"
-            ),
+            reason: format!("{bad}, from a history of values at most {largest:e} in magnitude"),
         }),
     }
 }

@@ -94,7 +94,6 @@ impl Engine {
             Self::Onnx(_) => "onnx".into(),
         }
     }
-
 }
 
 impl Forecaster for Engine {

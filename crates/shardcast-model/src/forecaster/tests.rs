@@ -323,14 +323,16 @@ fn the_contract_gives_the_model_rows_and_answers_every_window() {
     assert_eq!(spec.levels.len(), cfg.quantiles.len());
     assert_eq!(spec.history, model.window());
 
-    let window = |s: &TrainSeries, upto: usize| Window {
-        series: &s.name,
-        shard_type: &s.shard_type,
-        start: Timestamp(s.start),
-        step: GridStep::HOUR,
-        history: &s.values[..upto],
-        events: None,
-    };
+    fn window(s: &TrainSeries, upto: usize) -> Window<'_> {
+        Window {
+            series: &s.name,
+            shard_type: &s.shard_type,
+            start: Timestamp(s.start),
+            step: GridStep::HOUR,
+            history: &s.values[..upto],
+            events: None,
+        }
+    }
     let n = d[0].values.len();
     let batch = [window(&d[0], n), window(&d[1], 0), window(&d[2], n - 5)];
     let out = model.forecast_batch(&batch).unwrap();

@@ -72,7 +72,7 @@ fn perfect(values: Vec<f64>) -> Fake<impl Fn(usize, usize) -> Option<Vec<f32>>> 
     Fake {
         levels: QuantileSet::new(&[0.1, 0.5, 0.9]).unwrap(),
         horizon: 64,
-        answer: move |t, horizon| {
+        answer: move |t: usize, horizon: usize| {
             Some(
                 (0..horizon)
                     .flat_map(|i| {
@@ -255,7 +255,7 @@ fn missing_forecasts_fall_back_to_the_hpa_rule_and_are_counted() {
     let none = Fake {
         levels: QuantileSet::new(&[0.5]).unwrap(),
         horizon: 8,
-        answer: |_, _| None,
+        answer: |_: usize, _: usize| None,
     };
     let run = run_with(&tr, &cfg(2), 0.9, &none).unwrap();
     let req: Vec<u32> = run.records.iter().map(|r| r.shards_requested).collect();
@@ -278,7 +278,7 @@ fn fixed_forecast() -> Fake<impl Fn(usize, usize) -> Option<Vec<f32>>> {
     Fake {
         levels: QuantileSet::new(&[0.5, 0.9]).unwrap(),
         horizon: 8,
-        answer: |_, horizon| Some((0..horizon).flat_map(|_| [9.2f32, 9.7]).collect()),
+        answer: |_: usize, horizon: usize| Some((0..horizon).flat_map(|_| [9.2f32, 9.7]).collect()),
     }
 }
 
@@ -291,9 +291,7 @@ fn service_levels_beyond_the_forecast_read_the_exponential_tail() {
     let tr = trace(vec![10.4; 24]);
     let c = cfg(2);
     assert_eq!(c.shardcast.tail, Tail::Exponential);
-    let run = |c: &SimConfig, level: f64| {
-        run_with(&tr, c, level, &fixed_forecast()).unwrap()
-    };
+    let run = |c: &SimConfig, level: f64| run_with(&tr, c, level, &fixed_forecast()).unwrap();
     let low = run(&c, 0.9);
     assert!(low.records.iter().all(|r| r.shards_requested == 10));
     assert_eq!(low.summary.under_provisioned_steps, 24);
@@ -437,10 +435,7 @@ fn forecasts_come_from_the_history_before_each_step_only() {
     };
     assert!(collect_forecasts(&tr, &c, &echo, &early).is_err());
     // A forecaster that looks less far ahead than the policy.
-    let short = Fake {
-        horizon: 2,
-        ..echo
-    };
+    let short = Fake { horizon: 2, ..echo };
     let err = collect_forecasts(&tr, &c, &short, &demand)
         .unwrap_err()
         .to_string();

@@ -130,7 +130,7 @@ pub(crate) fn configure(
         }
         .with_context(|| format!("bad training config {}", path.display()))?;
         model = overlaid(&model, serde_json::Value::Object(file.model))
-            .with_context(|| format!("bad training config {}", path.display()))?;
+            .with_context(|| format!("bad training config {}: in `model`", path.display()))?;
         train = file.train;
     }
     if let Some(v) = args.cell {
