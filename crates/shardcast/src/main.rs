@@ -1,13 +1,12 @@
 //! The `shardcast` command line: every subcommand of the product in one
-//! binary. It only wires settings to the library crates; the work is done
-//! in `shardcast-store` (and, as they land, the model, server and planner).
+//! binary. It wires settings to the library crates (store, model, server,
+//! planner, daemon, plot), which do the work, and prints their results.
 //!
 //! Printing results is this binary's job, so `print_stdout` is allowed here.
 #![allow(clippy::print_stdout)]
 
 mod cli;
 mod cmd;
-mod plot;
 
 use clap::Parser;
 

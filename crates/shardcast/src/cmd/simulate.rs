@@ -19,7 +19,9 @@ use shardcast_planner::simulator::{
 use shardcast_store::resample::{Agg, GapFill, resample};
 
 use crate::cli::{AggArg, ForecasterChoice, SimulateArgs};
-use crate::plot::{self, Axis, Band, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel};
+use shardcast_plot::{
+    self as plot, Axis, Band, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel,
+};
 
 /// Default length of the simulated range.
 const DEFAULT_DAYS: i64 = 7;

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::cli::DemoArgs;
-use crate::plot::{self, Band, FanChart, PALETTE, Panel};
+use shardcast_plot::{self as plot, Band, FanChart, PALETTE, Panel};
 
 /// The app whose traces are replayed.
 const APP: &str = "aws";

@@ -1,6 +1,7 @@
-//! PNG charts drawn by the command line: line charts (series over time or
-//! curves of one figure against another) and forecast fan charts (quantile
-//! bands, median and actuals), stacked as panels of one image.
+//! PNG charts of shardcast: line charts (series over time or curves of one
+//! figure against another) and forecast fan charts (quantile bands, median
+//! and actuals), stacked as panels of one image. The command line draws
+//! its simulation and demo charts with them.
 //!
 //! Drawing is plotters' bitmap backend into an RGB buffer, encoded with the
 //! `png` crate. Text uses the bundled DejaVu Sans
@@ -15,7 +16,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-pub(crate) use plotters::style::RGBColor as Colour;
+pub use plotters::style::RGBColor as Colour;
 
 /// The bundled font's bytes.
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
@@ -23,7 +24,7 @@ static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
 /// Colours for lines, in the order a chart should use them.
-pub(crate) const PALETTE: [Colour; 6] = [
+pub const PALETTE: [Colour; 6] = [
     Colour(31, 119, 180),
     Colour(214, 39, 40),
     Colour(44, 160, 44),
@@ -32,11 +33,11 @@ pub(crate) const PALETTE: [Colour; 6] = [
     Colour(140, 86, 75),
 ];
 /// Near-black, for actuals and demand.
-pub(crate) const INK: Colour = Colour(30, 30, 30);
+pub const INK: Colour = Colour(30, 30, 30);
 
 /// How the horizontal axis is read and labelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Axis {
+pub enum Axis {
     /// Milliseconds since the epoch, labelled as UTC dates and times.
     Time,
     /// Plain numbers.
@@ -45,31 +46,34 @@ pub(crate) enum Axis {
 
 /// Where a chart's legend sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Corner {
+pub enum Corner {
+    /// Top left.
     UpperLeft,
+    /// Top right.
     UpperRight,
 }
 
 /// One line of a [`LineChart`].
 #[derive(Debug, Clone)]
-pub(crate) struct Line {
+pub struct Line {
     /// Legend text.
-    pub(crate) label: String,
-    pub(crate) colour: Colour,
+    pub label: String,
+    /// Its colour.
+    pub colour: Colour,
     /// Points in drawing order.
-    pub(crate) points: Vec<(f64, f64)>,
+    pub points: Vec<(f64, f64)>,
     /// Stroke width in pixels.
-    pub(crate) width: u32,
+    pub width: u32,
     /// Draw each value as a step held until the next point (counts, such
     /// as shards, change in steps).
-    pub(crate) steps: bool,
+    pub steps: bool,
     /// A dot at each point, with this text beside it (`None`: no dots).
-    pub(crate) markers: Option<Vec<String>>,
+    pub markers: Option<Vec<String>>,
 }
 
 impl Line {
     /// A plain line.
-    pub(crate) fn new(label: impl Into<String>, colour: Colour, points: Vec<(f64, f64)>) -> Self {
+    pub fn new(label: impl Into<String>, colour: Colour, points: Vec<(f64, f64)>) -> Self {
         Self {
             label: label.into(),
             colour,
@@ -83,67 +87,76 @@ impl Line {
 
 /// Lines on shared axes.
 #[derive(Debug, Clone)]
-pub(crate) struct LineChart {
-    pub(crate) title: String,
-    pub(crate) x_axis: Axis,
-    pub(crate) x_label: String,
-    pub(crate) y_label: String,
-    pub(crate) lines: Vec<Line>,
+pub struct LineChart {
+    /// Title above the panel.
+    pub title: String,
+    /// How the horizontal axis is read.
+    pub x_axis: Axis,
+    /// Horizontal axis caption.
+    pub x_label: String,
+    /// Vertical axis caption.
+    pub y_label: String,
+    /// The lines, drawn in order.
+    pub lines: Vec<Line>,
     /// Start the vertical axis at zero (else at the smallest value).
-    pub(crate) y_from_zero: bool,
-    pub(crate) legend: Corner,
+    pub y_from_zero: bool,
+    /// Where the legend sits.
+    pub legend: Corner,
 }
 
 /// A quantile band of a [`FanChart`]: the area between two levels.
 #[derive(Debug, Clone)]
-pub(crate) struct Band {
+pub struct Band {
     /// Legend text, e.g. `80% (p10–p90)`.
-    pub(crate) label: String,
+    pub label: String,
     /// Lower edge at each time of the chart.
-    pub(crate) lower: Vec<f64>,
+    pub lower: Vec<f64>,
     /// Upper edge at each time of the chart.
-    pub(crate) upper: Vec<f64>,
+    pub upper: Vec<f64>,
 }
 
 /// A probabilistic forecast against what happened: bands (widest first),
 /// the median and the actual values, over time.
 #[derive(Debug, Clone)]
-pub(crate) struct FanChart {
-    pub(crate) title: String,
-    pub(crate) y_label: String,
+pub struct FanChart {
+    /// Title above the panel.
+    pub title: String,
+    /// Vertical axis caption.
+    pub y_label: String,
     /// Times (ms since the epoch) of every value below.
-    pub(crate) times: Vec<i64>,
-    pub(crate) bands: Vec<Band>,
-    pub(crate) median: Option<Vec<f64>>,
-    pub(crate) actual: Option<Vec<f64>>,
+    pub times: Vec<i64>,
+    /// Quantile bands, widest first.
+    pub bands: Vec<Band>,
+    /// The median at each time.
+    pub median: Option<Vec<f64>>,
+    /// What happened at each time.
+    pub actual: Option<Vec<f64>>,
     /// Observed values before the forecast, `(time ms, value)`, drawn as
     /// one line with the actuals.
-    pub(crate) history: Vec<(i64, f64)>,
-    pub(crate) colour: Colour,
+    pub history: Vec<(i64, f64)>,
+    /// Colour of the bands and the median.
+    pub colour: Colour,
 }
 
 /// One panel of an image.
 #[derive(Debug, Clone)]
-pub(crate) enum Panel {
+pub enum Panel {
+    /// Lines on shared axes.
     Line(LineChart),
+    /// A forecast fan.
     Fan(FanChart),
 }
 
 /// Draws `panels` one above the other, each `panel_height` pixels high, and
 /// writes the image to `path` as a PNG.
-pub(crate) fn write_png(
-    path: &Path,
-    width: u32,
-    panel_height: u32,
-    panels: &[Panel],
-) -> Result<()> {
+pub fn write_png(path: &Path, width: u32, panel_height: u32, panels: &[Panel]) -> Result<()> {
     let bytes = render_png(width, panel_height, panels)?;
     shardcast_fs::write_bytes(path, &bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Draws `panels` as [`write_png`] does and returns the PNG bytes.
-pub(crate) fn render_png(width: u32, panel_height: u32, panels: &[Panel]) -> Result<Vec<u8>> {
+pub fn render_png(width: u32, panel_height: u32, panels: &[Panel]) -> Result<Vec<u8>> {
     if panels.is_empty() {
         bail!("nothing to draw: no panels");
     }
