@@ -16,8 +16,7 @@ use candle_nn::rnn::RNN;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use crate::error::Result;
-use crate::gru::{Gru, GruConfig};
-use crate::lstm::{Lstm, LstmConfig};
+use shardcast_nn::{Gru, GruConfig, Lstm, LstmConfig};
 
 /// Sizes and repetition counts of a protocol T run.
 #[derive(Debug, Clone, Copy)]
@@ -300,7 +299,7 @@ fn run_side<M: Model>(
 pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
     let lstm = compare(
         p,
-        |vb| Lstm::new(LstmConfig::new(p.input, p.hidden), vb),
+        |vb| Ok(Lstm::new(LstmConfig::new(p.input, p.hidden), vb)?),
         |vb| {
             Ok(candle_nn::rnn::lstm(
                 p.input,
@@ -313,7 +312,7 @@ pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
     let gru = if p.gru {
         Some(compare(
             p,
-            |vb| Gru::new(GruConfig::new(p.input, p.hidden), vb),
+            |vb| Ok(Gru::new(GruConfig::new(p.input, p.hidden), vb)?),
             |vb| {
                 Ok(candle_nn::rnn::gru(
                     p.input,

@@ -18,8 +18,7 @@ use candle_nn::{Embedding, Linear, Module, VarBuilder};
 use super::config::{CellKind, ModelConfig};
 use super::features::{Batch, STATIC};
 use crate::error::Result;
-use crate::gru::{Gru, GruConfig};
-use crate::lstm::{Lstm, LstmConfig};
+use shardcast_nn::{Gru, GruConfig, Lstm, LstmConfig};
 
 /// The recurrent encoder.
 #[derive(Debug, Clone)]
