@@ -16,7 +16,7 @@ use candle_nn::rnn::RNN;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use crate::error::Result;
-use shardcast_nn::{Gru, GruConfig, Lstm, LstmConfig};
+use shardcast_nn::{Cell, Gru, GruConfig, Lstm, LstmConfig, Rnn};
 
 /// Sizes and repetition counts of a protocol T run.
 #[derive(Debug, Clone, Copy)]
@@ -169,14 +169,14 @@ trait Model {
     }
 }
 
-impl Model for Lstm {
+impl<C: Cell> Model for Rnn<C> {
     fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
         let out = self.forward(x)?;
-        Ok(out.states[0].h.clone())
+        Ok(C::hidden(&out.states[0]).clone())
     }
     fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
         let out = self.infer(x, None)?;
-        Ok(out.states[0].h.clone())
+        Ok(C::hidden(&out.states[0]).clone())
     }
 }
 
@@ -187,17 +187,6 @@ impl Model for candle_nn::LSTM {
             .last()
             .ok_or(candle_core::Error::Msg("empty sequence".to_owned()))?;
         Ok(last.h.clone())
-    }
-}
-
-impl Model for Gru {
-    fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.forward(x)?;
-        Ok(out.states[0].clone())
-    }
-    fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.infer(x, None)?;
-        Ok(out.states[0].clone())
     }
 }
 

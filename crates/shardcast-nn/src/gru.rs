@@ -1,10 +1,9 @@
-//! GRU layers whose whole-sequence recurrence is one Candle custom op with a
-//! hand-written backward pass.
+//! The GRU cell: PyTorch's `nn.GRU`, gates r, z, n.
 //!
 //! Weights use PyTorch's names and layouts (`weight_ih_l{k}` `[3H, I]`,
-//! `weight_hh_l{k}` `[3H, H]`, `bias_ih_l{k}`, `bias_hh_l{k}`, gates r, z,
-//! n), so a PyTorch `nn.GRU(batch_first=True)` state dict or a candle-nn
-//! `GRU` loads unchanged. The update is PyTorch's:
+//! `weight_hh_l{k}` `[3H, H]`, `bias_ih_l{k}`, `bias_hh_l{k}`), so a PyTorch
+//! `nn.GRU(batch_first=True)` state dict or a candle-nn `GRU` loads
+//! unchanged. The update is PyTorch's:
 //!
 //! ```text
 //! r  = σ(W_ir x + b_ir + W_hr h + b_hr)
@@ -12,546 +11,464 @@
 //! n  = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
 //! h' = (1 − z) ⊙ n + z ⊙ h
 //! ```
+//!
+//! Unlike the LSTM's, the input and hidden projections cannot be summed
+//! into one GEMM over `[x_t | h_{t-1}]`: the candidate gate needs `W_hn h +
+//! b_hn` on its own (it is scaled by `r`). Each step therefore runs `x_t
+//! W_ih^T` and `h_{t-1} W_hh^T` as two GEMMs (a fused `[x_t | h_{t-1}]` GEMM
+//! would need a fourth, half-zero block of columns) and the activation pass
+//! combines them. Backward steps through time the same way; each step's
+//! gate gradients go through `W_hh` and `W_ih` (the gradients of `h_{t-1}`
+//! and `x_t`) and into the weight gradients while still in cache.
 
-mod cell;
-#[cfg(test)]
-mod tests;
+use candle_core::Tensor;
 
-use std::sync::Arc;
-
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
-use candle_nn::{Init, VarBuilder};
-use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
+use crate::cell::{BiasLayout, Cell, CellKernels};
+use crate::error::Result;
+use crate::fused::{BwdStep, Dims, FwdStep};
+use crate::kernel::{self, PackedB, Rows, row_blocks};
+use crate::layer::{LayerOutput, Rnn, RnnConfig, RnnLayer, StackOutput};
 use crate::portable;
-use crate::seq_out::{SeqOp, Shared};
-use crate::storage::{self, cpu_f32, with_f32};
 
-const OP: &str = "gru";
+/// The GRU cell, the type parameter of [`Gru`] and [`GruLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GruCell;
 
-/// Shape of a GRU stack; saved next to the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GruConfig {
-    /// Features per time step of the input.
-    pub input_size: usize,
-    /// Width of the hidden state.
-    pub hidden_size: usize,
-    /// Stacked layers; layer `k > 0` reads layer `k - 1`'s hidden sequence.
-    #[serde(default = "one")]
-    pub num_layers: usize,
-    /// Whether the layers have `bias_ih` / `bias_hh`.
-    #[serde(default = "yes")]
-    pub bias: bool,
-}
-
-fn one() -> usize {
-    1
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl GruConfig {
-    /// One layer with biases.
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        Self {
-            input_size,
-            hidden_size,
-            num_layers: 1,
-            bias: true,
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        for (field, value) in [
-            ("input_size", self.input_size),
-            ("hidden_size", self.hidden_size),
-            ("num_layers", self.num_layers),
-        ] {
-            if value == 0 {
-                return Err(Error::Config {
-                    field,
-                    value,
-                    reason: "must be at least 1",
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Result of running one layer over a sequence.
-#[derive(Debug, Clone)]
-pub struct GruOutput {
-    /// Hidden state at every step, `[batch, seq, hidden]`.
-    pub hidden: Tensor,
-    /// Hidden state after the last step, `[batch, hidden]`.
-    pub state: Tensor,
-}
+/// Shape of a GRU stack.
+pub type GruConfig = RnnConfig;
 
 /// One GRU layer's weights in PyTorch layout.
-#[derive(Debug, Clone)]
-pub struct GruLayer {
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Option<Tensor>,
-    b_hh: Option<Tensor>,
-    input_size: usize,
-    hidden_size: usize,
-}
+pub type GruLayer = RnnLayer<GruCell>;
 
-impl GruLayer {
-    /// Loads (or, with a `VarMap`-backed builder, creates) layer `layer` from
-    /// `vb`, initialised like PyTorch: uniform in `±1/sqrt(hidden)`.
-    pub fn new(
-        input_size: usize,
-        hidden_size: usize,
-        bias: bool,
-        layer: usize,
-        vb: &VarBuilder<'_>,
-    ) -> Result<Self> {
-        let g = 3 * hidden_size;
-        let k = 1.0 / (hidden_size as f64).sqrt();
-        let init = Init::Uniform { lo: -k, up: k };
-        let w_ih = vb.get_with_hints((g, input_size), &format!("weight_ih_l{layer}"), init)?;
-        let w_hh = vb.get_with_hints((g, hidden_size), &format!("weight_hh_l{layer}"), init)?;
-        let (b_ih, b_hh) = if bias {
-            (
-                Some(vb.get_with_hints(g, &format!("bias_ih_l{layer}"), init)?),
-                Some(vb.get_with_hints(g, &format!("bias_hh_l{layer}"), init)?),
-            )
-        } else {
-            (None, None)
-        };
-        Self::from_tensors(w_ih, w_hh, b_ih, b_hh)
-    }
-
-    /// Wraps existing tensors, checking their shapes.
-    pub fn from_tensors(
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Option<Tensor>,
-        b_hh: Option<Tensor>,
-    ) -> Result<Self> {
-        let (g, input_size) = w_ih.dims2()?;
-        if g % 3 != 0 || g == 0 || input_size == 0 {
-            return Err(Error::Shape {
-                op: OP,
-                tensor: "weight_ih",
-                actual: w_ih.dims().to_vec(),
-                expected: "[3 * hidden, input] with hidden, input >= 1".to_owned(),
-            });
-        }
-        let hidden_size = g / 3;
-        storage::check(&w_ih, OP, "weight_ih", &[g, input_size])?;
-        storage::check(&w_hh, OP, "weight_hh", &[g, hidden_size])?;
-        for (t, name) in [(&b_ih, "bias_ih"), (&b_hh, "bias_hh")] {
-            if let Some(t) = t {
-                storage::check(t, OP, name, &[g])?;
-            }
-        }
-        Ok(Self {
-            w_ih,
-            w_hh,
-            b_ih,
-            b_hh,
-            input_size,
-            hidden_size,
-        })
-    }
-
-    /// Width of the hidden state.
-    pub fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-
-    /// Features per input step.
-    pub fn input_size(&self) -> usize {
-        self.input_size
-    }
-
-    /// Runs the layer over `x` `[batch, seq, input]` from the hidden state
-    /// `state` `[batch, hidden]` (zeros when `None`). Records the op for
-    /// autograd when any input needs gradients; otherwise takes the inference
-    /// path, which keeps no activations.
-    pub fn forward(&self, x: &Tensor, state: Option<&Tensor>) -> Result<GruOutput> {
-        let tracked = x.track_op()
-            || self.w_ih.track_op()
-            || self.w_hh.track_op()
-            || self.b_ih.as_ref().is_some_and(Tensor::track_op)
-            || self.b_hh.as_ref().is_some_and(Tensor::track_op)
-            || state.is_some_and(Tensor::track_op);
-        if tracked {
-            self.forward_train(x, state)
-        } else {
-            self.infer(x, state)
-        }
-    }
-
-    /// Runs the layer without recording anything for autograd, even when the
-    /// weights are trainable variables: the serving path.
-    pub fn infer(&self, x: &Tensor, state: Option<&Tensor>) -> Result<GruOutput> {
-        let d = self.dims(x, state)?;
-        let bias = self.bias_vec()?;
-        let state0 = state
-            .map(|s| s.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
-        let out = with_f32(x, OP, "input", |xs| {
-            with_f32(&self.w_ih, OP, "weight_ih", |wi| {
-                with_f32(&self.w_hh, OP, "weight_hh", |wh| {
-                    Ok(cell::forward(d, xs, wi, wh, &bias, state0.as_deref(), false).0)
-                })
-            })
-        })?;
-        let out = Tensor::from_vec(out, (d.batch, d.seq, d.hidden), &Device::Cpu)?;
-        split_output(out, d)
-    }
-
-    fn forward_train(&self, x: &Tensor, state: Option<&Tensor>) -> Result<GruOutput> {
-        let d = self.dims(x, state)?;
-        let g = d.gates();
-        let bias = |b: &Option<Tensor>| match b {
-            Some(b) => Ok(b.clone()),
-            None => Tensor::zeros(g, DType::F32, x.device()),
-        };
-        let params = Tensor::cat(
-            &[
-                self.w_ih.flatten_all()?,
-                self.w_hh.flatten_all()?,
-                bias(&self.b_ih)?,
-                bias(&self.b_hh)?,
-            ],
-            0,
-        )?;
-        let state0 = match state {
-            Some(s) => s.clone(),
-            None => Tensor::zeros((d.batch, d.hidden), DType::F32, x.device())?,
-        };
-        let shared = Shared::new(OP);
-        let op = GruOp {
-            dims: d,
-            shared: Arc::clone(&shared),
-        };
-        let state = x.contiguous()?.apply_op3(&params, &state0, op)?;
-        let hidden = state.apply_op1(SeqOp {
-            name: "shardcast-gru-seq",
-            dims: (d.batch, d.seq, d.hidden),
-            shared,
-        })?;
-        Ok(GruOutput { hidden, state })
-    }
-
-    fn dims(&self, x: &Tensor, state: Option<&Tensor>) -> Result<cell::Dims> {
-        let bad = || Error::Shape {
-            op: OP,
-            tensor: "input",
-            actual: x.dims().to_vec(),
-            expected: format!("[batch >= 1, seq >= 1, {}]", self.input_size),
-        };
-        let &[batch, seq, input] = x.dims() else {
-            return Err(bad());
-        };
-        if batch == 0 || seq == 0 || input != self.input_size {
-            return Err(bad());
-        }
-        storage::check(x, OP, "input", &[batch, seq, input])?;
-        if let Some(s) = state {
-            storage::check(s, OP, "h0", &[batch, self.hidden_size])?;
-        }
-        Ok(cell::Dims {
-            batch,
-            seq,
-            input,
-            hidden: self.hidden_size,
-        })
-    }
-
-    /// The layer from standard tensor ops on any device (see
-    /// [`crate::portable`]): per-step inputs `xs` (`[batch, input]` each) to
-    /// per-step hidden states; the last is the final state.
-    fn forward_portable(&self, xs: &[Tensor], state: Option<&Tensor>) -> Result<Vec<Tensor>> {
-        let hs = self.hidden_size;
-        let (w_ih, w_hh) = (self.w_ih.t()?, self.w_hh.t()?);
-        let mut h = match state {
-            Some(s) => s.clone(),
-            None => Tensor::zeros((xs[0].dim(0)?, hs), DType::F32, xs[0].device())?,
-        };
-        let mut out = Vec::with_capacity(xs.len());
-        for x in xs {
-            let gi = portable::affine(x, &w_ih, self.b_ih.as_ref())?;
-            let gh = portable::affine(&h, &w_hh, self.b_hh.as_ref())?;
-            let r =
-                portable::sigmoid(&(portable::gate(&gi, 0, hs)? + portable::gate(&gh, 0, hs)?)?)?;
-            let z =
-                portable::sigmoid(&(portable::gate(&gi, 1, hs)? + portable::gate(&gh, 1, hs)?)?)?;
-            let n = (portable::gate(&gi, 2, hs)? + (r * portable::gate(&gh, 2, hs)?)?)?.tanh()?;
-            // (1 - z) n + z h = n + z (h - n)
-            h = (&n + (z * (&h - &n)?)?)?;
-            out.push(h.clone());
-        }
-        Ok(out)
-    }
-
-    /// `b_ih | b_hh`, zeros for a missing one.
-    fn bias_vec(&self) -> Result<Vec<f32>> {
-        let g = 3 * self.hidden_size;
-        let mut bias = vec![0.0f32; 2 * g];
-        for (dst, b) in bias.chunks_exact_mut(g).zip([&self.b_ih, &self.b_hh]) {
-            if let Some(b) = b {
-                dst.copy_from_slice(&b.to_vec1::<f32>()?);
-            }
-        }
-        Ok(bias)
-    }
-}
-
-fn split_output(hidden: Tensor, d: cell::Dims) -> Result<GruOutput> {
-    Ok(GruOutput {
-        state: hidden.narrow(1, d.seq - 1, 1)?.squeeze(1)?,
-        hidden,
-    })
-}
-
-/// The whole-sequence op: `(x [B,T,I], params [3H*I + 3H*H + 3H + 3H],
-/// h0 [B, H]) -> [B, H]`, the final hidden state. `params` is `W_ih`,
-/// `W_hh`, `b_ih`, `b_hh` flattened and concatenated. The hidden sequence
-/// is a [`SeqOp`] on this result (see [`crate::seq_out`]).
-struct GruOp {
-    dims: cell::Dims,
-    shared: Arc<Shared<cell::Saved>>,
-}
-
-impl GruOp {
-    fn split_params<'a>(&self, p: &'a [f32]) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
-        let d = self.dims;
-        let g = d.gates();
-        let (n_ih, n_hh) = (g * d.input, g * d.hidden);
-        if p.len() != n_ih + n_hh + 2 * g {
-            return Err(Error::Shape {
-                op: OP,
-                tensor: "params",
-                actual: vec![p.len()],
-                expected: format!("[{}]", n_ih + n_hh + 2 * g),
-            });
-        }
-        let (w_ih, rest) = p.split_at(n_ih);
-        let (w_hh, bias) = rest.split_at(n_hh);
-        Ok((w_ih, w_hh, bias))
-    }
-
-    fn fwd(
-        &self,
-        x: (&CpuStorage, &Layout),
-        params: (&CpuStorage, &Layout),
-        state0: (&CpuStorage, &Layout),
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = self.dims;
-        let xs = cpu_f32(x.0, x.1, OP, "input")?;
-        let ps = cpu_f32(params.0, params.1, OP, "params")?;
-        let s0 = cpu_f32(state0.0, state0.1, OP, "state0")?;
-        if xs.len() != d.batch * d.seq * d.input || s0.len() != d.batch * d.hidden {
-            return Err(Error::Shape {
-                op: OP,
-                tensor: "input",
-                actual: x.1.dims().to_vec(),
-                expected: format!("[{}, {}, {}]", d.batch, d.seq, d.input),
-            });
-        }
-        let (w_ih, w_hh, bias) = self.split_params(ps)?;
-        let (hseq, saved) = cell::forward(d, xs, w_ih, w_hh, bias, Some(s0), true);
-        let (t, h) = (d.seq, d.hidden);
-        let mut fin = Vec::with_capacity(d.batch * h);
-        for row in hseq.chunks_exact(t * h) {
-            fin.extend_from_slice(&row[(t - 1) * h..]);
-        }
-        self.shared.put(saved, hseq);
-        Ok((CpuStorage::F32(fin), Shape::from((d.batch, h))))
-    }
-
-    fn bwd(&self, x: &Tensor, params: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let d = self.dims;
-        let (b, t, i, h, g) = (d.batch, d.seq, d.input, d.hidden, d.gates());
-        let saved = self.shared.saved()?;
-        let dseq = self.shared.take_dseq();
-        let grads = with_f32(params, OP, "params", |ps| {
-            let (w_ih, w_hh, _) = self.split_params(ps)?;
-            with_f32(grad, OP, "final state grad", |dfin| {
-                let run = |dseq: Option<&[f32]>| cell::backward(d, saved, dseq, dfin, w_ih, w_hh);
-                match &dseq {
-                    Some(t) => with_f32(t, OP, "hidden grad", |s| Ok(run(Some(s)))),
-                    None => Ok(run(None)),
-                }
-            })
-        })?;
-        let dev = x.device();
-        // `[dW_ih | dW_hh | db_ih | db_hh]`, the weights from the transposed
-        // `[I + H, 3H]` gradient whose input rows have the gates in the
-        // order n, r, z.
-        let dw_t = &grads.dw_t;
-        let mut dparams = Vec::with_capacity(g * (i + h + 2));
-        for q in 0..g {
-            let col = if q < 2 * h { q + h } else { q - 2 * h };
-            dparams.extend((0..i).map(|p| dw_t[p * g + col]));
-        }
-        for q in 0..g {
-            dparams.extend((i..i + h).map(|p| dw_t[p * g + q]));
-        }
-        let sums = &grads.sums;
-        let (s_n, s_rz, s_hn) = (&sums[..h], &sums[h..3 * h], &sums[3 * h..]);
-        for part in [s_rz, s_n, s_rz, s_hn] {
-            dparams.extend_from_slice(part);
-        }
-        let dparams = Tensor::from_vec(dparams, g * (i + h + 2), dev)?;
-        let dx = Tensor::from_vec(grads.dx, (b, t, i), dev)?;
-        let dstate0 = Tensor::from_vec(grads.dh0, (b, h), dev)?;
-        Ok((dx, dparams, dstate0))
-    }
-}
-
-impl CustomOp3 for GruOp {
-    fn name(&self) -> &'static str {
-        "shardcast-gru"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), (s3, l3))
-            .map_err(candle_core::Error::wrap)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        params: &Tensor,
-        _state0: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp, ds) = GruOp::bwd(self, x, params, grad).map_err(candle_core::Error::wrap)?;
-        Ok((Some(dx), Some(dp), Some(ds)))
-    }
-}
+/// Result of running one GRU layer over a sequence; its state is the
+/// hidden state `[batch, hidden]`.
+pub type GruOutput = LayerOutput<GruCell>;
 
 /// A stack of GRU layers, as PyTorch's `nn.GRU(batch_first=True)`.
-#[derive(Debug, Clone)]
-pub struct Gru {
-    config: GruConfig,
-    layers: Vec<GruLayer>,
+pub type Gru = Rnn<GruCell>;
+
+/// Result of running a GRU stack.
+pub type GruStackOutput = StackOutput<GruCell>;
+
+impl Cell for GruCell {
+    const NAME: &'static str = "gru";
+    const GATES: usize = 3;
+    const STATE: &'static [&'static str] = &["h0"];
+    /// The hidden state, `[batch, hidden]`.
+    type State = Tensor;
+
+    fn hidden(state: &Tensor) -> &Tensor {
+        state
+    }
+
+    fn parts(state: &Tensor) -> Vec<&Tensor> {
+        vec![state]
+    }
+
+    fn from_parts(parts: Vec<Tensor>) -> Tensor {
+        let [h] = <[Tensor; 1]>::try_from(parts).expect("a GRU state has one part");
+        h
+    }
 }
 
-/// Result of running the stack.
-#[derive(Debug, Clone)]
-pub struct GruStackOutput {
-    /// The last layer's hidden sequence, `[batch, seq, hidden]`.
-    pub hidden: Tensor,
-    /// Each layer's final hidden state, `[batch, hidden]`.
-    pub states: Vec<Tensor>,
+/// The GRU's packed forward weights and biases.
+pub struct FwdWeights {
+    /// `W_ih^T` `[I, 3H]`.
+    wx: PackedB,
+    /// `W_hh^T` `[H, 3H]`.
+    wh: PackedB,
+    /// Added to the input projection: `b_ir + b_hr | b_iz + b_hz | b_in`.
+    bias_x: Vec<f32>,
+    /// Added to the hidden projection: `0 | 0 | b_hn`.
+    bias_h: Vec<f32>,
 }
 
-impl Gru {
-    /// Builds the stack from `vb` (weights named `weight_ih_l0`, ... in its
-    /// scope).
-    pub fn new(config: GruConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        config.validate()?;
-        let layers = (0..config.num_layers)
-            .map(|k| {
-                let input = if k == 0 {
-                    config.input_size
+/// The GRU's packed backward weights.
+pub struct BwdWeights {
+    /// `W_ih` `[3H, I]`, gates in the order n, r, z.
+    wx: PackedB,
+    /// `W_hh` `[3H, H]`.
+    wh: PackedB,
+}
+
+/// What the backward steps of a batch chunk carry.
+pub struct BwdWork {
+    /// The outside gradient of h when the sequence has none.
+    no_dh: Vec<f32>,
+    /// On entry to a step: the gradient flowing into h_t from step t + 1
+    /// (from the final state's gradient at the last step).
+    dh_next: Vec<f32>,
+}
+
+impl CellKernels for GruCell {
+    const OP_NAME: &'static str = "shardcast-gru";
+    const SEQ_NAME: &'static str = "shardcast-gru-seq";
+    /// `r | z | n | W_hn h + b_hn`.
+    const SLOTS: usize = 4;
+    const BIAS: BiasLayout = BiasLayout::Separate;
+    const XH_GEMM: bool = false;
+    type FwdWeights = FwdWeights;
+    type BwdWeights = BwdWeights;
+    /// One step's hidden projections `[rows, 3H]`, kept apart from the
+    /// input ones until the activation pass (n needs them apart).
+    type FwdWork = Vec<f32>;
+    type BwdWork = BwdWork;
+
+    fn pack_forward(d: Dims, w_ih: &[f32], w_hh: &[f32], bias: &[f32]) -> FwdWeights {
+        let (i, h, g) = (d.input, d.hidden, d.gates::<Self>());
+        // The r and z biases of both projections add up (on the input side);
+        // n keeps `b_hn` apart, inside `r ⊙ (W_hn h + b_hn)`.
+        let (b_ih, b_hh) = bias.split_at(g);
+        let mut bias_x = b_ih.to_vec();
+        for (acc, v) in bias_x[..2 * h].iter_mut().zip(b_hh) {
+            *acc += v;
+        }
+        let mut bias_h = vec![0.0f32; g];
+        bias_h[2 * h..].copy_from_slice(&b_hh[2 * h..]);
+        FwdWeights {
+            wx: PackedB::from_transposed(g, &[(w_ih, i)]),
+            wh: PackedB::from_transposed(g, &[(w_hh, h)]),
+            bias_x,
+            bias_h,
+        }
+    }
+
+    fn pack_backward(d: Dims, w_ih: &[f32], w_hh: &[f32]) -> BwdWeights {
+        let (i, h, g) = (d.input, d.hidden, d.gates::<Self>());
+        // dh_{t-1} gets `(dr | dz | dn ⊙ r) @ W_hh`, dx_t `(dn | dr | dz) @
+        // W_ih` with `W_ih`'s gates in that order.
+        BwdWeights {
+            wh: PackedB::from_fn(g, h, |p, j| w_hh[p * h + j]),
+            wx: PackedB::from_fn(g, i, |p, j| {
+                let q = if p < h { p + 2 * h } else { p - h };
+                w_ih[q * i + j]
+            }),
+        }
+    }
+
+    fn forward_work(d: Dims, rows: usize) -> Vec<f32> {
+        vec![0.0f32; rows * d.gates::<Self>()]
+    }
+
+    #[inline(always)]
+    fn forward_step<const FMA: bool>(d: Dims, w: &FwdWeights, s: FwdStep<'_>, gh: &mut Vec<f32>) {
+        let (t_len, i, h, g, sl) = (
+            d.seq,
+            d.input,
+            d.hidden,
+            d.gates::<Self>(),
+            d.slots::<Self>(),
+        );
+        let FwdStep {
+            t,
+            batch: bc,
+            x,
+            state0,
+            hseq,
+            gates,
+            ..
+        } = s;
+        let (bias_x, bias_h) = (&w.bias_x[..g], &w.bias_h[..g]);
+        for (r0, rows) in row_blocks(0, bc) {
+            let xa = Rows {
+                data: x,
+                start: (r0 * t_len + t) * i,
+                ld: t_len * i,
+            };
+            // Both stores add a bias (zeros for the hidden r and z): that
+            // keeps them vector loops, where a plain copy would become a
+            // `memcpy` call per tile row.
+            kernel::gemm_rows::<FMA>(xa, rows, &w.wx, |r, j0, acc| {
+                let dst = &mut gates[(r0 + r) * sl + j0..][..acc.len()];
+                for ((d, a), b) in dst.iter_mut().zip(acc).zip(&bias_x[j0..]) {
+                    *d = a + b;
+                }
+            });
+            let ha = if t == 0 {
+                Rows {
+                    data: state0,
+                    start: r0 * h,
+                    ld: h,
+                }
+            } else {
+                Rows {
+                    data: hseq,
+                    start: (r0 * t_len + t - 1) * h,
+                    ld: t_len * h,
+                }
+            };
+            kernel::gemm_rows::<FMA>(ha, rows, &w.wh, |r, j0, acc| {
+                let dst = &mut gh[(r0 + r) * g + j0..][..acc.len()];
+                for ((d, a), b) in dst.iter_mut().zip(acc).zip(&bias_h[j0..]) {
+                    *d = a + b;
+                }
+            });
+            for r in r0..r0 + rows {
+                let base = (r * t_len + t) * h;
+                let (before, cur) = hseq.split_at_mut(base);
+                let h_prev = if t == 0 {
+                    &state0[r * h..][..h]
                 } else {
-                    config.hidden_size
+                    &before[base - h..]
                 };
-                GruLayer::new(input, config.hidden_size, config.bias, k, &vb)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { config, layers })
+                cell_forward::<FMA>(
+                    &mut gates[r * sl..][..sl],
+                    &gh[r * g..][..g],
+                    h_prev,
+                    &mut cur[..h],
+                );
+            }
+        }
     }
 
-    /// The configuration it was built from.
-    pub fn config(&self) -> &GruConfig {
-        &self.config
+    fn backward_work(d: Dims, _rows: usize, dfin: &[f32]) -> BwdWork {
+        BwdWork {
+            no_dh: vec![0.0f32; d.hidden],
+            dh_next: dfin.to_vec(),
+        }
     }
 
-    /// The layers, first to last.
-    pub fn layers(&self) -> &[GruLayer] {
-        &self.layers
-    }
-
-    /// Runs the stack from zero states.
-    pub fn forward(&self, x: &Tensor) -> Result<GruStackOutput> {
-        self.forward_with_state(x, None)
-    }
-
-    /// Runs the stack from the given per-layer hidden states.
-    pub fn forward_with_state(
-        &self,
-        x: &Tensor,
-        states: Option<&[Tensor]>,
-    ) -> Result<GruStackOutput> {
-        self.run(x, states, GruLayer::forward)
-    }
-
-    /// Runs the stack without recording anything for autograd.
-    pub fn infer(&self, x: &Tensor, states: Option<&[Tensor]>) -> Result<GruStackOutput> {
-        self.run(x, states, GruLayer::infer)
-    }
-
-    fn run(
-        &self,
-        x: &Tensor,
-        states: Option<&[Tensor]>,
-        f: impl Fn(&GruLayer, &Tensor, Option<&Tensor>) -> Result<GruOutput>,
-    ) -> Result<GruStackOutput> {
-        if let Some(s) = states
-            && s.len() != self.layers.len()
-        {
-            return Err(Error::Config {
-                field: "states",
-                value: s.len(),
-                reason: "need one state per layer",
+    #[inline(always)]
+    fn backward_step<const FMA: bool>(d: Dims, w: &BwdWeights, s: BwdStep<'_>, work: &mut BwdWork) {
+        let (t_len, i, h, sl, k) = (d.seq, d.input, d.hidden, d.slots::<Self>(), d.xh());
+        let BwdStep {
+            t,
+            batch: bc,
+            gates,
+            xh,
+            dseq,
+            dx,
+            dg,
+            ..
+        } = s;
+        for (r0, rows) in row_blocks(0, bc) {
+            for r in r0..r0 + rows {
+                cell_backward::<FMA>(
+                    &gates[r * sl..][..sl],
+                    &xh[r * k + i..][..h],
+                    match dseq {
+                        Some(v) => &v[(r * t_len + t) * h..][..h],
+                        None => &work.no_dh,
+                    },
+                    &mut work.dh_next[r * h..][..h],
+                    &mut dg[r * sl..][..sl],
+                );
+            }
+            // The hidden-side gradient, the last 3H.
+            let a = Rows {
+                data: dg,
+                start: r0 * sl + h,
+                ld: sl,
+            };
+            let dh_next = &mut work.dh_next;
+            kernel::gemm_rows::<FMA>(a, rows, &w.wh, |r, j0, acc| {
+                let dst = &mut dh_next[(r0 + r) * h + j0..][..acc.len()];
+                for (d, a) in dst.iter_mut().zip(acc) {
+                    *d += a;
+                }
+            });
+            // The input-side gradient, the first 3H.
+            let a = Rows {
+                data: dg,
+                start: r0 * sl,
+                ld: sl,
+            };
+            kernel::gemm_rows::<FMA>(a, rows, &w.wx, |r, j0, acc| {
+                dx[((r0 + r) * t_len + t) * i + j0..][..acc.len()].copy_from_slice(acc);
             });
         }
-        if !x.device().is_cpu() {
-            return self.run_portable(x, states);
-        }
-        let mut hidden = x.clone();
-        let mut out_states = Vec::with_capacity(self.layers.len());
-        for (k, layer) in self.layers.iter().enumerate() {
-            let out = f(layer, &hidden, states.map(|s| &s[k]))?;
-            hidden = out.hidden;
-            out_states.push(out.state);
-        }
-        Ok(GruStackOutput {
-            hidden,
-            states: out_states,
-        })
     }
 
-    /// The stack from standard tensor ops (see [`crate::portable`]): what
-    /// runs on a device other than the CPU.
-    pub(crate) fn run_portable(
-        &self,
-        x: &Tensor,
-        states: Option<&[Tensor]>,
-    ) -> Result<GruStackOutput> {
-        let mut xs = portable::steps(x, OP, self.config.input_size)?;
-        let mut out_states = Vec::with_capacity(self.layers.len());
-        for (k, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward_portable(&xs, states.map(|s| &s[k]))?;
-            out_states.push(xs.last().expect("at least one step").clone());
+    fn backward_finish(_d: Dims, work: BwdWork, dstate0: &mut [f32]) {
+        dstate0.copy_from_slice(&work.dh_next);
+    }
+
+    /// The input weights pair with `dn | dr | dz`, the hidden weights with
+    /// `dr | dz | dn ⊙ r` (see [`cell_backward`]).
+    fn grad_columns(h: usize) -> (usize, usize) {
+        (0, h)
+    }
+
+    fn input_grad_column(q: usize, h: usize) -> usize {
+        if q < 2 * h { q + h } else { q - 2 * h }
+    }
+
+    fn bias_grads(h: usize, sums: &[f32], out: &mut Vec<f32>) {
+        // `b_ih` gets `dr | dz | dn`, `b_hh` `dr | dz | dn ⊙ r`.
+        let (s_n, s_rz, s_hn) = (&sums[..h], &sums[h..3 * h], &sums[3 * h..]);
+        for part in [s_rz, s_n, s_rz, s_hn] {
+            out.extend_from_slice(part);
         }
-        Ok(GruStackOutput {
-            hidden: Tensor::stack(&xs, 1)?,
-            states: out_states,
-        })
+    }
+
+    fn portable_step(gi: &Tensor, gh: &Tensor, state: &[Tensor], hs: usize) -> Result<Vec<Tensor>> {
+        let h = &state[0];
+        let r = portable::sigmoid(&(portable::gate(gi, 0, hs)? + portable::gate(gh, 0, hs)?)?)?;
+        let z = portable::sigmoid(&(portable::gate(gi, 1, hs)? + portable::gate(gh, 1, hs)?)?)?;
+        let n = (portable::gate(gi, 2, hs)? + (r * portable::gate(gh, 2, hs)?)?)?.tanh()?;
+        // (1 - z) n + z h = n + z (h - n)
+        Ok(vec![(&n + (z * (h - &n)?)?)?])
+    }
+}
+
+/// Gate activations and the state update of one row. `gates` holds the
+/// input projection `x W_ih^T + b_ih (+ b_hr, b_hz)` in its first `3H` on
+/// entry and `r | z | n | W_hn h + b_hn` on exit; `gh` is the hidden
+/// projection `h W_hh^T (+ b_hn)`.
+#[inline(always)]
+fn cell_forward<const FMA: bool>(gates: &mut [f32], gh: &[f32], h_prev: &[f32], h: &mut [f32]) {
+    let n = h.len();
+    let (gr, rest) = gates.split_at_mut(n);
+    let (gz, rest) = rest.split_at_mut(n);
+    let (gn, ghn) = rest.split_at_mut(n);
+    let (gr, gz, gn, ghn, h_prev) = (
+        &mut gr[..n],
+        &mut gz[..n],
+        &mut gn[..n],
+        &mut ghn[..n],
+        &h_prev[..n],
+    );
+    let (hr, hz, hn) = (&gh[..n], &gh[n..2 * n], &gh[2 * n..3 * n]);
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA = true` only runs behind the AVX2 + FMA check.
+        start = unsafe { avx2::cell_forward([gr, gz, gn, ghn], [hr, hz, hn], h_prev, h) };
+    }
+    for j in start..n {
+        let rv = kernel::sigmoid(gr[j] + hr[j]);
+        let zv = kernel::sigmoid(gz[j] + hz[j]);
+        let nv = kernel::tanh(gn[j] + rv * hn[j]);
+        gr[j] = rv;
+        gz[j] = zv;
+        gn[j] = nv;
+        ghn[j] = hn[j];
+        h[j] = nv + zv * (h_prev[j] - nv);
+    }
+}
+
+/// Backward of one row of one step, writing `dg`: the pre-activation
+/// gradients `dn | dr | dz | dn ⊙ r`. `dh_next` holds the gradient of `h_t`
+/// from step t + 1 on entry and the direct part `dh_t ⊙ z` of the gradient
+/// of `h_{t-1}` on exit (the GEMM through `W_hh` adds the rest).
+#[inline(always)]
+fn cell_backward<const FMA: bool>(
+    gates: &[f32],
+    h_prev: &[f32],
+    dh_out: &[f32],
+    dh_next: &mut [f32],
+    dg: &mut [f32],
+) {
+    let n = h_prev.len();
+    let (gr, rest) = gates.split_at(n);
+    let (gz, rest) = rest.split_at(n);
+    let (gn, ghn) = rest.split_at(n);
+    let (dn, rest) = dg.split_at_mut(n);
+    let (dr, rest) = rest.split_at_mut(n);
+    let (dz, dhn) = rest.split_at_mut(n);
+    let (gr, gz, gn, ghn) = (&gr[..n], &gz[..n], &gn[..n], &ghn[..n]);
+    let (dn, dr, dz, dhn) = (&mut dn[..n], &mut dr[..n], &mut dz[..n], &mut dhn[..n]);
+    let (dh_out, dh_next) = (&dh_out[..n], &mut dh_next[..n]);
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA = true` only runs behind the AVX2 + FMA check.
+        start = unsafe {
+            avx2::cell_backward(
+                [gr, gz, gn, ghn],
+                h_prev,
+                dh_out,
+                dh_next,
+                [dn, dr, dz, dhn],
+            )
+        };
+    }
+    for j in start..n {
+        let (rv, zv, nv) = (gr[j], gz[j], gn[j]);
+        let dh = dh_out[j] + dh_next[j];
+        let dnv = dh * (1.0 - zv) * (1.0 - nv * nv);
+        dn[j] = dnv;
+        dr[j] = dnv * ghn[j] * rv * (1.0 - rv);
+        dz[j] = dh * (h_prev[j] - nv) * zv * (1.0 - zv);
+        dhn[j] = dnv * rv;
+        dh_next[j] = dh * zv;
+    }
+}
+
+/// Eight lanes at a time; each returns how many leading elements it did.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_mul_ps, _mm256_sub_ps,
+    };
+
+    use crate::kernel::simd::{load, sigmoid, splat, store, tanh};
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn cell_forward(
+        [gr, gz, gn, ghn]: [&mut [f32]; 4],
+        [hr, hz, hn]: [&[f32]; 3],
+        h_prev: &[f32],
+        h: &mut [f32],
+    ) -> usize {
+        let n = h.len() / 8 * 8;
+        let mut j = 0;
+        while j < n {
+            let rv = sigmoid(_mm256_add_ps(load(&gr[j..]), load(&hr[j..])));
+            let zv = sigmoid(_mm256_add_ps(load(&gz[j..]), load(&hz[j..])));
+            let hnv = load(&hn[j..]);
+            let nv = tanh(_mm256_fmadd_ps(rv, hnv, load(&gn[j..])));
+            let hv = _mm256_fmadd_ps(zv, _mm256_sub_ps(load(&h_prev[j..]), nv), nv);
+            store(&mut gr[j..], rv);
+            store(&mut gz[j..], zv);
+            store(&mut gn[j..], nv);
+            store(&mut ghn[j..], hnv);
+            store(&mut h[j..], hv);
+            j += 8;
+        }
+        n
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn cell_backward(
+        [gr, gz, gn, ghn]: [&[f32]; 4],
+        h_prev: &[f32],
+        dh_out: &[f32],
+        dh_next: &mut [f32],
+        [dn, dr, dz, dhn]: [&mut [f32]; 4],
+    ) -> usize {
+        let n = h_prev.len() / 8 * 8;
+        let one = splat(1.0);
+        let dsig = |v: __m256| _mm256_mul_ps(v, _mm256_sub_ps(one, v));
+        let mut j = 0;
+        while j < n {
+            let (rv, zv, nv) = (load(&gr[j..]), load(&gz[j..]), load(&gn[j..]));
+            let dh = _mm256_add_ps(load(&dh_out[j..]), load(&dh_next[j..]));
+            // dn = dh (1 - z) (1 - n^2)
+            let dnv = _mm256_mul_ps(
+                _mm256_mul_ps(dh, _mm256_sub_ps(one, zv)),
+                _mm256_fnmadd_ps(nv, nv, one),
+            );
+            store(&mut dn[j..], dnv);
+            // dr = dn (W_hn h + b_hn) r (1 - r)
+            store(
+                &mut dr[j..],
+                _mm256_mul_ps(_mm256_mul_ps(dnv, load(&ghn[j..])), dsig(rv)),
+            );
+            // dz = dh (h_prev - n) z (1 - z)
+            store(
+                &mut dz[j..],
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dh, _mm256_sub_ps(load(&h_prev[j..]), nv)),
+                    dsig(zv),
+                ),
+            );
+            store(&mut dhn[j..], _mm256_mul_ps(dnv, rv));
+            store(&mut dh_next[j..], _mm256_mul_ps(dh, zv));
+            j += 8;
+        }
+        n
     }
 }
