@@ -16,8 +16,7 @@ use candle_nn::rnn::RNN;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use crate::error::Result;
-use crate::gru::{Gru, GruConfig};
-use crate::lstm::{Lstm, LstmConfig};
+use shardcast_nn::{Cell, Gru, GruConfig, Lstm, LstmConfig, Rnn};
 
 /// Sizes and repetition counts of a protocol T run.
 #[derive(Debug, Clone, Copy)]
@@ -170,14 +169,14 @@ trait Model {
     }
 }
 
-impl Model for Lstm {
+impl<C: Cell> Model for Rnn<C> {
     fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
         let out = self.forward(x)?;
-        Ok(out.states[0].h.clone())
+        Ok(C::hidden(&out.states[0]).clone())
     }
     fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
         let out = self.infer(x, None)?;
-        Ok(out.states[0].h.clone())
+        Ok(C::hidden(&out.states[0]).clone())
     }
 }
 
@@ -188,17 +187,6 @@ impl Model for candle_nn::LSTM {
             .last()
             .ok_or(candle_core::Error::Msg("empty sequence".to_owned()))?;
         Ok(last.h.clone())
-    }
-}
-
-impl Model for Gru {
-    fn last_hidden(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.forward(x)?;
-        Ok(out.states[0].clone())
-    }
-    fn last_hidden_infer(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.infer(x, None)?;
-        Ok(out.states[0].clone())
     }
 }
 
@@ -300,7 +288,7 @@ fn run_side<M: Model>(
 pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
     let lstm = compare(
         p,
-        |vb| Lstm::new(LstmConfig::new(p.input, p.hidden), vb),
+        |vb| Ok(Lstm::new(LstmConfig::new(p.input, p.hidden), vb)?),
         |vb| {
             Ok(candle_nn::rnn::lstm(
                 p.input,
@@ -313,7 +301,7 @@ pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
     let gru = if p.gru {
         Some(compare(
             p,
-            |vb| Gru::new(GruConfig::new(p.input, p.hidden), vb),
+            |vb| Ok(Gru::new(GruConfig::new(p.input, p.hidden), vb)?),
             |vb| {
                 Ok(candle_nn::rnn::gru(
                     p.input,

@@ -18,8 +18,7 @@ use candle_nn::{Embedding, Linear, Module, VarBuilder};
 use super::config::{CellKind, ModelConfig};
 use super::features::{Batch, STATIC};
 use crate::error::Result;
-use crate::gru::{Gru, GruConfig};
-use crate::lstm::{Lstm, LstmConfig};
+use shardcast_nn::{Cell, Gru, Lstm, Rnn, RnnConfig};
 
 /// The recurrent encoder.
 #[derive(Debug, Clone)]
@@ -56,25 +55,15 @@ impl Network {
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
         cfg.validate()?;
+        let rnn = RnnConfig {
+            input_size: cfg.input_size(),
+            hidden_size: cfg.hidden_size,
+            num_layers: cfg.num_layers,
+            bias: true,
+        };
         let encoder = match cfg.cell {
-            CellKind::Lstm => Encoder::Lstm(Lstm::new(
-                LstmConfig {
-                    input_size: cfg.input_size(),
-                    hidden_size: cfg.hidden_size,
-                    num_layers: cfg.num_layers,
-                    bias: true,
-                },
-                vb.pp("rnn"),
-            )?),
-            CellKind::Gru => Encoder::Gru(Gru::new(
-                GruConfig {
-                    input_size: cfg.input_size(),
-                    hidden_size: cfg.hidden_size,
-                    num_layers: cfg.num_layers,
-                    bias: true,
-                },
-                vb.pp("rnn"),
-            )?),
+            CellKind::Lstm => Encoder::Lstm(Lstm::new(rnn, vb.pp("rnn"))?),
+            CellKind::Gru => Encoder::Gru(Gru::new(rnn, vb.pp("rnn"))?),
         };
         let d = cfg.head_hidden;
         let static_width =
@@ -123,25 +112,8 @@ impl Network {
         let (n, h) = (b.n, cfg.horizon);
         let ctx = Tensor::from_slice(&b.context, (n, cfg.context, cfg.input_size()), dev)?;
         let hidden = match &self.encoder {
-            Encoder::Lstm(lstm) => {
-                let out = if train {
-                    lstm.forward(&ctx)?
-                } else {
-                    lstm.infer(&ctx, None)?
-                };
-                out.states
-                    .last()
-                    .map(|s| s.h.clone())
-                    .expect("at least one layer")
-            }
-            Encoder::Gru(gru) => {
-                let out = if train {
-                    gru.forward(&ctx)?
-                } else {
-                    gru.infer(&ctx, None)?
-                };
-                out.states.last().cloned().expect("at least one layer")
-            }
+            Encoder::Lstm(lstm) => last_hidden(lstm, &ctx, train)?,
+            Encoder::Gru(gru) => last_hidden(gru, &ctx, train)?,
         };
         let sid = Tensor::from_slice(&b.series, n, dev)?;
         let tid = Tensor::from_slice(&b.shard_types, n, dev)?;
@@ -170,6 +142,18 @@ impl Network {
         let q = gaps.broadcast_add(&med)?;
         Ok(q.reshape((n, h, cfg.quantiles.len()))?)
     }
+}
+
+/// The last layer's final hidden state `[n, hidden]` over the context
+/// `ctx`; `train` records the recurrence for autograd.
+fn last_hidden<C: Cell>(rnn: &Rnn<C>, ctx: &Tensor, train: bool) -> Result<Tensor> {
+    let out = if train {
+        rnn.forward(ctx)?
+    } else {
+        rnn.infer(ctx, None)?
+    };
+    let last = out.states.last().expect("at least one layer");
+    Ok(C::hidden(last).clone())
 }
 
 /// `log(1 + e^x)`, computed without overflow.

@@ -22,8 +22,7 @@ use super::proto::{
     tensor_shape_proto, type_proto,
 };
 use crate::error::{Error, Result};
-use crate::gru::GruLayer;
-use crate::lstm::LstmLayer;
+use shardcast_nn::{GruLayer, LstmLayer};
 
 /// The oldest default-domain opset whose operator signatures the evaluator
 /// implements (axes as inputs of `Squeeze`, `Unsqueeze`, `ReduceSum`; as an

@@ -32,6 +32,10 @@ pub(crate) struct Buf(Vec<f32>);
 /// allocated, whatever its last user left in it when recycled. Callers must
 /// write every element before reading it.
 pub(crate) fn take(len: usize) -> Buf {
+    if len == 0 {
+        // Nothing to recycle, and no pooled buffer to hold on to.
+        return Buf::default();
+    }
     let reused = POOL
         .try_with(|pool| {
             let mut pool = pool.borrow_mut();

@@ -14,6 +14,13 @@ pub(crate) const NR_PAD: usize = 64;
 /// Rows of the widest row block handled by one micro-kernel call.
 pub(crate) const MR: usize = 6;
 
+/// The blocks of at most [`MR`] rows, `(first row, rows)`, that cover
+/// `lo..hi` in order: the row blocks of one [`gemm_rows`] call each.
+#[inline(always)]
+pub(crate) fn row_blocks(lo: usize, hi: usize) -> impl Iterator<Item = (usize, usize)> {
+    (lo..hi).step_by(MR).map(move |r0| (r0, (hi - r0).min(MR)))
+}
+
 /// A right-hand GEMM operand `B[k, n]`, packed in panels of [`NR_PAD`]
 /// columns: panel `q` holds columns `q * NR_PAD..` of every row, row after
 /// row, contiguously, with the last panel padded with zeros to full width.
@@ -23,7 +30,7 @@ pub(crate) const MR: usize = 6;
 /// follows better; at batch 1 the forward GEMM is bound by reading `B` from
 /// L2.
 #[derive(Debug)]
-pub(crate) struct PackedB {
+pub struct PackedB {
     data: Vec<f32>,
     k: usize,
     n: usize,

@@ -1,6 +1,8 @@
-//! The LSTM and GRU recurrences from Candle's standard tensor ops, for
-//! devices the fused CPU kernels of [`crate::lstm`] and [`crate::gru`] do
-//! not run on (CUDA). Autograd goes through Candle's own ops.
+//! The recurrence from Candle's standard tensor ops, for devices the fused
+//! CPU kernels of [`crate::fused`] do not run on (CUDA): the layer loops
+//! over the steps and each cell's
+//! [`portable_step`](crate::cell::CellKernels::portable_step) updates the
+//! state. Autograd goes through Candle's own ops.
 //!
 //! The input is split into one `[batch, features]` tensor per step once,
 //! and each layer maps that list to the next, so no step slices a long
