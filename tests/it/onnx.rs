@@ -1,5 +1,5 @@
 //! ONNX export: `shardcast export-onnx` on the bundled model, the
-//! evaluator of `shardcast-model` against `Model::forecast`, and
+//! loader of `shardcast-onnx` against `Model::forecast`, and
 //! onnxruntime (through `tests/onnx_parity.py`) against both.
 //!
 //! The Python interpreter is `$SHARDCAST_PYTHON`, else `.venv/bin/python`
@@ -12,7 +12,7 @@ use std::process::Command;
 use shardcast_model::forecaster::{
     Baseline, CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
 };
-use shardcast_model::onnx::{self, OnnxInputs, OnnxModel};
+use shardcast_onnx::{self as onnx, OnnxInputs, OnnxModel};
 
 use super::{ok, repo, shardcast};
 

@@ -6,12 +6,12 @@
 //! (so `loss.backward()` and candle-nn optimizers work unchanged), the CPU
 //! kernels behind them (and the same recurrences from standard tensor ops
 //! for training on a CUDA GPU, the `cuda` feature), the global quantile
-//! forecaster with its training
-//! loop and model directories ([`forecaster`]), protocol F's backtest and
-//! metrics ([`backtest`], [`metrics`]), ONNX export and an evaluator of the
-//! exported graphs ([`onnx`]) and the protocol T benchmark. It takes
-//! series as plain `f32` grids; it never reads the store. Of the workspace
-//! crates it may use `shardcast-core` only.
+//! forecaster with its training loop and model directories ([`forecaster`]),
+//! protocol F's backtest and metrics ([`backtest`], [`metrics`]) and the
+//! protocol T benchmark. It takes series as plain `f32` grids; it never
+//! reads the store. Of the workspace crates it may use `shardcast-core`
+//! only. ONNX export and loading live in `shardcast-onnx`, which builds on
+//! this crate.
 //!
 //! Weight names and layouts are PyTorch's, so candle-nn's `LSTM` and
 //! PyTorch state dicts load unchanged.
@@ -24,7 +24,6 @@ pub mod gru;
 mod kernel;
 pub mod lstm;
 pub mod metrics;
-pub mod onnx;
 mod portable;
 mod scratch;
 mod seq_out;

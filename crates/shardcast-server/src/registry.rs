@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use shardcast_model::forecaster::{Model, SeriesInput};
-use shardcast_model::onnx::OnnxModel;
 use shardcast_model::versions::versions;
+use shardcast_onnx::OnnxModel;
 
 use crate::error::{Error, Result};
 
@@ -29,8 +29,8 @@ pub enum ModelFormat {
     /// `model.safetensors` with `config.json`, on Candle.
     #[default]
     Candle,
-    /// `model.onnx` (from `shardcast export-onnx`), on the model crate's
-    /// ONNX evaluator.
+    /// `model.onnx` (from `shardcast export-onnx`), loaded and run by
+    /// `shardcast-onnx`.
     Onnx,
 }
 
@@ -120,15 +120,14 @@ impl Engine {
 
     /// Forecasts each `(series, origin)` window: `[windows, horizon,
     /// quantiles]` in the series' units.
-    pub fn forecast(
-        &self,
-        windows: &[(SeriesInput<'_>, usize)],
-    ) -> shardcast_model::Result<Vec<f32>> {
+    pub fn forecast(&self, windows: &[(SeriesInput<'_>, usize)]) -> Result<Vec<f32>> {
         match self {
-            Self::Candle(m) => m.forecast(windows),
+            Self::Candle(m) => Ok(m.forecast(windows)?),
             Self::Onnx(m) => {
                 let inputs = m.contract().inputs(windows)?;
-                Ok(m.run(&inputs)?.flatten_all()?.to_vec1::<f32>()?)
+                let out = m.run(&inputs)?;
+                let flat = out.flatten_all().and_then(|t| t.to_vec1::<f32>());
+                Ok(flat.map_err(shardcast_onnx::Error::from)?)
             }
         }
     }
@@ -152,16 +151,16 @@ pub struct Served {
 impl Served {
     /// Loads version `version` of `name` from `dir` in `format`.
     pub fn load(name: &str, version: u32, dir: &Path, format: ModelFormat) -> Result<Self> {
-        let unavailable = |e: shardcast_model::Error| Error::ModelUnavailable {
+        let unavailable = |e: &dyn std::error::Error| Error::ModelUnavailable {
             name: name.to_owned(),
             version,
-            reason: crate::error::chain(&e),
+            reason: crate::error::chain(e),
         };
         let model = match format {
-            ModelFormat::Candle => Engine::Candle(Model::load(dir).map_err(unavailable)?),
-            ModelFormat::Onnx => {
-                Engine::Onnx(OnnxModel::load(&dir.join(format.file())).map_err(unavailable)?)
-            }
+            ModelFormat::Candle => Engine::Candle(Model::load(dir).map_err(|e| unavailable(&e))?),
+            ModelFormat::Onnx => Engine::Onnx(
+                OnnxModel::load(&dir.join(format.file())).map_err(|e| unavailable(&e))?,
+            ),
         };
         probe(&model).map_err(|reason| Error::ModelUnavailable {
             name: name.to_owned(),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shardcast_model::forecaster::Model;
-use shardcast_model::onnx::{self, OnnxModel};
 use shardcast_model::versions;
+use shardcast_onnx::{self as onnx, OnnxModel};
 
 /// Settings of `shardcast export-onnx`.
 #[derive(Debug, Args)]

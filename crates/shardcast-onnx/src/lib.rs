@@ -1,8 +1,16 @@
-//! ONNX export of a trained forecaster, and an evaluator that loads and runs
-//! the exported graphs on Candle.
+//! ONNX for shardcast: the export of a trained forecaster as a standard
+//! ONNX graph, the input contract stored with it, and loading and running
+//! the exported graphs.
+//!
+//! This crate owns everything ONNX: the graph writer ([`export`],
+//! [`to_bytes`]), the [`Contract`] and the one function that fills its input
+//! tensors ([`Contract::inputs`]), and [`OnnxModel`], which the inference
+//! server and `shardcast export-onnx` load files with. It builds on
+//! `shardcast-model` (the [`Model`](shardcast_model::forecaster::Model), its
+//! weights and configuration); the model crate knows nothing of ONNX.
 //!
 //! [`export`] writes a standard ONNX file (opset 17, IR 8, default domain
-//! only) that computes exactly what [`Model::forecast`](crate::forecaster::Model::forecast)
+//! only) that computes exactly what [`Model::forecast`](shardcast_model::forecaster::Model::forecast)
 //! does, from inputs close to the raw series: the window normalisation,
 //! history fill, lag gathering, calendar features, every ensemble member's
 //! GRU or LSTM encoder and quantile head, the ensemble mean, the calibration
@@ -61,6 +69,7 @@
 //! script needs a system `protoc`.
 
 mod contract;
+mod error;
 mod eval;
 mod export;
 mod proto;
@@ -72,5 +81,6 @@ pub use contract::{
     EVENTS, HISTORY_LEN, METADATA_KEY, ORIGIN_TS, OnnxInputs, QUANTILES, SERIES_ID, SERIES_SCALE,
     SHARD_TYPE_ID, TensorSpec, VALUES,
 };
+pub use error::{Error, Result};
 pub use eval::OnnxModel;
 pub use export::{OPSET, contract_path, export, to_bytes};

@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Shape, Tensor};
 use prost::Message;
 
-use super::OnnxInputs;
-use super::contract::{BATCH, Contract, Dim, HISTORY_LEN, METADATA_KEY, SERIES_ID, SHARD_TYPE_ID};
-use super::proto::{
+use crate::OnnxInputs;
+use crate::contract::{BATCH, Contract, Dim, HISTORY_LEN, METADATA_KEY, SERIES_ID, SHARD_TYPE_ID};
+use crate::error::{Error, Result};
+use crate::proto::{
     AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, attribute_type, data_type,
     tensor_shape_proto, type_proto,
 };
-use crate::error::{Error, Result};
-use crate::gru::GruLayer;
-use crate::lstm::LstmLayer;
+use shardcast_model::gru::GruLayer;
+use shardcast_model::lstm::LstmLayer;
 
 /// The oldest default-domain opset whose operator signatures the evaluator
 /// implements (axes as inputs of `Squeeze`, `Unsqueeze`, `ReduceSum`; as an

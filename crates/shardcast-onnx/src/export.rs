@@ -11,18 +11,19 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::contract::{
+use crate::contract::{
     self, Contract, EVENTS, HISTORY_LEN, METADATA_KEY, ORIGIN_TS, QUANTILES, SERIES_ID,
     SERIES_SCALE, SHARD_TYPE_ID, VALUES,
 };
-use super::proto::{
+use crate::error::{Error, Result};
+use crate::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_type, data_type,
     tensor_shape_proto, type_proto,
 };
-use crate::error::{Error, Result};
-use crate::forecaster::reversion::{MIN_GAP, Mixer, SHOCK};
-use crate::forecaster::{CellKind, Model, Reversion, baseline_weights};
+use shardcast_model::forecaster::{
+    CellKind, MIN_GAP, Mixer, Model, Reversion, SHOCK, baseline_weights,
+};
 
 /// The opset of the default domain the exported graph declares.
 pub const OPSET: i64 = 17;
@@ -595,7 +596,7 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
         let denom = g.f32s("miss_denominator", &[], &[h as f32 * hy.miss_reference]);
         let ratio = g.op("Div", "miss_ratio", &[&sum, &denom], vec![]);
         let lo = g.f32s("miss_floor", &[], &[1.0]);
-        let hi = g.f32s("miss_cap", &[], &[crate::forecaster::MISS_CAP]);
+        let hi = g.f32s("miss_cap", &[], &[shardcast_model::forecaster::MISS_CAP]);
         let f = g.op("Clip", "miss_factor", &[&ratio, &lo, &hi], vec![]);
         let f3 = g.unsqueeze("miss_factor_3d", &f, &ax2);
         wide = g.op("Mul", "spread_after_miss", &[&wide, &f3], vec![]);

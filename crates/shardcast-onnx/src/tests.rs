@@ -3,14 +3,40 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use prost::Message;
 
-use super::eval::run_node;
-use super::proto::{ModelProto, tensor_shape_proto, type_proto};
 use super::*;
-use crate::forecaster::{
+use crate::eval::run_node;
+use crate::proto::{ModelProto, tensor_shape_proto, type_proto};
+use shardcast_model::forecaster::{
     Baseline, Calibration, CellKind, Hybrid, Model, ModelConfig, Reversion, SeriesInput,
     TrainConfig, TrainSeries,
 };
-use crate::test_util::{input_of, values};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The model's view of a training series (its rows, grid and events).
+fn input_of<'a>(m: &Model, s: &'a TrainSeries) -> SeriesInput<'a> {
+    SeriesInput {
+        series: m.series_row(&s.name),
+        shard_type: m.shard_type_row(&s.shard_type),
+        start: s.start,
+        step: m.step_ms(),
+        values: &s.values,
+        events: s.events.as_deref(),
+    }
+}
 
 const STEP: i64 = 3_600_000;
 /// A Monday, 2024-01-01T00:00Z, so windows cross day and week boundaries.
