@@ -1,26 +1,32 @@
-//! ONNX engines side by side on the bundled model's exported graph: this
-//! crate's evaluator (`old`), tract (pure Rust) and onnxruntime through
-//! `ort` (its `load-dynamic` feature: the `libonnxruntime.so` of the PyPI
-//! wheel, found under `.venv` or named by `ORT_DYLIB_PATH`).
+//! ONNX engines side by side on the bundled model's exported graph:
+//! `Model::forecast` on Candle (what the graph computes), [`OnnxModel`]
+//! (tract) and, with the `bench-ort` feature, onnxruntime through `ort`
+//! (its `load-dynamic` feature: the `libonnxruntime.so` of the PyPI wheel,
+//! found under `.venv` or named by `ORT_DYLIB_PATH`).
 //!
 //! ```text
-//! cargo build --workspace --examples --features shardcast-onnx/bench-engines
+//! cargo build --workspace --examples --features shardcast-onnx/bench-ort
 //! target/debug/examples/onnx_engines
 //! ```
 //!
 //! Prints the operators the export emits, checks that the engines agree,
 //! then times each at batch 1 and 64, interleaved (engine after engine,
 //! round after round) so that a slow phase of the machine hits all alike,
-//! and prints the median time per call.
+//! and prints the median time per call. The choice of tract, and its
+//! timings against the hand-written evaluator it replaced, are in the
+//! history of this file (issue 18).
 
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "bench-ort")]
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Tensor};
+#[cfg(feature = "bench-ort")]
+use candle_core::DType;
 use prost::Message;
 use shardcast_model::forecaster::{Model, SeriesInput};
 use shardcast_onnx::{OnnxInputs, OnnxModel};
@@ -76,78 +82,27 @@ struct Engine<'a> {
     run: Box<dyn FnMut(&OnnxInputs) -> Res<Vec<f32>> + 'a>,
 }
 
-fn old_engine(bytes: &[u8]) -> Res<Engine<'static>> {
+fn candle_engine<'a>(model: &'a Model, windows: &'a [(SeriesInput<'a>, usize)]) -> Engine<'a> {
+    Engine {
+        name: "candle (Model::forecast)",
+        load: Duration::ZERO,
+        // The windows, not the tensors: this is the path without ONNX.
+        run: Box::new(move |_| Ok(model.forecast(windows)?)),
+    }
+}
+
+fn tract_engine(bytes: &[u8]) -> Res<Engine<'static>> {
     let t0 = Instant::now();
     let m = OnnxModel::from_bytes(Path::new("bundled.onnx"), bytes)?;
     Ok(Engine {
-        name: "old (eval.rs)",
+        name: "tract (OnnxModel)",
         load: t0.elapsed(),
         run: Box::new(move |x| Ok(m.run(x)?.flatten_all()?.to_vec1::<f32>()?)),
     })
 }
 
-fn tract_engine(
-    bytes: &[u8],
-    contract: &shardcast_onnx::Contract,
-    batch: Option<usize>,
-) -> Res<Engine<'static>> {
-    use tract_onnx::prelude::*;
-    let t0 = Instant::now();
-    let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
-    if let Some(b) = batch {
-        // Fix the batch axis of every input for this plan.
-        for (i, spec) in contract.inputs.iter().enumerate() {
-            let shape: Vec<usize> = spec
-                .shape
-                .iter()
-                .map(|d| match d {
-                    shardcast_onnx::Dim::Fixed(n) => *n,
-                    shardcast_onnx::Dim::Named(_) => b,
-                })
-                .collect();
-            let dt = match spec.dtype.as_str() {
-                "int64" => i64::datum_type(),
-                _ => f32::datum_type(),
-            };
-            model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
-        }
-    }
-    let plan = model.into_optimized()?.into_runnable()?;
-    let name = if batch.is_some() {
-        "tract (batch fixed per plan)"
-    } else {
-        "tract (symbolic batch)"
-    };
-    Ok(Engine {
-        name,
-        load: t0.elapsed(),
-        run: Box::new(move |x| {
-            let inputs: TVec<TValue> = x
-                .tensors
-                .iter()
-                .map(|(_, t)| to_tract(t).map(IntoTValue::into_tvalue))
-                .collect::<Res<_>>()?;
-            let out = plan.run(inputs)?;
-            Ok(out[0]
-                .to_plain_array_view::<f32>()?
-                .iter()
-                .copied()
-                .collect())
-        }),
-    })
-}
-
-fn to_tract(t: &Tensor) -> Res<tract_onnx::prelude::Tensor> {
-    let dims = t.dims().to_vec();
-    let flat = t.flatten_all()?;
-    Ok(match t.dtype() {
-        DType::F32 => tract_onnx::prelude::Tensor::from_shape(&dims, &flat.to_vec1::<f32>()?)?,
-        DType::I64 => tract_onnx::prelude::Tensor::from_shape(&dims, &flat.to_vec1::<i64>()?)?,
-        d => return Err(format!("unexpected input dtype {d:?}").into()),
-    })
-}
-
 /// The onnxruntime library of the Python wheel, if there is one.
+#[cfg(feature = "bench-ort")]
 fn ort_dylib(repo: &Path) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Some(PathBuf::from(p));
@@ -165,6 +120,7 @@ fn ort_dylib(repo: &Path) -> Option<PathBuf> {
     None
 }
 
+#[cfg(feature = "bench-ort")]
 fn ort_engine<'a>(bytes: &[u8], env: &'a ort::environment::Environment) -> Res<Engine<'a>> {
     use ort::session::Session;
     use ort::value::{DynValue, Tensor as OrtTensor};
@@ -246,6 +202,7 @@ fn main() -> Res<()> {
     }
 
     // onnxruntime allows one environment per process.
+    #[cfg(feature = "bench-ort")]
     let ort_env = match ort_dylib(&repo) {
         Some(p) => Some(ort::init_from(p)?.build()?),
         None => None,
@@ -256,37 +213,14 @@ fn main() -> Res<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
     println!();
-    println!(
-        "| batch | engine | load ms | median ms / call | × old | max rel. |Δ| vs Model::forecast |"
-    );
+    println!("| batch | engine | load ms | median ms / call | × candle | max rel. |Δ| vs candle |");
     println!("|---|---|---|---|---|---|");
     for batch in [1usize, 64] {
         let w = &windows[..batch];
         let want = model.forecast(w)?;
         let inputs = contract.inputs(w)?;
-        let mut engines = vec![old_engine(&bytes)?];
-        // tract with the batch left symbolic: its GRU and LSTM without an
-        // initial state panic on an unknown batch size, so this is caught.
-        let symbolic = std::panic::catch_unwind(|| {
-            tract_engine(&bytes, &contract, None).map_err(|e| e.to_string())
-        });
-        match symbolic {
-            Ok(Ok(e)) => engines.push(e),
-            Ok(Err(e)) => {
-                println!("| {batch} | tract (symbolic batch) | fails to load: {e} | | | |")
-            }
-            Err(p) => {
-                let why = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_default();
-                println!(
-                    "| {batch} | tract (symbolic batch) | panics while loading: {why} | | | |"
-                );
-            }
-        }
-        engines.push(tract_engine(&bytes, &contract, Some(batch))?);
+        let mut engines = vec![candle_engine(&model, w), tract_engine(&bytes)?];
+        #[cfg(feature = "bench-ort")]
         match &ort_env {
             Some(env) => engines.push(ort_engine(&bytes, env)?),
             None => println!("(no libonnxruntime.so found: set ORT_DYLIB_PATH)"),

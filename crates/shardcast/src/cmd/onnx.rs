@@ -50,7 +50,7 @@ pub(crate) async fn export(args: ExportOnnxArgs) -> Result<()> {
             let model = Model::load(&dir)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;
             onnx::export(&model, &out)?;
-            // Loading it back checks every node against the evaluator.
+            // Loading it back checks the file and prepares it in tract.
             let loaded = OnnxModel::load(&out)?;
             let bytes = std::fs::metadata(&out)
                 .with_context(|| format!("cannot stat {}", out.display()))?
