@@ -1,5 +1,5 @@
 //! ONNX export: `shardcast export-onnx` on the bundled model, the
-//! evaluator of `shardcast-model` against `Model::forecast`, and
+//! `OnnxModel` of `shardcast-onnx` (tract) against `Model::forecast`, and
 //! onnxruntime (through `tests/onnx_parity.py`) against both.
 //!
 //! The Python interpreter is `$SHARDCAST_PYTHON`, else `.venv/bin/python`
@@ -12,7 +12,7 @@ use std::process::Command;
 use shardcast_model::forecaster::{
     Baseline, CellKind, Model, ModelConfig, SeriesInput, TrainConfig, TrainSeries,
 };
-use shardcast_model::onnx::{self, OnnxInputs, OnnxModel};
+use shardcast_onnx::{self as onnx, OnnxInputs, OnnxModel};
 
 use super::{ok, repo, shardcast};
 
@@ -80,8 +80,8 @@ fn windows<'a>(
     out
 }
 
-/// Compares the evaluator with `Model::forecast`, writes the parity case
-/// for onnxruntime, and returns the evaluator's largest absolute difference.
+/// Compares `OnnxModel` (tract) with `Model::forecast`, writes the parity
+/// case for onnxruntime, and returns tract's largest absolute difference.
 fn case(
     name: &str,
     model: &Model,
@@ -106,11 +106,8 @@ fn case(
         abs = abs.max(d);
         rel = rel.max(d / f64::from(w.abs()).max(1.0));
     }
-    eprintln!("{name}: evaluator vs candle, max abs diff {abs:.3e}, max rel diff {rel:.3e}");
-    assert!(
-        rel <= TOLERANCE,
-        "{name}: evaluator off by {rel} (abs {abs})"
-    );
+    eprintln!("{name}: tract vs candle, max abs diff {abs:.3e}, max rel diff {rel:.3e}");
+    assert!(rel <= TOLERANCE, "{name}: tract off by {rel} (abs {abs})");
 
     let (h, q) = (model.config().horizon, model.config().quantiles.len());
     let json = serde_json::json!({
@@ -272,7 +269,7 @@ fn shocky_model() -> (Model, Vec<Grid>) {
 }
 
 #[test]
-fn exported_models_match_candle_in_the_evaluator_and_onnxruntime() {
+fn exported_models_match_candle_in_tract_and_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let mut cases = Vec::new();
     for (cell, layers) in [
@@ -354,7 +351,7 @@ fn exported_models_match_candle_in_the_evaluator_and_onnxruntime() {
     let w = windows(&model, &grids, |n| vec![n, n - 150, 400]);
     let (file, abs) = case("bundled_gru", &model, &out, &w, dir.path());
     cases.push(file);
-    eprintln!("bundled model: evaluator max abs diff {abs:.3e} (series up to ~2e6)");
+    eprintln!("bundled model: tract max abs diff {abs:.3e} (series up to ~2e6)");
 
     if let Some(py) = super::python_with("onnxruntime, numpy", "onnxruntime parity") {
         onnxruntime_parity(&py, &cases);

@@ -36,29 +36,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// An ONNX file could not be written, read, checked or fed.
-    #[error("ONNX model {path}: {reason}")]
-    Onnx {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What was wrong, naming the input, node, tensor or field.
-        reason: String,
-    },
-
-    /// A node of a loaded ONNX graph failed while running.
-    #[error("ONNX model {path}: node `{node}` ({op}) failed")]
-    OnnxNode {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The node's name.
-        node: String,
-        /// Its operator.
-        op: String,
-        /// Why it failed.
-        #[source]
-        source: Box<Error>,
-    },
-
     /// A forecast that breaks the core's rules (values not finite,
     /// quantiles crossing, a context it cannot use).
     #[error(transparent)]

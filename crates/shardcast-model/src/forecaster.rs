@@ -21,7 +21,7 @@ mod contract;
 mod features;
 mod hybrid;
 mod network;
-pub(crate) mod reversion;
+mod reversion;
 mod statistical;
 mod train;
 
@@ -32,7 +32,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 pub use artifact::{CONFIG_FILE, FORMAT_VERSION};
-pub(crate) use baseline::weights as baseline_weights;
+pub use baseline::weights as baseline_weights;
 pub use baseline::{Baseline, default_baselines};
 pub use config::{
     CellKind, ComputeDevice, DataShape, ModelConfig, SMALL_DATA_HIDDEN, SMALL_DATA_MEMBERS,
@@ -41,8 +41,8 @@ pub use config::{
 pub use contract::StatisticalHalf;
 pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
-pub(crate) use hybrid::MISS_CAP;
-pub use reversion::Reversion;
+pub use hybrid::MISS_CAP;
+pub use reversion::{MIN_GAP, Mixer, Reversion, SHOCK};
 pub use statistical::Statistical;
 pub use train::{FitReport, MemberReport, Progress};
 
@@ -531,28 +531,27 @@ impl Model {
     }
 
     /// A weight by its name in `model.safetensors` (`m0.rnn.weight_ih_l0`, …).
-    pub(crate) fn weight(&self, name: &str) -> Result<candle_core::Tensor> {
+    pub fn weight(&self, name: &str) -> Result<candle_core::Tensor> {
         let data = self.varmap.data().lock().expect("var map lock");
         data.get(name)
             .map(|v| v.as_tensor().clone())
             .ok_or_else(|| Error::Invalid(format!("the model has no weight `{name}`")))
     }
 
-    /// Replaces the statistical half (tests).
-    #[cfg(test)]
-    pub(crate) fn set_hybrid(&mut self, hybrid: Option<Hybrid>) {
+    /// Replaces the statistical half (`None`: the network alone). For
+    /// tests here and of the ONNX export, which exercise every part.
+    pub fn set_hybrid(&mut self, hybrid: Option<Hybrid>) {
         self.hybrid = hybrid;
     }
 
-    /// Replaces the reversion (tests).
-    #[cfg(test)]
-    pub(crate) fn set_reversion(&mut self, reversion: Option<Reversion>) {
+    /// Replaces the reversion after shocks (`None`: off). For tests, like
+    /// [`Model::set_hybrid`].
+    pub fn set_reversion(&mut self, reversion: Option<Reversion>) {
         self.reversion = reversion;
     }
 
     /// Replaces the calibration (tests exercise non-trivial factors).
-    #[cfg(test)]
-    pub(crate) fn set_calibration(&mut self, calibration: Calibration) {
+    pub fn set_calibration(&mut self, calibration: Calibration) {
         self.calibration = calibration;
     }
 

@@ -121,6 +121,9 @@ pub enum Error {
     /// The model failed on validated input: a bug.
     #[error("model error")]
     Model(#[from] shardcast_model::Error),
+    /// An ONNX graph failed on validated input: a bug or a bad export.
+    #[error("ONNX model error")]
+    Onnx(#[from] shardcast_onnx::Error),
     /// A core type refused a value computed by the server: a bug.
     #[error("internal error")]
     Core(#[from] shardcast_core::Error),
@@ -194,6 +197,7 @@ impl Error {
             | Error::InferencePanicked
             | Error::BadModelOutput { .. }
             | Error::Model(_)
+            | Error::Onnx(_)
             | Error::Core(_)
             | Error::Io { .. }
             | Error::Transport(_) => Code::Internal,

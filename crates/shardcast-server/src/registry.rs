@@ -19,8 +19,8 @@ use std::time::SystemTime;
 
 use shardcast_core::{ForecastSpec, Forecaster, GridStep, QuantileForecast, Timestamp, Window};
 use shardcast_model::forecaster::Model;
-use shardcast_model::onnx::OnnxModel;
 use shardcast_model::versions::versions;
+use shardcast_onnx::OnnxModel;
 
 use crate::error::{Error, Result};
 
@@ -30,8 +30,8 @@ pub enum ModelFormat {
     /// `model.safetensors` with `config.json`, on Candle.
     #[default]
     Candle,
-    /// `model.onnx` (from `shardcast export-onnx`), on the model crate's
-    /// ONNX evaluator.
+    /// `model.onnx` (from `shardcast export-onnx`), loaded and run by
+    /// `shardcast-onnx`.
     Onnx,
 }
 
@@ -97,7 +97,7 @@ impl Engine {
 }
 
 impl Forecaster for Engine {
-    type Error = shardcast_model::Error;
+    type Error = Error;
 
     fn spec(&self) -> ForecastSpec {
         match self {
@@ -109,11 +109,11 @@ impl Forecaster for Engine {
     fn forecast_batch(
         &self,
         windows: &[Window<'_>],
-    ) -> shardcast_model::Result<Vec<shardcast_core::Result<QuantileForecast>>> {
-        match self {
-            Self::Candle(m) => m.forecast_batch(windows),
-            Self::Onnx(m) => m.forecast_batch(windows),
-        }
+    ) -> Result<Vec<shardcast_core::Result<QuantileForecast>>> {
+        Ok(match self {
+            Self::Candle(m) => m.forecast_batch(windows)?,
+            Self::Onnx(m) => m.forecast_batch(windows)?,
+        })
     }
 }
 
@@ -135,16 +135,16 @@ pub struct Served {
 impl Served {
     /// Loads version `version` of `name` from `dir` in `format`.
     pub fn load(name: &str, version: u32, dir: &Path, format: ModelFormat) -> Result<Self> {
-        let unavailable = |e: shardcast_model::Error| Error::ModelUnavailable {
+        let unavailable = |e: &dyn std::error::Error| Error::ModelUnavailable {
             name: name.to_owned(),
             version,
-            reason: crate::error::chain(&e),
+            reason: crate::error::chain(e),
         };
         let model = match format {
-            ModelFormat::Candle => Engine::Candle(Model::load(dir).map_err(unavailable)?),
-            ModelFormat::Onnx => {
-                Engine::Onnx(OnnxModel::load(&dir.join(format.file())).map_err(unavailable)?)
-            }
+            ModelFormat::Candle => Engine::Candle(Model::load(dir).map_err(|e| unavailable(&e))?),
+            ModelFormat::Onnx => Engine::Onnx(
+                OnnxModel::load(&dir.join(format.file())).map_err(|e| unavailable(&e))?,
+            ),
         };
         probe(&model).map_err(|reason| Error::ModelUnavailable {
             name: name.to_owned(),

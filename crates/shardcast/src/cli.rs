@@ -556,8 +556,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SHARDCAST_MODEL", default_value = "default")]
     pub(crate) model: String,
     /// Which artifact runs the forecasts: the Candle weights, or the
-    /// version's `model.onnx` (from `shardcast export-onnx`) on the ONNX
-    /// evaluator. Versions without that file are passed over.
+    /// version's `model.onnx` (from `shardcast export-onnx`) run by tract.
+    /// Versions without that file are passed over.
     #[arg(
         long,
         env = "SHARDCAST_MODEL_FORMAT",
@@ -632,7 +632,7 @@ pub(crate) struct ServeArgs {
 pub(crate) enum FormatChoice {
     /// `model.safetensors` on Candle.
     Candle,
-    /// `model.onnx` on the ONNX evaluator.
+    /// `model.onnx`, run by tract (a pure-Rust ONNX engine).
     Onnx,
 }
 

@@ -143,12 +143,7 @@ pub(super) fn linear_map(
 /// The baselines as one matrix `[window, horizon * baselines]` over the last
 /// `window` points (oldest first): column `k * baselines + b` holds baseline
 /// `b`'s weights for horizon step `k`.
-pub(crate) fn weights(
-    baselines: &[Baseline],
-    season: usize,
-    horizon: usize,
-    window: usize,
-) -> Vec<f32> {
+pub fn weights(baselines: &[Baseline], season: usize, horizon: usize, window: usize) -> Vec<f32> {
     let nb = baselines.len();
     linear_map(window, horizon * nb, |x, out| {
         for (b, base) in baselines.iter().enumerate() {

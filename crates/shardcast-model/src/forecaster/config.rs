@@ -182,7 +182,9 @@ impl ModelConfig {
         1 + self.lags.len() + self.calendar_size() + usize::from(self.events)
     }
 
-    pub(crate) fn calendar_size(&self) -> usize {
+    /// Calendar features per step: time of day as sine and cosine, and day
+    /// of week likewise when `weekday` is set (0 without `calendar`).
+    pub fn calendar_size(&self) -> usize {
         match (self.calendar, self.weekday) {
             (false, _) => 0,
             (true, true) => CALENDAR,
@@ -232,12 +234,12 @@ impl ModelConfig {
     }
 
     /// Points the window scale is computed over.
-    pub(crate) fn norm_len(&self) -> usize {
+    pub fn norm_len(&self) -> usize {
         self.context.max(self.season)
     }
 
     /// Index of the median among the quantile levels.
-    pub(crate) fn median_index(&self) -> usize {
+    pub fn median_index(&self) -> usize {
         self.quantiles
             .iter()
             .position(|&q| (q - 0.5).abs() < 1e-12)

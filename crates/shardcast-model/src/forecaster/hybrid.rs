@@ -37,7 +37,7 @@ use crate::metrics::normal_quantile;
 /// Network weights tried on the validation windows.
 const WEIGHTS: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 /// Most widening after a miss.
-pub(crate) const MISS_CAP: f32 = 2.0;
+pub const MISS_CAP: f32 = 2.0;
 /// Share of training windows whose miss stays below `miss_reference`.
 const MISS_QUANTILE: f64 = 0.9;
 
@@ -87,7 +87,7 @@ impl Hybrid {
 
     /// Points of normalised history the hybrid reads: the statistical
     /// forecast's lookback, one horizon earlier (to measure its last miss).
-    pub(crate) fn lookback(&self, cfg: &ModelConfig) -> usize {
+    pub fn lookback(&self, cfg: &ModelConfig) -> usize {
         self.statistical.lookback(cfg.season) + cfg.horizon
     }
 

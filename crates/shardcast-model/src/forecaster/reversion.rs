@@ -35,11 +35,11 @@ use crate::error::{Error, Result};
 /// Smallest `|ln(last season's mean / the same season a week earlier)|`
 /// (and two weeks earlier) that counts as a shock (about a quarter up or
 /// down).
-pub(crate) const SHOCK: f64 = 0.25;
+pub const SHOCK: f64 = 0.25;
 /// Weights of the return scenario tried when fitting.
 const WEIGHTS: [f32; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 /// Smallest gap between neighbouring quantiles that the CDF divides by.
-pub(crate) const MIN_GAP: f32 = 1e-6;
+pub const MIN_GAP: f32 = 1e-6;
 
 /// The fitted reversion (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ pub struct Reversion {
 /// largest and a smallest value under a mask), so the ONNX graph does the
 /// same with elementwise operators and reductions.
 #[derive(Debug, Clone)]
-pub(crate) struct Mixer {
+pub struct Mixer {
     /// Index of the median.
     pub mid: usize,
     /// The quantile levels.
@@ -84,7 +84,7 @@ pub(crate) struct Mixer {
 
 impl Mixer {
     /// The mixer of `cfg`'s levels; `None` with fewer than two.
-    pub(crate) fn of(cfg: &ModelConfig) -> Option<Self> {
+    pub fn of(cfg: &ModelConfig) -> Option<Self> {
         let taus: Vec<f32> = cfg.quantiles.iter().map(|&t| t as f32).collect();
         let q = taus.len();
         if q < 2 {
@@ -167,7 +167,7 @@ impl Mixer {
 
 impl Reversion {
     /// Points of history before an origin that the shock test reads.
-    pub(crate) fn lookback(season: usize) -> usize {
+    pub fn lookback(season: usize) -> usize {
         15 * season
     }
 

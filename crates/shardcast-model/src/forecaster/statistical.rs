@@ -120,7 +120,7 @@ impl Statistical {
 
     /// Its weights `[window, horizon]` over the last `window` points (oldest
     /// first): the forecast is the window times this matrix.
-    pub(crate) fn weights(&self, season: usize, horizon: usize, window: usize) -> Vec<f32> {
+    pub fn weights(&self, season: usize, horizon: usize, window: usize) -> Vec<f32> {
         linear_map(window, horizon, |x, out| {
             self.forecast(season, horizon, x, &mut |k, v| out(k, v));
         })

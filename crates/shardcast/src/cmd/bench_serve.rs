@@ -185,7 +185,7 @@ fn model(args: &BenchServeArgs) -> Result<(PathBuf, PathBuf)> {
             .with_context(|| format!("cannot copy {}", src.join(f).display()))?;
     }
     let model = shardcast_model::forecaster::Model::load(&dst)?;
-    shardcast_model::onnx::export(&model, &dst.join("model.onnx"))?;
+    shardcast_onnx::export(&model, &dst.join("model.onnx"))?;
     Ok((root, dst))
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shardcast_model::forecaster::Model;
-use shardcast_model::onnx::{self, OnnxModel};
 use shardcast_model::versions;
+use shardcast_onnx::{self as onnx, OnnxModel};
 
 /// Settings of `shardcast export-onnx`.
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ pub(crate) async fn export(args: ExportOnnxArgs) -> Result<()> {
             let model = Model::load(&dir)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;
             onnx::export(&model, &out)?;
-            // Loading it back checks every node against the evaluator.
+            // Loading it back checks the file and prepares it in tract.
             let loaded = OnnxModel::load(&out)?;
             let bytes = std::fs::metadata(&out)
                 .with_context(|| format!("cannot stat {}", out.display()))?

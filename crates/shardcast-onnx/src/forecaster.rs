@@ -2,9 +2,10 @@
 
 use shardcast_core::{ForecastSpec, Forecaster, GridStep, QuantileForecast, QuantileSet, Window};
 
-use super::OnnxModel;
+use shardcast_model::forecaster::SeriesInput;
+
+use crate::OnnxModel;
 use crate::error::{Error, Result};
-use crate::forecaster::SeriesInput;
 
 impl Forecaster for OnnxModel {
     type Error = Error;

@@ -11,23 +11,33 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::contract::{
+use crate::contract::{
     self, Contract, EVENTS, HISTORY_LEN, METADATA_KEY, ORIGIN_TS, QUANTILES, SERIES_ID,
     SERIES_SCALE, SHARD_TYPE_ID, VALUES,
 };
-use super::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_type, data_type,
-    tensor_shape_proto, type_proto,
-};
 use crate::error::{Error, Result};
-use crate::forecaster::reversion::{MIN_GAP, Mixer, SHOCK};
-use crate::forecaster::{CellKind, Model, Reversion, baseline_weights};
+use crate::proto::attribute_proto::AttributeType;
+use crate::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+};
+use shardcast_model::forecaster::{
+    CellKind, MIN_GAP, Mixer, Model, Reversion, SHOCK, baseline_weights,
+};
 
 /// The opset of the default domain the exported graph declares.
 pub const OPSET: i64 = 17;
 /// ONNX IR version matching [`OPSET`].
 const IR_VERSION: i64 = 8;
+
+/// The `TensorProto.DataType` values the graph uses.
+mod data_type {
+    use crate::proto::tensor_proto::DataType;
+
+    pub(super) const FLOAT: i32 = DataType::Float as i32;
+    pub(super) const DOUBLE: i32 = DataType::Double as i32;
+    pub(super) const INT64: i32 = DataType::Int64 as i32;
+}
 
 const DAY_MS: i64 = 86_400_000;
 /// Normalised inputs are clipped to this magnitude (as in `features`).
@@ -76,16 +86,16 @@ fn model_proto(model: &Model) -> Result<ModelProto> {
     let output = contract.outputs.iter().map(value_info).collect();
     let meta = serde_json::to_string(&contract).map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(ModelProto {
-        ir_version: IR_VERSION,
+        ir_version: Some(IR_VERSION),
         opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
+            domain: Some(String::new()),
+            version: Some(OPSET),
         }],
-        producer_name: "shardcast".to_owned(),
-        producer_version: env!("CARGO_PKG_VERSION").to_owned(),
-        domain: "shardcast".to_owned(),
-        model_version: 1,
-        doc_string: format!(
+        producer_name: Some("shardcast".to_owned()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        domain: Some("shardcast".to_owned()),
+        model_version: Some(1),
+        doc_string: Some(format!(
             "shardcast demand forecaster ({:?} encoder, {} layer(s), {} member(s)): \
              quantiles [batch, {}, {}] in the series' units",
             model.config().cell,
@@ -93,20 +103,20 @@ fn model_proto(model: &Model) -> Result<ModelProto> {
             model.config().members,
             contract.horizon,
             contract.quantiles.len()
-        ),
+        )),
         graph: Some(GraphProto {
             node: g.nodes,
-            name: "shardcast_forecaster".to_owned(),
+            name: Some("shardcast_forecaster".to_owned()),
             initializer: g.inits,
-            doc_string: String::new(),
             input,
             output,
-            value_info: Vec::new(),
+            ..GraphProto::default()
         }),
         metadata_props: vec![StringStringEntryProto {
-            key: METADATA_KEY.to_owned(),
-            value: meta,
+            key: Some(METADATA_KEY.to_owned()),
+            value: Some(meta),
         }],
+        ..ModelProto::default()
     })
 }
 
@@ -127,17 +137,20 @@ fn value_info(spec: &contract::TensorSpec) -> ValueInfoProto {
                     tensor_shape_proto::dimension::Value::DimParam(s.clone())
                 }
             }),
+            denotation: None,
         })
         .collect();
     ValueInfoProto {
-        name: spec.name.clone(),
+        name: Some(spec.name.clone()),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type,
+                elem_type: Some(elem_type),
                 shape: Some(TensorShapeProto { dim }),
             })),
+            denotation: None,
         }),
-        doc_string: spec.description.clone(),
+        doc_string: Some(spec.description.clone()),
+        ..ValueInfoProto::default()
     }
 }
 
@@ -150,17 +163,17 @@ struct Graph {
 
 fn attr_int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
-        name: name.to_owned(),
-        r#type: attribute_type::INT,
-        i,
+        name: Some(name.to_owned()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(i),
         ..AttributeProto::default()
     }
 }
 
 fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
-        name: name.to_owned(),
-        r#type: attribute_type::INTS,
+        name: Some(name.to_owned()),
+        r#type: Some(AttributeType::Ints as i32),
         ints: ints.to_vec(),
         ..AttributeProto::default()
     }
@@ -168,9 +181,9 @@ fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
 
 fn attr_string(name: &str, s: &str) -> AttributeProto {
     AttributeProto {
-        name: name.to_owned(),
-        r#type: attribute_type::STRING,
-        s: s.as_bytes().to_vec(),
+        name: Some(name.to_owned()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(s.as_bytes().to_vec()),
         ..AttributeProto::default()
     }
 }
@@ -188,8 +201,8 @@ impl Graph {
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
             output: outs.iter().map(|s| (*s).to_owned()).collect(),
-            name: format!("{op}:{name}"),
-            op_type: op.to_owned(),
+            name: Some(format!("{op}:{name}")),
+            op_type: Some(op.to_owned()),
             ..NodeProto::default()
         });
         self.nodes.last_mut().expect("just pushed").attribute = attrs;
@@ -198,9 +211,9 @@ impl Graph {
     fn init(&mut self, name: &str, dims: &[usize], data_type: i32, raw: Vec<u8>) -> String {
         self.inits.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type,
-            name: name.to_owned(),
-            raw_data: raw,
+            data_type: Some(data_type),
+            name: Some(name.to_owned()),
+            raw_data: Some(raw),
             ..TensorProto::default()
         });
         name.to_owned()
@@ -595,7 +608,7 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
         let denom = g.f32s("miss_denominator", &[], &[h as f32 * hy.miss_reference]);
         let ratio = g.op("Div", "miss_ratio", &[&sum, &denom], vec![]);
         let lo = g.f32s("miss_floor", &[], &[1.0]);
-        let hi = g.f32s("miss_cap", &[], &[crate::forecaster::MISS_CAP]);
+        let hi = g.f32s("miss_cap", &[], &[shardcast_model::forecaster::MISS_CAP]);
         let f = g.op("Clip", "miss_factor", &[&ratio, &lo, &hi], vec![]);
         let f3 = g.unsqueeze("miss_factor_3d", &f, &ax2);
         wide = g.op("Mul", "spread_after_miss", &[&wide, &f3], vec![]);
@@ -839,6 +852,16 @@ fn encoder(
         CellKind::Gru => ("GRU", &[1, 0, 2]),
         CellKind::Lstm => ("LSTM", &[0, 3, 1, 2]),
     };
+    // The initial state, zeros [1, B, hidden], given explicitly: engines
+    // such as tract need the batch size of an omitted one when they
+    // prepare the graph, which an input's batch leaves open. Taken from
+    // `history_len` (a checked integer, so always finite) times zero
+    // weights.
+    let axes = g.i64s(&format!("{p}.rnn_state_axes"), &[2], &[0, 2]);
+    let n = g.unsqueeze(&format!("{p}/rnn_state_count"), HISTORY_LEN, &axes); // [1, B, 1]
+    let n = g.cast(&format!("{p}/rnn_state_count_f32"), &n, data_type::FLOAT);
+    let zeros = g.f32s(&format!("{p}.rnn_state_zeros"), &[1, hs], &vec![0.0; hs]);
+    let h0 = g.op("MatMul", &format!("{p}/rnn_state"), &[&n, &zeros], vec![]); // [1, B, hidden]
     let mut x = seq.to_owned();
     let mut last = String::new();
     for layer in 0..cfg.num_layers {
@@ -874,10 +897,15 @@ fn encoder(
         let top = layer + 1 == cfg.num_layers;
         let y = format!("{p}/rnn_y_l{layer}");
         let yh = format!("{p}/rnn_h_l{layer}");
+        // X, W, R, B, sequence_lens (none), initial_h (, initial_c).
+        let mut ins: Vec<&str> = vec![&x, &w, &r, &b, "", &h0];
+        if cfg.cell == CellKind::Lstm {
+            ins.push(&h0);
+        }
         if top {
-            g.op_n(op, &["", &yh], &[&x, &w, &r, &b], attrs);
+            g.op_n(op, &["", &yh], &ins, attrs);
         } else {
-            g.op_n(op, &[&y], &[&x, &w, &r, &b], attrs);
+            g.op_n(op, &[&y], &ins, attrs);
             // Y is [C, 1, B, hidden]: drop the direction axis for the next layer.
             x = g.op(
                 "Squeeze",

@@ -1,14 +1,25 @@
-//! ONNX export of a trained forecaster, and an evaluator that loads and runs
-//! the exported graphs on Candle.
+//! ONNX for shardcast: the export of a trained forecaster as a standard
+//! ONNX graph, the input contract stored with it, and loading and running
+//! the exported graphs.
+//!
+//! This crate owns everything ONNX: the graph writer ([`export`],
+//! [`to_bytes`]), the [`Contract`] and the one function that fills its input
+//! tensors ([`Contract::inputs`]), and [`OnnxModel`], which the inference
+//! server and `shardcast export-onnx` load files with. It builds on
+//! `shardcast-model` (the [`Model`](shardcast_model::forecaster::Model), its
+//! weights and configuration); the model crate knows nothing of ONNX.
 //!
 //! [`export`] writes a standard ONNX file (opset 17, IR 8, default domain
-//! only) that computes exactly what [`Model::forecast`](crate::forecaster::Model::forecast)
+//! only) that computes exactly what [`Model::forecast`](shardcast_model::forecaster::Model::forecast)
 //! does, from inputs close to the raw series: the window normalisation,
 //! history fill, lag gathering, calendar features, every ensemble member's
 //! GRU or LSTM encoder and quantile head, the ensemble mean, the calibration
-//! and the de-normalisation all live in the graph. The protobuf is written
-//! with hand-written prost messages (no `protoc`); the file goes to a temp
-//! name and is renamed into place. Beside `model.onnx`, the same contract is
+//! and the de-normalisation all live in the graph. Every GRU and LSTM node
+//! gets its zero initial state as an input, so that engines can prepare the
+//! graph once for any batch size. The protobuf is written with the messages
+//! of [`proto`], generated from the ONNX schema vendored in `proto/` (ONNX
+//! 1.17.0) by protox and prost-build, so no `protoc`; the file goes to a
+//! temp name and is renamed into place. Beside `model.onnx`, the same contract is
 //! written as `model.onnx.json` (see [`contract_path`]) for clients that do
 //! not read ONNX metadata.
 //!
@@ -46,25 +57,24 @@
 //! and the map back to the series' units. What stays outside is looking up
 //! the series and shard-type rows and scalers, and the event indicator.
 //!
-//! # Evaluator
+//! # Running exported graphs
 //!
-//! [`OnnxModel`] reads such a file with the same prost messages and runs it
-//! on Candle tensors. It implements the operators the exporter writes —
-//! `Add Sub Mul Div Mod Neg Abs Exp Log Sin Cos Relu Softplus Identity Max
-//! Min Where Clip Cast Less LessOrEqual Greater GreaterOrEqual Equal Concat
-//! Gather GatherElements Transpose Reshape Squeeze Unsqueeze Slice ReduceSum
-//! MatMul Gemm GRU LSTM` (forward, default activations, GRU with
-//! `linear_before_reset = 1`, weights as initializers) — and refuses
-//! anything else at load time with the file, node and reason. GRU and LSTM
-//! nodes run on this crate's fused kernels and return the whole `Y`
-//! sequence correctly for any batch. candle-onnx is not used: its build
-//! script needs a system `protoc`.
+//! [`OnnxModel`] checks such a file (the protobuf, the contract in its
+//! metadata, initializers, every node's operator and inputs, the graph's
+//! inputs and output against the contract) and refuses a bad one with the
+//! file and the part that is wrong, then hands it to
+//! [tract](https://github.com/sonos/tract), a pure-Rust ONNX engine, which
+//! prepares one optimised plan for all batch sizes. Serving ONNX so needs
+//! neither Python nor a native library. `examples/onnx_engines.rs` times
+//! it against `Model::forecast` on Candle (and onnxruntime with the
+//! `bench-ort` feature).
 
 mod contract;
-mod eval;
+mod engine;
+mod error;
 mod export;
 mod forecaster;
-mod proto;
+pub mod proto;
 #[cfg(test)]
 mod tests;
 
@@ -73,5 +83,6 @@ pub use contract::{
     EVENTS, HISTORY_LEN, METADATA_KEY, ORIGIN_TS, OnnxInputs, QUANTILES, SERIES_ID, SERIES_SCALE,
     SHARD_TYPE_ID, TensorSpec, VALUES,
 };
-pub use eval::OnnxModel;
+pub use engine::OnnxModel;
+pub use error::{Error, Result};
 pub use export::{OPSET, contract_path, export, to_bytes};

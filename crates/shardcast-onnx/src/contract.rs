@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::forecaster::{Model, SeriesInput, SeriesScale};
+use shardcast_model::forecaster::{Model, SeriesInput, SeriesScale};
 
 /// Value of [`Contract::format`].
 pub const CONTRACT_FORMAT: &str = "shardcast-onnx";

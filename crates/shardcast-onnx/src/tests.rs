@@ -3,14 +3,43 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use prost::Message;
 
-use super::eval::run_node;
-use super::proto::{ModelProto, tensor_shape_proto, type_proto};
 use super::*;
-use crate::forecaster::{
+use crate::proto::tensor_proto::DataType;
+use crate::proto::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+};
+use shardcast_model::forecaster::{
     Baseline, Calibration, CellKind, Hybrid, Model, ModelConfig, Reversion, SeriesInput,
     TrainConfig, TrainSeries,
 };
-use crate::test_util::{input_of, values};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The model's view of a training series (its rows, grid and events).
+fn input_of<'a>(m: &Model, s: &'a TrainSeries) -> SeriesInput<'a> {
+    SeriesInput {
+        series: m.series_row(&s.name),
+        shard_type: m.shard_type_row(&s.shard_type),
+        start: s.start,
+        step: m.step_ms(),
+        values: &s.values,
+        events: s.events.as_deref(),
+    }
+}
 
 const STEP: i64 = 3_600_000;
 /// A Monday, 2024-01-01T00:00Z, so windows cross day and week boundaries.
@@ -348,9 +377,77 @@ fn export_writes_the_file_and_its_contract_atomically() {
     assert_eq!(names, ["model.onnx", "model.onnx.json"]);
 }
 
-/// The GRU and LSTM nodes, as exported and as the evaluator reads them,
-/// follow the ONNX operator definitions (gate orders z r h and i o f c),
-/// checked against a direct transcription of the ONNX equations.
+/// A float tensor's type, `dims` `None` for any shape.
+fn float_type(dims: Option<&[usize]>) -> TypeProto {
+    TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: Some(DataType::Float as i32),
+            shape: dims.map(|d| TensorShapeProto {
+                dim: d
+                    .iter()
+                    .map(|&n| tensor_shape_proto::Dimension {
+                        value: Some(tensor_shape_proto::dimension::Value::DimValue(n as i64)),
+                        denotation: None,
+                    })
+                    .collect(),
+            }),
+        })),
+        denotation: None,
+    }
+}
+
+/// Runs a recurrent `node` of an exported graph alone in tract: `x`
+/// (`[seq, batch, input]`) as its `X`, its weights from `inits`, no initial
+/// state; returns its `Y` output.
+fn run_node(node: &NodeProto, inits: &[TensorProto], x: &[f32], dims: [usize; 3]) -> Vec<f32> {
+    use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, IntoTValue, tvec};
+    let mut alone = node.clone();
+    alone.input = vec!["x".into()];
+    alone.input.extend(node.input[1..4].iter().cloned());
+    alone.output = vec!["y".into()];
+    let value = |name: &str, dims: Option<&[usize]>| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(float_type(dims)),
+        ..ValueInfoProto::default()
+    };
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        graph: Some(GraphProto {
+            initializer: inits
+                .iter()
+                .filter(|t| alone.input[1..].iter().any(|n| n == t.name()))
+                .cloned()
+                .collect(),
+            node: vec![alone],
+            input: vec![value("x", Some(&dims))],
+            output: vec![value("y", None)],
+            ..GraphProto::default()
+        }),
+        ..ModelProto::default()
+    };
+    let bytes = model.encode_to_vec();
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .unwrap();
+    let x = tract_onnx::prelude::Tensor::from_shape(&dims, x).unwrap();
+    let out = plan.run(tvec![x.into_tvalue()]).unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+/// The GRU and LSTM nodes as exported follow the ONNX operator definitions
+/// (gate orders z r h and i o f c): run alone in tract, they agree with a
+/// direct transcription of the ONNX equations.
 #[test]
 fn recurrent_nodes_follow_the_onnx_equations() {
     for cell in [CellKind::Gru, CellKind::Lstm] {
@@ -360,12 +457,12 @@ fn recurrent_nodes_follow_the_onnx_equations() {
         let node = g
             .node
             .iter()
-            .find(|n| n.op_type == "GRU" || n.op_type == "LSTM")
+            .find(|n| n.op_type() == "GRU" || n.op_type() == "LSTM")
             .unwrap();
         let init = |name: &str| {
-            let t = g.initializer.iter().find(|t| t.name == name).unwrap();
+            let t = g.initializer.iter().find(|t| t.name() == name).unwrap();
             let v: Vec<f32> = t
-                .raw_data
+                .raw_data()
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
@@ -380,9 +477,7 @@ fn recurrent_nodes_follow_the_onnx_equations() {
         let input = w.len() / (if cell == CellKind::Gru { 3 } else { 4 } * hs);
         let (seq, batch) = (5, 3);
         let x = values(seq * batch * input, 9);
-        let xt = Tensor::from_vec(x.clone(), (seq, batch, input), &Device::Cpu).unwrap();
-        let outs = run_node(node, &g.initializer, xt).unwrap();
-        let y = outs[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = run_node(node, &g.initializer, &x, [seq, batch, input]);
 
         let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
         let dot = |m: &[f32], row: usize, v: &[f32]| -> f32 {
@@ -461,7 +556,7 @@ fn malformed_files_are_refused_naming_the_file() {
     let e = load(
         "renamed.onnx",
         &tweak(&m, |p| {
-            p.graph.as_mut().unwrap().input[0].name = "valuez".into()
+            p.graph.as_mut().unwrap().input[0].name = Some("valuez".into())
         }),
     );
     assert!(
@@ -502,7 +597,7 @@ fn malformed_files_are_refused_naming_the_file() {
             else {
                 unreachable!()
             };
-            t.elem_type = super::proto::data_type::FLOAT;
+            t.elem_type = Some(DataType::Float as i32);
         }),
     );
     assert!(e.contains("`history_len` has element type float32"), "{e}");
@@ -510,7 +605,7 @@ fn malformed_files_are_refused_naming_the_file() {
     let e = load(
         "op.onnx",
         &tweak(&m, |p| {
-            p.graph.as_mut().unwrap().node[3].op_type = "Frobnicate".into()
+            p.graph.as_mut().unwrap().node[3].op_type = Some("Frobnicate".into())
         }),
     );
     assert!(e.contains("operator Frobnicate is not supported"), "{e}");
@@ -530,9 +625,9 @@ fn malformed_files_are_refused_naming_the_file() {
             let t = g
                 .initializer
                 .iter_mut()
-                .find(|t| t.name.contains("GRU.W"))
+                .find(|t| t.name().contains("GRU.W"))
                 .unwrap();
-            t.raw_data.truncate(12);
+            t.raw_data.as_mut().unwrap().truncate(12);
         }),
     );
     assert!(
