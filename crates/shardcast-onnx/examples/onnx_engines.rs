@@ -74,12 +74,15 @@ fn ops(bytes: &[u8]) -> Res<BTreeMap<String, usize>> {
     Ok(out)
 }
 
+/// A forecast function over prepared inputs.
+type RunFn<'a> = Box<dyn FnMut(&OnnxInputs) -> Res<Vec<f32>> + 'a>;
+
 /// One engine: a name and a forecast function over prepared inputs.
 struct Engine<'a> {
     name: &'static str,
     /// Time to load the file and prepare it to run.
     load: Duration,
-    run: Box<dyn FnMut(&OnnxInputs) -> Res<Vec<f32>> + 'a>,
+    run: RunFn<'a>,
 }
 
 fn candle_engine<'a>(model: &'a Model, windows: &'a [(SeriesInput<'a>, usize)]) -> Engine<'a> {
