@@ -561,19 +561,19 @@ async fn writes_land_in_the_store_and_streams_follow_them() {
     assert!(e.message().contains("no points"), "{e}");
 }
 
+/// What [`load`] returns: the client tasks, each client's newest version,
+/// and the count of failed calls.
+type Load = (
+    Vec<tokio::task::JoinHandle<Vec<u32>>>,
+    Vec<Arc<AtomicU32>>,
+    Arc<AtomicUsize>,
+);
+
 /// Runs `clients` loops of forecasts until `stop`. Each task returns the
 /// model versions it was answered by, repeats collapsed; `latest[i]` holds
 /// the version of client `i`'s newest answer (0 before its first);
 /// `failures` counts failed calls.
-fn load(
-    server: &Server,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-) -> (
-    Vec<tokio::task::JoinHandle<Vec<u32>>>,
-    Vec<Arc<AtomicU32>>,
-    Arc<AtomicUsize>,
-) {
+fn load(server: &Server, clients: usize, stop: Arc<AtomicBool>) -> Load {
     let failures = Arc::new(AtomicUsize::new(0));
     let latest: Vec<_> = (0..clients).map(|_| Arc::new(AtomicU32::new(0))).collect();
     let addr = format!("http://{}", server.addr);
