@@ -206,10 +206,13 @@ pub struct FwdStep<'a> {
     pub(crate) hseq: &'a mut [f32],
     /// The chunk's other state parts, `[T, bc, (STATE - 1) * H]`.
     pub(crate) cseq: &'a mut [f32],
-    /// This step's gates, `[bc, SLOTS * H]`.
+    /// Where this step's rows start in `gates` and `xh`: row `r` of the
+    /// step is row `t0 + r` of both.
+    pub(crate) t0: usize,
+    /// The gates, `SLOTS * H` a row.
     pub(crate) gates: &'a mut [f32],
-    /// This step's GEMM rows `[x_t | h_{t-1}]`, `[bc, I + H]`; empty unless
-    /// the cell's forward reads them or training saves them.
+    /// The GEMM rows `[x_t | h_{t-1}]`, `I + H` a row; empty unless the
+    /// cell's forward reads them or training saves them.
     pub(crate) xh: &'a [f32],
 }
 
@@ -265,9 +268,9 @@ fn fwd_chunk<C: Cell, const FMA: bool>(d: Dims, w: &C::FwdWeights, c: FwdChunk<'
     for t in 0..t_len {
         // Row `r` of this step is row `t0 + r` of `gates` and `xh`.
         let t0 = t * t_stride * bc;
-        let xh_t: &[f32] = if with_xh {
-            let rows = &mut xh[t0 * k..][..bc * k];
-            for (r, row) in rows.chunks_exact_mut(k).enumerate() {
+        if with_xh {
+            for r in 0..bc {
+                let row = &mut xh[(t0 + r) * k..][..k];
                 row[..i].copy_from_slice(&x[(r * t_len + t) * i..][..i]);
                 let h_prev = if t == 0 {
                     &state0[r * sw..][..h]
@@ -276,10 +279,7 @@ fn fwd_chunk<C: Cell, const FMA: bool>(d: Dims, w: &C::FwdWeights, c: FwdChunk<'
                 };
                 row[i..].copy_from_slice(h_prev);
             }
-            &*rows
-        } else {
-            &[]
-        };
+        }
         let step = FwdStep {
             t,
             batch: bc,
@@ -287,8 +287,9 @@ fn fwd_chunk<C: Cell, const FMA: bool>(d: Dims, w: &C::FwdWeights, c: FwdChunk<'
             state0,
             hseq: &mut *hseq,
             cseq: &mut *cseq,
-            gates: &mut gates[t0 * s..][..bc * s],
-            xh: xh_t,
+            t0,
+            gates: &mut *gates,
+            xh: &*xh,
         };
         C::forward_step::<FMA>(d, w, step, &mut work);
     }

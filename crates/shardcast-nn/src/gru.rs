@@ -165,6 +165,7 @@ impl CellKernels for GruCell {
             x,
             state0,
             hseq,
+            t0,
             gates,
             ..
         } = s;
@@ -179,7 +180,7 @@ impl CellKernels for GruCell {
             // keeps them vector loops, where a plain copy would become a
             // `memcpy` call per tile row.
             kernel::gemm_rows::<FMA>(xa, rows, &w.wx, |r, j0, acc| {
-                let dst = &mut gates[(r0 + r) * sl + j0..][..acc.len()];
+                let dst = &mut gates[(t0 + r0 + r) * sl + j0..][..acc.len()];
                 for ((d, a), b) in dst.iter_mut().zip(acc).zip(&bias_x[j0..]) {
                     *d = a + b;
                 }
@@ -212,7 +213,7 @@ impl CellKernels for GruCell {
                     &before[base - h..]
                 };
                 cell_forward::<FMA>(
-                    &mut gates[r * sl..][..sl],
+                    &mut gates[(t0 + r) * sl..][..sl],
                     &gh[r * g..][..g],
                     h_prev,
                     &mut cur[..h],

@@ -17,8 +17,30 @@ pub(crate) const MR: usize = 6;
 /// The blocks of at most [`MR`] rows, `(first row, rows)`, that cover
 /// `lo..hi` in order: the row blocks of one [`gemm_rows`] call each.
 #[inline(always)]
-pub(crate) fn row_blocks(lo: usize, hi: usize) -> impl Iterator<Item = (usize, usize)> {
-    (lo..hi).step_by(MR).map(move |r0| (r0, (hi - r0).min(MR)))
+pub(crate) fn row_blocks(lo: usize, hi: usize) -> RowBlocks {
+    RowBlocks { next: lo, end: hi }
+}
+
+/// The iterator of [`row_blocks`]: as plain a loop as a `while` over the
+/// rows, which `step_by` was not quite.
+pub(crate) struct RowBlocks {
+    next: usize,
+    end: usize,
+}
+
+impl Iterator for RowBlocks {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let r0 = self.next;
+        if r0 >= self.end {
+            return None;
+        }
+        let rows = (self.end - r0).min(MR);
+        self.next = r0 + rows;
+        Some((r0, rows))
+    }
 }
 
 /// A right-hand GEMM operand `B[k, n]`, packed in panels of [`NR_PAD`]

@@ -128,6 +128,7 @@ impl CellKernels for LstmCell {
             state0,
             hseq,
             cseq,
+            t0,
             gates,
             xh,
             ..
@@ -136,18 +137,18 @@ impl CellKernels for LstmCell {
         for (r0, rows) in row_blocks(0, bc) {
             let a = Rows {
                 data: xh,
-                start: r0 * k,
+                start: (t0 + r0) * k,
                 ld: k,
             };
             kernel::gemm_rows::<FMA>(a, rows, &w.w, |r, j0, acc| {
-                let dst = &mut gates[(r0 + r) * g + j0..][..acc.len()];
+                let dst = &mut gates[(t0 + r0 + r) * g + j0..][..acc.len()];
                 let b = &bias[j0..][..acc.len()];
                 for ((d, a), b) in dst.iter_mut().zip(acc).zip(b) {
                     *d = a + b;
                 }
             });
             for r in r0..r0 + rows {
-                let gate_row = &mut gates[r * g..][..g];
+                let gate_row = &mut gates[(t0 + r) * g..][..g];
                 let base = (t * bc + r) * h;
                 let (c_prev_buf, c_cur) = cseq.split_at_mut(base);
                 let c_prev = if t == 0 {
