@@ -5,7 +5,7 @@ Usage: onnx_parity.py CASE.json [CASE.json ...]
 
 Each case (written by tests/it/onnx.rs) names a model file, holds the input
 tensors built by `Contract::inputs` and the expected `quantiles` from
-`Model::forecast`. The script also reads the input contract from the
+`Model::forecast_rows`. The script also reads the input contract from the
 model's `shardcast.contract` metadata, as a Python client would, and checks
 that the session's inputs are the contract's. It prints one JSON line per
 case and exits 1 when any case is off by more than

@@ -565,3 +565,45 @@ fn bad_flags_and_patterns() {
     let err = fails(&["ingest", "--app", "a", "--app-col", "b", "x.csv"]);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn tokens_come_from_a_file_or_the_environment_never_a_flag() {
+    let plan_config = repo().join("examples/plan.toml");
+    let plan_config = plan_config.to_str().unwrap();
+    for args in [
+        vec!["serve", "--store", "/tmp/x", "--token", "s3cret"],
+        vec!["plan", "--config", plan_config, "--token", "s3cret"],
+    ] {
+        let err = fails(&args);
+        assert!(
+            err.contains("--token is not accepted")
+                && err.contains("process list")
+                && err.contains("SHARDCAST_TOKEN"),
+            "{args:?}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    let err = fails(&["plan", "--config", plan_config, "--token-file", empty]);
+    assert!(err.contains("empty token") && err.contains(empty), "{err}");
+
+    let help = |cmd: &str| ok(&[cmd, "--help"]);
+    let serve = help("serve");
+    for want in [
+        "--token-file",
+        "SHARDCAST_TOKEN",
+        "process list",
+        "--max-streams",
+        "--max-stream-keys",
+        "--store-reads",
+    ] {
+        assert!(serve.contains(want), "serve --help lacks {want}:\n{serve}");
+    }
+    assert!(!serve.contains("--token <"), "--token is hidden:\n{serve}");
+    let plan = help("plan");
+    for want in ["--token-file", "SHARDCAST_TOKEN", "process list"] {
+        assert!(plan.contains(want), "plan --help lacks {want}:\n{plan}");
+    }
+}

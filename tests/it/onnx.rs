@@ -1,5 +1,5 @@
 //! ONNX export: `shardcast export-onnx` on the bundled model, the
-//! `OnnxModel` of `shardcast-onnx` (tract) against `Model::forecast`, and
+//! `OnnxModel` of `shardcast-onnx` (tract) against `Model::forecast_rows`, and
 //! onnxruntime (through `tests/onnx_parity.py`) against both.
 //!
 //! The Python interpreter is `$SHARDCAST_PYTHON`, else `.venv/bin/python`
@@ -80,7 +80,7 @@ fn windows<'a>(
     out
 }
 
-/// Compares `OnnxModel` (tract) with `Model::forecast`, writes the parity
+/// Compares `OnnxModel` (tract) with `Model::forecast_rows`, writes the parity
 /// case for onnxruntime, and returns tract's largest absolute difference.
 fn case(
     name: &str,
@@ -89,7 +89,7 @@ fn case(
     windows: &[(SeriesInput<'_>, usize)],
     dir: &Path,
 ) -> (PathBuf, f64) {
-    let want = model.forecast(windows).unwrap();
+    let want = model.forecast_rows(windows).unwrap();
     let loaded = OnnxModel::load(path).unwrap();
     let inputs = loaded.contract().inputs(windows).unwrap();
     let got = loaded
@@ -306,7 +306,7 @@ fn exported_models_match_candle_in_tract_and_onnxruntime() {
     });
     // After the shock day (a third of the level) the upper band reaches
     // last week's values: the return scenario is in the forecast.
-    let fc = model.forecast(&w).unwrap();
+    let fc = model.forecast_rows(&w).unwrap();
     let q = model.config().quantiles.len();
     let n = grids[0].values.len();
     let back = grids[0].values[n - 168];

@@ -12,20 +12,9 @@ use shardcast_core::{Forecaster, GridStep, Timestamp, Window};
 use crate::forecaster::{FitReport, Model, ModelConfig, Progress, TrainConfig, TrainSeries};
 use crate::metrics::{self, Score};
 
-/// One series on its grid, training range and held-out points together.
-#[derive(Debug, Clone)]
-pub struct BacktestSeries {
-    /// Series id, written to the forecast rows.
-    pub name: String,
-    /// Its shard type.
-    pub shard_type: String,
-    /// Time of `values[0]` (ms).
-    pub start: i64,
-    /// The whole grid.
-    pub values: Vec<f32>,
-    /// Event indicator on the same grid, if any.
-    pub events: Option<Vec<f32>>,
-}
+/// One series on its grid, training range and held-out points together:
+/// a training series whose last points the backtest holds out.
+pub type BacktestSeries = TrainSeries;
 
 /// What to hold out and how far to forecast.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +93,81 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl Backtest {
+    /// Writes protocol F's forecast CSV to `w`: a header `series,ts,step,q…`
+    /// and one row per held-out point of each series of `data` (the data
+    /// backtested, in the same order), named by `labels`.
+    pub fn write_csv<W: std::io::Write>(
+        &self,
+        w: W,
+        data: &[BacktestSeries],
+        labels: &[String],
+    ) -> std::io::Result<()> {
+        let levels = &self.model.config().quantiles;
+        let step = self.model.step_ms();
+        let mut csv = csv::Writer::from_writer(w);
+        let head = ["series", "ts", "step"].map(String::from);
+        csv.write_record(
+            head.into_iter()
+                .chain(levels.iter().map(|q| format!("q{q}"))),
+        )?;
+        for ((r, s), label) in self.series.iter().zip(data).zip(labels) {
+            for (i, st) in r.steps.iter().enumerate() {
+                let ts = Timestamp(s.start + step * (r.first + i) as i64);
+                let values = &r.forecasts[i * levels.len()..][..levels.len()];
+                let row = [label.clone(), ts.to_string(), st.to_string()];
+                csv.write_record(row.into_iter().chain(values.iter().map(f32::to_string)))?;
+            }
+        }
+        csv.flush()
+    }
+
+    /// The scores as a table: one line per series (named by `labels`)
+    /// against seasonal naive, then the summary metrics of both.
+    pub fn table(&self, labels: &[String]) -> String {
+        use std::fmt::Write;
+        let mut t = String::new();
+        let mut line = |args: std::fmt::Arguments<'_>| {
+            let _ = t.write_fmt(args);
+            t.push('\n');
+        };
+        line(format_args!(
+            "{:<34} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} {:>7}",
+            "series", "WQL", "MASE", "cov80", "cov95", "sn WQL", "sn MASE", "sn cov80"
+        ));
+        for (r, label) in self.series.iter().zip(labels) {
+            let (m, n) = (&r.model, &r.naive);
+            line(format_args!(
+                "{label:<34} {:>8.4} {:>8.4} {:>7.3} {:>7.3} | {:>8.4} {:>8.4} {:>7.3}",
+                m.wql, m.mase, m.cov80, m.cov95, n.wql, n.mase, n.cov80
+            ));
+        }
+        let (s, n) = (self.summary(), self.naive_summary());
+        line(format_args!(
+            "\n{:<36} {:>12} {:>15}",
+            "metric", "shardcast", "seasonal naive"
+        ));
+        for (name, a, b) in [
+            (
+                "relWQL_vs_seasonal_naive_gmean",
+                s.rel_wql_gmean,
+                n.rel_wql_gmean,
+            ),
+            (
+                "relMASE_vs_seasonal_naive_gmean",
+                s.rel_mase_gmean,
+                n.rel_mase_gmean,
+            ),
+            ("WQL_median", s.wql_median, n.wql_median),
+            ("MASE_median", s.mase_median, n.mase_median),
+            ("cov80_mean", s.cov80_mean, n.cov80_mean),
+            ("cov95_mean", s.cov95_mean, n.cov95_mean),
+            ("quantile_crossings", s.crossings as f64, n.crossings as f64),
+        ] {
+            line(format_args!("{name:<36} {a:>12.4} {b:>15.4}"));
+        }
+        t
+    }
+
     /// Summary of the model's scores relative to seasonal naive.
     pub fn summary(&self) -> Summary {
         summarise(&self.series, |r| r.model)

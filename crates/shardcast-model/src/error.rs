@@ -27,6 +27,15 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A training configuration file that cannot be read or is malformed.
+    #[error("{path}: {reason}")]
+    ConfigFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// A model directory could not be written or read.
     #[error("model artifact {path}: {reason}")]
     Artifact {

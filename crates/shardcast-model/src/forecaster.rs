@@ -22,6 +22,7 @@ mod features;
 mod hybrid;
 mod network;
 mod reversion;
+mod settings;
 mod statistical;
 mod train;
 
@@ -43,6 +44,7 @@ pub use features::{SeriesInput, SeriesScale};
 pub use hybrid::Hybrid;
 pub use hybrid::MISS_CAP;
 pub use reversion::{MIN_GAP, Mixer, Reversion, SHOCK};
+pub use settings::{BaselineChoice, Overrides, configure};
 pub use statistical::Statistical;
 pub use train::{FitReport, MemberReport, Progress};
 
@@ -443,7 +445,7 @@ impl Model {
         }
         let windows: Vec<(SeriesInput<'_>, usize)> =
             val.iter().map(|&(s, o)| (inputs[s], o)).collect();
-        let fc = self.forecast(&windows)?;
+        let fc = self.forecast_rows(&windows)?;
         let mid = cfg.median_index();
         let (mut down, mut up) = (Vec::new(), Vec::new());
         for (w, (input, origin)) in windows.iter().enumerate() {
@@ -502,6 +504,31 @@ impl Model {
     /// The reversion after shock days, when the model has one.
     pub fn reversion(&self) -> Option<&Reversion> {
         self.reversion.as_ref()
+    }
+
+    /// What the fit chose after the network, one line each: the quantile
+    /// widening, and the reversion and the statistical half if it has them.
+    pub fn fitted_parts(&self) -> String {
+        let c = self.calibration();
+        let mut out = format!(
+            "calibration: distances from the median widened by {:.3} below, {:.3} above\n",
+            c.lower, c.upper
+        );
+        if let Some(r) = self.reversion() {
+            out += &format!(
+                "reversion: after a shock day, weight {} on last week's values\n",
+                r.weight
+            );
+        }
+        if let Some(h) = self.hybrid() {
+            let s = &h.statistical;
+            out += &format!(
+                "hybrid: statistical forecaster (daily shape over {} days, weekly over {} weeks at share {}, \
+                 level of the last {} points at share {}) blended at network weight {}\n",
+                s.days, s.weeks, s.weekly_share, s.recent, s.recent_share, h.weight
+            );
+        }
+        out
     }
 
     /// The network shape.
@@ -580,7 +607,7 @@ impl Model {
     /// Forecasts each `(series, origin)` window: only `values[..origin]` is
     /// read. Returns `[windows, horizon, quantiles]` in the series' units,
     /// each step's quantiles ascending.
-    pub fn forecast(&self, windows: &[(SeriesInput<'_>, usize)]) -> Result<Vec<f32>> {
+    pub fn forecast_rows(&self, windows: &[(SeriesInput<'_>, usize)]) -> Result<Vec<f32>> {
         self.forecast_with(
             windows,
             self.hybrid.as_ref(),
@@ -589,7 +616,7 @@ impl Model {
         )
     }
 
-    /// [`Model::forecast`] with the given post-processing in place of the
+    /// [`Model::forecast_rows`] with the given post-processing in place of the
     /// model's own.
     fn forecast_with(
         &self,

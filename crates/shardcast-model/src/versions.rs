@@ -31,6 +31,17 @@ pub fn newest(models_dir: &Path, name: &str) -> Option<(u32, PathBuf)> {
     Some((v, dir.join(v.to_string())))
 }
 
+/// The version directory `path` names: itself when it holds a model
+/// (`models/<name>/<version>`), else the newest version of the model it
+/// names (`models/<name>`); `None` when it is neither.
+pub fn resolve(path: &Path) -> Option<PathBuf> {
+    if path.join(CONFIG_FILE).is_file() {
+        return Some(path.to_path_buf());
+    }
+    let name = path.file_name()?.to_str()?;
+    newest(path.parent()?, name).map(|(_, dir)| dir)
+}
+
 /// The number for a new version of the model directory `dir`: one more than
 /// every numbered subdirectory, with or without a model in it (1 when there
 /// are none), so that a new version never reuses a directory.
@@ -83,5 +94,9 @@ mod tests {
             13,
             "an empty version is not reused"
         );
+        assert_eq!(resolve(&m.join("2")), Some(m.join("2")));
+        assert_eq!(resolve(&m), Some(m.join("10")));
+        assert_eq!(resolve(&m.join("4")), None, "no model in it");
+        assert_eq!(resolve(&d.path().join("other")), None);
     }
 }

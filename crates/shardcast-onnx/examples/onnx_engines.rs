@@ -1,5 +1,5 @@
 //! ONNX engines side by side on the bundled model's exported graph:
-//! `Model::forecast` on Candle (what the graph computes), [`OnnxModel`]
+//! `Model::forecast_rows` on Candle (what the graph computes), [`OnnxModel`]
 //! (tract) and, with the `bench-ort` feature, onnxruntime through `ort`
 //! (its `load-dynamic` feature: the `libonnxruntime.so` of the PyPI wheel,
 //! found under `.venv` or named by `ORT_DYLIB_PATH`).
@@ -87,10 +87,10 @@ struct Engine<'a> {
 
 fn candle_engine<'a>(model: &'a Model, windows: &'a [(SeriesInput<'a>, usize)]) -> Engine<'a> {
     Engine {
-        name: "candle (Model::forecast)",
+        name: "candle (Model::forecast_rows)",
         load: Duration::ZERO,
         // The windows, not the tensors: this is the path without ONNX.
-        run: Box::new(move |_| Ok(model.forecast(windows)?)),
+        run: Box::new(move |_| Ok(model.forecast_rows(windows)?)),
     }
 }
 
@@ -220,7 +220,7 @@ fn main() -> Res<()> {
     println!("|---|---|---|---|---|---|");
     for batch in [1usize, 64] {
         let w = &windows[..batch];
-        let want = model.forecast(w)?;
+        let want = model.forecast_rows(w)?;
         let inputs = contract.inputs(w)?;
         let mut engines = vec![candle_engine(&model, w), tract_engine(&bytes)?];
         #[cfg(feature = "bench-ort")]

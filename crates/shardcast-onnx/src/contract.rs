@@ -339,7 +339,7 @@ impl Contract {
     }
 
     /// The input tensors forecasting each `(series, origin)` window, exactly
-    /// as [`Model::forecast`] reads them: only `values[..origin]` and the
+    /// as [`Model::forecast_rows`] reads them: only `values[..origin]` and the
     /// events up to `origin + horizon` are used.
     pub fn inputs(&self, windows: &[(SeriesInput<'_>, usize)]) -> Result<OnnxInputs> {
         let (l, c, h) = (self.window, self.context, self.horizon);

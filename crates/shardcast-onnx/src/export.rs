@@ -3,7 +3,7 @@
 //! the ensemble mean, calibration and de-normalisation, all in standard
 //! opset-17 operators.
 //!
-//! The arithmetic follows [`Model::forecast`] operation by operation (the
+//! The arithmetic follows [`Model::forecast_rows`] operation by operation (the
 //! window statistics in float64, as the Rust code accumulates them), so the
 //! two agree to float32 rounding.
 
@@ -623,7 +623,7 @@ fn build(model: &Model, contract: &Contract, g: &mut Graph) -> Result<String> {
     Ok(g.op("Add", QUANTILES, &[&m3, &scaled], vec![]))
 }
 
-/// The reversion after a shock day (as `Model::forecast` with
+/// The reversion after a shock day (as `Model::forecast_rows` with
 /// `reversion::Mixer::mix`): the shock test on the window's values `xd` (`[B, L]`,
 /// f64), last week's values from the unclipped normalised window `zr`, and
 /// the mixture of the normalised quantiles `zq` with their copy moved there.

@@ -10,7 +10,7 @@
 //! weights and configuration); the model crate knows nothing of ONNX.
 //!
 //! [`export`] writes a standard ONNX file (opset 17, IR 8, default domain
-//! only) that computes exactly what [`Model::forecast`](shardcast_model::forecaster::Model::forecast)
+//! only) that computes exactly what [`Model::forecast_rows`](shardcast_model::forecaster::Model::forecast_rows)
 //! does, from inputs close to the raw series: the window normalisation,
 //! history fill, lag gathering, calendar features, every ensemble member's
 //! GRU or LSTM encoder and quantile head, the ensemble mean, the calibration
@@ -66,7 +66,7 @@
 //! [tract](https://github.com/sonos/tract), a pure-Rust ONNX engine, which
 //! prepares one optimised plan for all batch sizes. Serving ONNX so needs
 //! neither Python nor a native library. `examples/onnx_engines.rs` times
-//! it against `Model::forecast` on Candle (and onnxruntime with the
+//! it against `Model::forecast_rows` on Candle (and onnxruntime with the
 //! `bench-ort` feature).
 
 mod contract;

@@ -143,10 +143,10 @@ fn check_matches(m: &Model, with_events: bool) -> f32 {
     check_windows(m, &windows(m, &d, &ev))
 }
 
-/// Runs the exported graph on `w` and compares it with `Model::forecast`;
+/// Runs the exported graph on `w` and compares it with `Model::forecast_rows`;
 /// returns the largest difference.
 fn check_windows(m: &Model, w: &[(SeriesInput<'_>, usize)]) -> f32 {
-    let want = m.forecast(w).unwrap();
+    let want = m.forecast_rows(w).unwrap();
     let bytes = to_bytes(m).unwrap();
     let onnx = OnnxModel::from_bytes(Path::new("test.onnx"), &bytes).unwrap();
     let inputs = onnx.contract().inputs(w).unwrap();
@@ -236,12 +236,12 @@ fn models_with_baselines_and_a_hybrid_match_forecast() {
     // in both: the forecasts change and still match.
     let d = data(true);
     let ev = events(40);
-    let before = m.forecast(&windows(&m, &d, &ev)).unwrap();
+    let before = m.forecast_rows(&windows(&m, &d, &ev)).unwrap();
     m.set_hybrid(Some(Hybrid {
         miss_reference: hybrid.miss_reference / 4.0,
         ..hybrid
     }));
-    let after = m.forecast(&windows(&m, &d, &ev)).unwrap();
+    let after = m.forecast_rows(&windows(&m, &d, &ev)).unwrap();
     assert!(before.iter().zip(&after).any(|(a, b)| (a - b).abs() > 1e-3));
     check_matches(&m, true);
 }
@@ -289,9 +289,9 @@ fn models_with_a_reversion_match_forecast() {
         }
     }
     // The shocked windows move: the reversion is in the path.
-    let with = m.forecast(&w).unwrap();
+    let with = m.forecast_rows(&w).unwrap();
     m.set_reversion(None);
-    let without = m.forecast(&w).unwrap();
+    let without = m.forecast_rows(&w).unwrap();
     m.set_reversion(Some(Reversion { weight: 0.4 }));
     let per = cfg.horizon * cfg.quantiles.len();
     let moved: Vec<bool> = with
@@ -345,7 +345,7 @@ fn contract_inputs_follow_the_documented_layout() {
     assert_eq!(e[0], d[1].events.as_ref().unwrap()[8..26]);
     let s = x.get(SERIES_SCALE).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(s[0], [m.series()[1].mean, m.series()[1].deviation]);
-    // Bad windows are refused like Model::forecast refuses them.
+    // Bad windows are refused like Model::forecast_rows refuses them.
     assert!(c.inputs(&[(input, 0)]).is_err());
     let other_grid = SeriesInput {
         step: 60_000,
@@ -658,7 +658,7 @@ fn bad_inputs_are_refused_naming_the_file_and_input() {
         assert!(e.contains("bad-inputs.onnx"), "{e}");
         e
     };
-    // An empty batch gives an empty forecast, as Model::forecast does.
+    // An empty batch gives an empty forecast, as Model::forecast_rows does.
     let empty = onnx.contract().inputs(&[]).unwrap();
     assert_eq!(onnx.run(&empty).unwrap().dims(), &[0, 6, 13]);
     let e = run(&|x| x.tensors.retain(|(n, _)| n != EVENTS));

@@ -49,6 +49,10 @@ pub enum Error {
     /// A domain value rejected by core.
     #[error(transparent)]
     Core(#[from] shardcast_core::Error),
+    /// A simulation that cannot be set up as asked (an empty sweep, a
+    /// range without points, a malformed settings document).
+    #[error("{0}")]
+    Setup(String),
     /// Forecasts a simulation cannot use: a forecaster that failed or does
     /// not fit the trace's grid and look-ahead, or a demand series that is
     /// not the trace.

@@ -719,6 +719,11 @@ pub struct Sweep {
 }
 
 impl Sweep {
+    /// Every run, the oracle first, then in knob order.
+    pub fn all_runs(&self) -> impl Iterator<Item = &SimRun> {
+        std::iter::once(&self.oracle).chain(&self.runs)
+    }
+
     /// All summaries, the oracle first.
     pub fn summaries(&self) -> impl Iterator<Item = &Summary> {
         std::iter::once(&self.oracle.summary).chain(self.runs.iter().map(|r| &r.summary))
@@ -753,7 +758,9 @@ pub fn sweep(
     Ok(Sweep { oracle, runs })
 }
 
+mod setup;
 mod targets;
+pub use setup::{DEFAULT_DAYS, shard_capacity, simulated_range};
 pub use targets::{ORACLE_SLACK, PROTOCOL_UTILISATION, Targets};
 
 #[cfg(test)]

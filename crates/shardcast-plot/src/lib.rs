@@ -1,7 +1,8 @@
 //! PNG charts of shardcast: line charts (series over time or curves of one
 //! figure against another) and forecast fan charts (quantile bands, median
-//! and actuals), stacked as panels of one image. The command line draws
-//! its simulation and demo charts with them.
+//! and actuals), stacked as panels of one image, and the simulator's chart
+//! built from them ([`simulation`]). The command line draws its simulation
+//! and demo charts with them.
 //!
 //! Drawing is plotters' bitmap backend into an RGB buffer, encoded with the
 //! `png` crate. Text uses the bundled DejaVu Sans
@@ -17,6 +18,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 pub use plotters::style::RGBColor as Colour;
+
+pub mod simulation;
 
 /// The bundled font's bytes.
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");

@@ -237,6 +237,13 @@ pub enum Error {
         /// The key, displayed.
         key: String,
     },
+    /// A series selection that matches nothing, or not the one series
+    /// asked for.
+    #[error("{reason}")]
+    Selection {
+        /// What was asked and what the store holds.
+        reason: String,
+    },
     /// A resampling or windowing request that cannot be satisfied.
     #[error("cannot build the grid: {reason}")]
     Grid {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use shardcast_core::{SeriesKey, Timestamp};
 
 use crate::error::{Error, Result, RowError, snippet};
-pub use parse::TimestampFormat;
+pub use parse::{TimestampFormat, parse_time};
 use reader::{ColumnRef, ReadOptions, RowSink, read_rows};
 pub use reader::{InputFormat, SkippedRow};
 
@@ -148,6 +148,30 @@ impl PointBatch {
         self.key_idx.push(idx as u32);
         self.ts.push(ts);
         self.value.push(value);
+    }
+
+    /// The points in order, each as `(key, ts, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, i64, f64)> + '_ {
+        self.key_idx
+            .iter()
+            .zip(&self.ts)
+            .zip(&self.value)
+            .map(|((&k, &ts), &v)| (&self.keys[k as usize], ts, v))
+    }
+
+    /// Splits the batch in two, in order: the points `pick` refuses, and
+    /// those it picks.
+    pub fn partition(self, pick: impl Fn(&SeriesKey, i64) -> bool) -> (PointBatch, PointBatch) {
+        let (mut kept, mut picked) = (PointBatch::default(), PointBatch::default());
+        for (key, ts, value) in self.iter() {
+            let side = if pick(key, ts) {
+                &mut picked
+            } else {
+                &mut kept
+            };
+            side.push(key, ts, value);
+        }
+        (kept, picked)
     }
 
     /// Appends another batch, merging the key tables.

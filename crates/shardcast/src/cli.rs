@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardcast_core::GridStep;
-use shardcast_model::forecaster::{CellKind, ComputeDevice};
+use shardcast_model::forecaster::{BaselineChoice, CellKind, ComputeDevice, Overrides};
+use shardcast_store::grids::GridSelection;
+use shardcast_store::ingest::{InputFormat, TimestampFormat};
+use shardcast_store::resample::Agg;
 
 /// shardcast: forecasting pipeline for predictive shard autoscaling.
 #[derive(Debug, Parser)]
@@ -25,9 +28,6 @@ pub(crate) enum Command {
     /// Merge small files of each partition and delete unreferenced objects
     /// older than the grace period.
     Compact(CompactArgs),
-    /// Benchmarks that print a table side by side with their reference.
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// Run the main job end to end on the bundled data.
     Demo(DemoArgs),
     /// Fit a forecasting model on series from the store and save it.
@@ -90,20 +90,6 @@ pub(crate) enum Table {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum FormatArg {
-    Csv,
-    Ndjson,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum TsFormatArg {
-    Auto,
-    Iso,
-    UnixS,
-    UnixMs,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum SeriesFrom {
     /// The file name without extension.
     FileStem,
@@ -121,20 +107,16 @@ pub(crate) struct IngestArgs {
     /// Which table the files feed.
     #[arg(long, value_enum, default_value = "metrics", env = "SHARDCAST_TABLE")]
     pub(crate) table: Table,
-    /// Input format; guessed from the extension (.json/.jsonl/.ndjson) if absent.
-    #[arg(long, value_enum, env = "SHARDCAST_FORMAT")]
-    pub(crate) format: Option<FormatArg>,
+    /// Input format, `csv` or `ndjson`; guessed from the extension
+    /// (.json/.jsonl/.ndjson) if absent.
+    #[arg(long, env = "SHARDCAST_FORMAT")]
+    pub(crate) format: Option<InputFormat>,
     /// Column with the timestamp (metrics).
     #[arg(long, default_value = "timestamp", env = "SHARDCAST_TIMESTAMP_COL")]
     pub(crate) timestamp_col: String,
-    /// How timestamps are written.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "auto",
-        env = "SHARDCAST_TIMESTAMP_FORMAT"
-    )]
-    pub(crate) timestamp_format: TsFormatArg,
+    /// How timestamps are written: `auto`, `iso`, `unix-s` or `unix-ms`.
+    #[arg(long, default_value = "auto", env = "SHARDCAST_TIMESTAMP_FORMAT")]
+    pub(crate) timestamp_format: TimestampFormat,
     /// Value column(s); each becomes a series. Repeat or comma-separate.
     #[arg(long = "value-col", default_value = "value", value_delimiter = ',')]
     pub(crate) value_cols: Vec<String>,
@@ -232,68 +214,6 @@ pub(crate) struct SeriesArgs {
     pub(crate) app: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
-pub(crate) enum BenchCommand {
-    /// Protocol I: generate a CSV, ingest it and run the resampling query,
-    /// side by side with DuckDB.
-    Ingest(BenchIngestArgs),
-    /// Protocol S: load-test `shardcast serve` at several client counts,
-    /// side by side with a Python grpcio + onnxruntime server on the same
-    /// model exported to ONNX.
-    Serve(Box<BenchServeArgs>),
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct BenchServeArgs {
-    /// Store to serve (default: the bundled NAB traces, ingested into
-    /// `<dir>/store`).
-    #[arg(long)]
-    pub(crate) store: Option<String>,
-    /// Directory holding `<name>/<version>/` model directories.
-    #[arg(long, default_value = "models")]
-    pub(crate) models_dir: PathBuf,
-    /// Model to serve (its newest version), also exported to ONNX for the
-    /// reference.
-    #[arg(long, default_value = "default")]
-    pub(crate) model: String,
-    /// Working directory (store, model copy, ONNX file).
-    #[arg(long, default_value = "out/bench-serve")]
-    pub(crate) dir: PathBuf,
-    /// Concurrent clients, comma-separated; each point is measured apart.
-    #[arg(long, default_value = "1,16,64")]
-    pub(crate) clients: String,
-    /// Seconds measured per point.
-    #[arg(long, default_value_t = 5.0)]
-    pub(crate) seconds: f64,
-    /// Seconds of warm-up before each point (not measured).
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) warmup: f64,
-    /// Python interpreter with grpcio and onnxruntime
-    /// (`benches/setup.sh` makes `benches/.venv`).
-    #[arg(long, env = "SHARDCAST_BENCH_PYTHON")]
-    pub(crate) python: Option<PathBuf>,
-    /// Skip the Python reference.
-    #[arg(long)]
-    pub(crate) no_reference: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct BenchIngestArgs {
-    /// Millions of rows to generate.
-    #[arg(long, default_value_t = 10.0)]
-    pub(crate) million_rows: f64,
-    /// Working directory (CSV, stores, Parquet); emptied first.
-    #[arg(long, default_value = "out/bench-ingest")]
-    pub(crate) dir: PathBuf,
-    /// Python interpreter with the `duckdb` package
-    /// (`benches/setup.sh` makes `benches/.venv`).
-    #[arg(long, env = "SHARDCAST_BENCH_PYTHON")]
-    pub(crate) python: Option<PathBuf>,
-    /// Skip the DuckDB side.
-    #[arg(long)]
-    pub(crate) no_reference: bool,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Bundled data directory.
@@ -305,14 +225,6 @@ pub(crate) struct DemoArgs {
     /// Directory of models; the newest version of `default` is used.
     #[arg(long, default_value = "models")]
     pub(crate) models: PathBuf,
-}
-
-/// Aggregation of raw points into grid bins.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum AggArg {
-    Mean,
-    Sum,
-    Max,
 }
 
 /// Which series to read and how to put them on a grid.
@@ -340,9 +252,10 @@ pub(crate) struct GridArgs {
     /// (protocol F's hourly NAB grid is the hourly mean of the 5-minute grid).
     #[arg(long)]
     pub(crate) base_grid: Option<GridStep>,
-    /// Aggregation per bin; empty bins are linearly interpolated.
-    #[arg(long, value_enum, default_value = "mean")]
-    pub(crate) agg: AggArg,
+    /// Aggregation per bin (mean, sum, max, min or pNN); empty bins are
+    /// linearly interpolated.
+    #[arg(long, default_value = "mean")]
+    pub(crate) agg: Agg,
 }
 
 /// Model shape and training settings; flags override the config file.
@@ -395,6 +308,44 @@ pub(crate) struct ModelArgs {
     /// feature). The trained model runs on the CPU either way.
     #[arg(long)]
     pub(crate) device: Option<ComputeDevice>,
+}
+
+impl GridArgs {
+    /// The store's selection these flags describe.
+    pub(crate) fn selection(&self) -> GridSelection {
+        let list = |v: &Option<String>| -> Vec<String> {
+            v.iter()
+                .flat_map(|a| a.split(','))
+                .map(str::to_owned)
+                .collect()
+        };
+        GridSelection {
+            apps: list(&self.app),
+            shard_type: self.shard_type.clone(),
+            metric: self.metric.clone(),
+            series: list(&self.series),
+            step: self.grid,
+            base_step: self.base_grid,
+            agg: self.agg,
+        }
+    }
+}
+
+impl ModelArgs {
+    /// The flags that win over the defaults and the config file.
+    pub(crate) fn overrides(&self) -> Overrides {
+        Overrides {
+            cell: self.cell,
+            hidden: self.hidden,
+            context: self.context,
+            lags: self.lags.clone(),
+            baselines: self.baselines,
+            members: self.members,
+            max_steps: self.max_steps,
+            seed: self.seed,
+            device: self.device,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -566,8 +517,8 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) format: FormatChoice,
     /// Aggregation that puts stored points on the model's grid (as in training).
-    #[arg(long, env = "SHARDCAST_AGG", value_enum, default_value = "mean")]
-    pub(crate) agg: AggArg,
+    #[arg(long, env = "SHARDCAST_AGG", default_value = "mean")]
+    pub(crate) agg: Agg,
     /// Most forecasts in one inference batch.
     #[arg(long, env = "SHARDCAST_MAX_BATCH", default_value_t = 64)]
     pub(crate) max_batch: usize,
@@ -653,7 +604,7 @@ serves from t + --lead (default 10m). Policies:
              --target-utilisations
   shardcast  the planner on the demand model's quantile forecasts, each made
              only from the points before its step, through the same
-             Model::forecast call the inference server makes; it covers the
+             forecasting contract the inference server calls; it covers the
              forecast from t + lead to t + lead + --hold at the service level,
              swept over --service-levels
   oracle     perfect foresight: the fewest shards that never fall short
@@ -677,34 +628,17 @@ pub(crate) struct TimeArg(pub(crate) i64);
 impl std::str::FromStr for TimeArg {
     type Err = String;
 
-    /// `2017-01-20`, `2017-01-20 12:00[:00]`, `2017-01-20T12:00:00Z`, or an
-    /// RFC 3339 time with an offset; UTC unless an offset is given.
+    /// `2017-01-20`, `2017-01-20 12:00[:00]`, `2017-01-20T12:00:00Z`, or
+    /// with an offset; UTC unless an offset is given (as ingestion reads
+    /// times).
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
-            return Ok(Self(dt.timestamp_millis()));
-        }
-        let t = t.strip_suffix('Z').unwrap_or(t);
-        for fmt in [
-            "%Y-%m-%d %H:%M:%S",
-            "%Y-%m-%dT%H:%M:%S",
-            "%Y-%m-%d %H:%M",
-            "%Y-%m-%dT%H:%M",
-        ] {
-            if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, fmt) {
-                return Ok(Self(dt.and_utc().timestamp_millis()));
-            }
-        }
-        if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-            return Ok(Self(
-                d.and_time(chrono::NaiveTime::MIN)
-                    .and_utc()
-                    .timestamp_millis(),
-            ));
-        }
-        Err(format!(
-            "`{s}` is not a time: use 2017-01-20, 2017-01-20 12:00:00 or 2017-01-20T12:00:00Z"
-        ))
+        shardcast_store::ingest::parse_time(s)
+            .map(|t| Self(t.millis()))
+            .ok_or_else(|| {
+                format!(
+                    "`{s}` is not a time: use 2017-01-20, 2017-01-20 12:00:00 or 2017-01-20T12:00:00Z"
+                )
+            })
     }
 }
 
@@ -757,9 +691,10 @@ pub(crate) struct SimulateArgs {
     /// Grid step (default: the series' median spacing, in whole minutes).
     #[arg(long)]
     pub(crate) grid: Option<GridStep>,
-    /// Aggregation per bin; empty bins are linearly interpolated.
-    #[arg(long, value_enum, default_value = "mean")]
-    pub(crate) agg: AggArg,
+    /// Aggregation per bin (mean, sum, max, min or pNN); empty bins are
+    /// linearly interpolated.
+    #[arg(long, default_value = "mean")]
+    pub(crate) agg: Agg,
     /// First simulated time (default: 7 days before the end, or the middle
     /// of the series when it is shorter than 14 days).
     #[arg(long)]
@@ -821,13 +756,4 @@ pub(crate) enum ForecasterChoice {
     /// Seasonal naive: a day ago, with the spread of the last week's
     /// day-over-day changes.
     Naive,
-}
-
-/// The `--baselines` choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum BaselineChoice {
-    /// Chosen from the season, horizon and history length.
-    Auto,
-    /// No baselines.
-    None,
 }

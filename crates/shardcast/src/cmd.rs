@@ -1,7 +1,5 @@
 //! Subcommand implementations: settings in, library calls, tables out.
 
-mod bench;
-mod bench_serve;
 mod demo;
 mod ingest;
 mod model;
@@ -38,8 +36,6 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Bench(crate::cli::BenchCommand::Ingest(args)) => bench::ingest(args).await,
-        Command::Bench(crate::cli::BenchCommand::Serve(args)) => bench_serve::serve(*args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Train(args) => model::train(*args).await,
         Command::Backtest(args) => model::backtest(*args).await,

@@ -65,7 +65,7 @@ fn windows(model: &Model, data: &[TrainSeries]) -> Vec<f32> {
         .iter()
         .map(|s| (crate::test_util::input_of(model, s), s.values.len()))
         .collect();
-    model.forecast(&inputs).unwrap()
+    model.forecast_rows(&inputs).unwrap()
 }
 
 #[test]
@@ -342,7 +342,7 @@ fn the_contract_gives_the_model_rows_and_answers_every_window() {
     assert!(err.contains("no history"), "{err}");
     let rows = |s: &TrainSeries, upto: usize| {
         let input = crate::test_util::input_of(&model, s);
-        model.forecast(&[(input, upto)]).unwrap()
+        model.forecast_rows(&[(input, upto)]).unwrap()
     };
     let first = out[0].as_ref().unwrap();
     assert_eq!(first.values(), rows(&d[0], n).as_slice());
@@ -352,7 +352,7 @@ fn the_contract_gives_the_model_rows_and_answers_every_window() {
         rows(&d[2], n - 5).as_slice()
     );
     // One window alone gives what it gave in the batch.
-    assert_eq!(&Forecaster::forecast(&model, &batch[0]).unwrap(), first);
+    assert_eq!(&model.forecast(&batch[0]).unwrap(), first);
 }
 
 #[test]

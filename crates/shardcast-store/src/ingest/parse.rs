@@ -18,6 +18,31 @@ pub enum TimestampFormat {
     UnixMillis,
 }
 
+impl std::str::FromStr for TimestampFormat {
+    type Err = crate::Error;
+
+    /// `auto`, `iso`, `unix-s` (or `unix-seconds`), `unix-ms` (or
+    /// `unix-millis`).
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "iso" => Ok(Self::Iso),
+            "unix-s" | "unix-seconds" => Ok(Self::UnixSeconds),
+            "unix-ms" | "unix-millis" => Ok(Self::UnixMillis),
+            other => Err(crate::Error::Spec {
+                reason: format!("unknown timestamp format `{other}`: auto, iso, unix-s or unix-ms"),
+            }),
+        }
+    }
+}
+
+/// Parses a time written as ISO 8601 — `2017-01-20`, `2017-01-20 12:00`,
+/// `2017-01-20T12:00:00.5Z`, `2017-01-20T12:00:00+02:00` — as ingestion
+/// reads it: UTC unless a zone is given. `None` when it is not such a time.
+pub fn parse_time(text: &str) -> Option<shardcast_core::Timestamp> {
+    parse_iso(trim(text.as_bytes())).map(shardcast_core::Timestamp)
+}
+
 /// Parses a timestamp to milliseconds since the epoch, UTC.
 pub(crate) fn parse_timestamp(field: &[u8], format: TimestampFormat) -> Option<i64> {
     let field = trim(field);

@@ -29,6 +29,21 @@ impl InputFormat {
     }
 }
 
+impl std::str::FromStr for InputFormat {
+    type Err = crate::Error;
+
+    /// `csv` or `ndjson`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "csv" => Ok(Self::Csv),
+            "ndjson" => Ok(Self::Ndjson),
+            other => Err(crate::Error::Spec {
+                reason: format!("unknown input format `{other}`: csv or ndjson"),
+            }),
+        }
+    }
+}
+
 /// A column a sink needs, and the flag that named it (for error messages).
 #[derive(Debug, Clone)]
 pub(crate) struct ColumnRef {

@@ -403,3 +403,53 @@ fn batch_append_merges_keys() {
     assert_eq!(x.keys.len(), 2);
     assert_eq!(x.key_idx, vec![0, 1, 0]);
 }
+
+#[test]
+fn batch_partition_keeps_order_on_both_sides() {
+    let k1 = SeriesKey::new("a", "b", "c", "d").unwrap();
+    let k2 = SeriesKey::new("x", "b", "c", "e").unwrap();
+    let mut b = PointBatch::default();
+    for (k, ts) in [(&k1, 1), (&k2, 2), (&k1, 5), (&k2, 6), (&k1, 7)] {
+        b.push(k, ts, ts as f64 * 10.0);
+    }
+    let (kept, picked) = b.partition(|k, ts| k.app == "a" && ts >= 5);
+    let points = |b: &PointBatch| -> Vec<(String, i64, f64)> {
+        b.iter()
+            .map(|(k, ts, v)| (k.series.clone(), ts, v))
+            .collect()
+    };
+    assert_eq!(
+        points(&kept),
+        [
+            ("d".into(), 1, 10.0),
+            ("e".into(), 2, 20.0),
+            ("e".into(), 6, 60.0)
+        ]
+    );
+    assert_eq!(
+        points(&picked),
+        [("d".into(), 5, 50.0), ("d".into(), 7, 70.0)]
+    );
+    assert_eq!(picked.keys, [k1]);
+}
+
+#[test]
+fn a_time_given_by_a_user_parses_as_ingestion_reads_it() {
+    let day = shardcast_core::Timestamp::from_date(2017, 1, 20)
+        .unwrap()
+        .millis();
+    let at = |text: &str| parse_time(text).map(|t| t.millis() - day);
+    assert_eq!(at("2017-01-20"), Some(0));
+    assert_eq!(at(" 2017-01-20 12:00 "), Some(12 * 3_600_000));
+    assert_eq!(at("2017-01-20T12:00:00.5Z"), Some(12 * 3_600_000 + 500));
+    assert_eq!(at("2017-01-20T12:00:00+02:00"), Some(10 * 3_600_000));
+    for bad in [
+        "yesterday",
+        "1484913600",
+        "2017-01-20 25:00",
+        "2017-13-01",
+        "",
+    ] {
+        assert_eq!(parse_time(bad), None, "{bad}");
+    }
+}

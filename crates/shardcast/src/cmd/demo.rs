@@ -12,8 +12,8 @@ mod replay;
 
 use anyhow::{Context, Result, bail};
 use shardcast_store::ingest::{
-    EventMapping, KeySource, MetricMapping, ReadSettings, TimestampFormat, expand_inputs,
-    parse_event_files, parse_metric_files,
+    EventMapping, KeySource, MetricMapping, PointBatch, ReadSettings, TimestampFormat,
+    expand_inputs, parse_event_files, parse_metric_files,
 };
 use std::path::{Path, PathBuf};
 
@@ -62,7 +62,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         store_dir.display(),
         replay::start()
     );
-    let mut held_back = Vec::new();
+    let mut held_back = PointBatch::default();
     for (pattern, app, shard_type, cols) in SOURCES {
         let paths = expand_inputs(&[args.data.join(pattern).to_string_lossy().into_owned()])?;
         let mapping = MetricMapping::new(app, shard_type, cols);
@@ -78,7 +78,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 format!(" ({} held back)", later.len())
             }
         );
-        held_back.extend(later);
+        held_back.append(later);
     }
     let events = args.data.join("events.csv");
     let mapping = EventMapping {

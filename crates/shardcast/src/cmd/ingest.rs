@@ -2,11 +2,11 @@
 
 use anyhow::{Context, Result};
 use shardcast_store::ingest::{
-    EventMapping, InputFormat, KeySource, MetricMapping, ParseReport, ReadSettings,
-    TimestampFormat, expand_inputs, parse_event_files, parse_metric_files,
+    EventMapping, KeySource, MetricMapping, ParseReport, ReadSettings, expand_inputs,
+    parse_event_files, parse_metric_files,
 };
 
-use crate::cli::{FormatArg, IngestArgs, SeriesFrom, Table, TsFormatArg};
+use crate::cli::{IngestArgs, SeriesFrom, Table};
 
 fn source(constant: &str, column: &Option<String>) -> KeySource {
     match column {
@@ -27,7 +27,7 @@ pub(crate) fn metric_mapping(args: &IngestArgs) -> MetricMapping {
     };
     MetricMapping {
         timestamp_col: args.timestamp_col.clone(),
-        timestamp_format: ts_format(args.timestamp_format),
+        timestamp_format: args.timestamp_format,
         value_cols: args.value_cols.clone(),
         app: source(&args.app, &args.app_col),
         shard_type: source(&args.shard_type, &args.shard_type_col),
@@ -36,23 +36,11 @@ pub(crate) fn metric_mapping(args: &IngestArgs) -> MetricMapping {
     }
 }
 
-fn ts_format(f: TsFormatArg) -> TimestampFormat {
-    match f {
-        TsFormatArg::Auto => TimestampFormat::Auto,
-        TsFormatArg::Iso => TimestampFormat::Iso,
-        TsFormatArg::UnixS => TimestampFormat::UnixSeconds,
-        TsFormatArg::UnixMs => TimestampFormat::UnixMillis,
-    }
-}
-
 pub(crate) async fn run(args: IngestArgs) -> Result<()> {
     let store = super::open(&args.store.store)?;
     let paths = expand_inputs(&args.inputs)?;
     let settings = ReadSettings {
-        format: args.format.map(|f| match f {
-            FormatArg::Csv => InputFormat::Csv,
-            FormatArg::Ndjson => InputFormat::Ndjson,
-        }),
+        format: args.format,
         skip_invalid: args.skip_invalid,
         max_line_bytes: args.max_line_bytes,
     };
@@ -71,7 +59,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<()> {
             let mapping = EventMapping {
                 start_col: args.start_col.clone(),
                 end_col: args.end_col.clone(),
-                timestamp_format: ts_format(args.timestamp_format),
+                timestamp_format: args.timestamp_format,
                 kind: match (&args.kind, &args.kind_col) {
                     (_, Some(c)) => KeySource::Column(c.clone()),
                     (Some(k), None) => KeySource::Constant(k.clone()),

@@ -3,105 +3,33 @@
 //! protocol F forecast CSV and a metrics table.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use shardcast_core::overlay::overlaid;
-use shardcast_core::{GridStep, Timestamp};
-use shardcast_model::backtest::{self, Backtest, BacktestSeries, BacktestSpec};
+use shardcast_core::GridStep;
+use shardcast_model::backtest::{self, BacktestSeries, BacktestSpec};
 use shardcast_model::forecaster::{
-    DataShape, Model, ModelConfig, Progress, TrainConfig, TrainSeries, default_baselines,
+    self, DataShape, Model, ModelConfig, Progress, TrainConfig, TrainSeries,
 };
 use shardcast_model::versions;
-use shardcast_store::query::SeriesFilter;
-use shardcast_store::resample::{Agg, GapFill, event_indicator, resample};
+use shardcast_store::grids::GridSeries;
 
-use crate::cli::{AggArg, BacktestArgs, BaselineChoice, GridArgs, ModelArgs, TrainArgs};
-
-/// One series on the grid, with its event indicator.
-pub(crate) struct GridSeries {
-    /// The full key (`app/shard_type/metric/series`): the model's series id.
-    pub(crate) name: String,
-    /// The series id alone, as protocol F's CSV names series.
-    pub(crate) label: String,
-    pub(crate) shard_type: String,
-    pub(crate) start: i64,
-    pub(crate) values: Vec<f32>,
-    pub(crate) events: Vec<f32>,
-}
-
-/// Loads the selected series and puts each on the grid.
-pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
-    let store = super::open(&args.store.store)?;
-    let apps: Vec<&str> = args.app.iter().flat_map(|a| a.split(',')).collect();
-    let filter = SeriesFilter {
-        app: (apps.len() == 1).then(|| apps[0].to_owned()),
-        shard_type: args.shard_type.clone(),
-        metric: args.metric.clone(),
-        ..SeriesFilter::default()
-    };
-    let patterns = match &args.series {
-        Some(p) => p
-            .split(',')
-            .map(|p| glob::Pattern::new(p).with_context(|| format!("bad --series pattern `{p}`")))
-            .collect::<Result<Vec<_>>>()?,
-        None => Vec::new(),
-    };
-    let agg = match args.agg {
-        AggArg::Mean => Agg::Mean,
-        AggArg::Sum => Agg::Sum,
-        AggArg::Max => Agg::Max,
-    };
-    let events = store.load_events().await?;
-    let mut out = Vec::new();
-    for s in store.load_series(&filter).await? {
-        if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(&s.key.series)) {
-            continue;
-        }
-        if !apps.is_empty() && !apps.contains(&s.key.app.as_str()) {
-            continue;
-        }
-        let grid = match args.base_grid {
-            Some(base) => {
-                resample(&s.ts, &s.value, base, agg, GapFill::Linear)?.coarsen(args.grid, agg)?
-            }
-            None => resample(&s.ts, &s.value, args.grid, agg, GapFill::Linear)?,
-        };
-        let start = grid.start.millis();
-        let step = args.grid.millis();
-        let ind = event_indicator(&events, &s.key, start, step, grid.values.len());
-        out.push(GridSeries {
-            name: s.key.to_string(),
-            label: s.key.series.clone(),
-            shard_type: s.key.shard_type.clone(),
-            start,
-            values: grid.to_f32(),
-            events: ind,
-        });
-    }
-    if out.is_empty() {
-        bail!("no series in the store match the selection");
-    }
-    Ok((out, args.grid))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    model: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    train: TrainConfig,
-}
+use crate::cli::{BacktestArgs, GridArgs, ModelArgs, TrainArgs};
 
 /// Horizon of `train` and `backtest` when `--horizon` is not given.
 pub(crate) const DEFAULT_HORIZON: usize = 12;
 
-/// The model and training configuration: the model crate's defaults for
-/// the data (the grid, the shortest series, the `total` points over all
-/// series, `default_horizon` when `--horizon` is absent), then the config
+/// The selected series on their grid; a selection that matches nothing is
+/// an error.
+pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
+    let store = super::open(&args.store.store)?;
+    Ok((store.load_grids(&args.selection()).await?, args.grid))
+}
+
+/// The model and training configuration for the data (the grid, the
+/// shortest series, the `total` points over all series, `default_horizon`
+/// when `--horizon` is absent): the model crate's defaults, the config
 /// file, then flags.
 pub(crate) fn configure(
     args: &ModelArgs,
@@ -110,63 +38,29 @@ pub(crate) fn configure(
     total: usize,
     default_horizon: usize,
 ) -> Result<(ModelConfig, TrainConfig)> {
-    let mut model = ModelConfig::for_data(&DataShape {
+    let shape = DataShape {
         per_day: step.per_day(),
         horizon: args.horizon.unwrap_or(default_horizon),
         season: args.season,
         shortest,
         total,
-    });
-    let mut train = TrainConfig::default();
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let file: ConfigFile = if path.extension().is_some_and(|e| e == "toml") {
-            let value: serde_json::Value = toml::from_str(&text)
-                .with_context(|| format!("bad training config {}", path.display()))?;
-            serde_json::from_value(value)
-        } else {
-            serde_json::from_str(&text)
-        }
-        .with_context(|| format!("bad training config {}", path.display()))?;
-        model = overlaid(&model, serde_json::Value::Object(file.model))
-            .with_context(|| format!("bad training config {}: in `model`", path.display()))?;
-        train = file.train;
+    };
+    Ok(forecaster::configure(
+        &shape,
+        args.config.as_deref(),
+        &args.overrides(),
+    )?)
+}
+
+/// The model crate's training input of a grid series.
+pub(crate) fn train_series(g: GridSeries) -> TrainSeries {
+    TrainSeries {
+        name: g.key.to_string(),
+        shard_type: g.key.shard_type,
+        start: g.start,
+        values: g.values,
+        events: Some(g.events),
     }
-    if let Some(v) = args.cell {
-        model.cell = v;
-    }
-    if let Some(v) = args.hidden {
-        model.hidden_size = v;
-    }
-    if let Some(v) = args.context {
-        model.context = v;
-    }
-    if let Some(v) = &args.lags {
-        model.lags = v.clone();
-    }
-    match args.baselines {
-        Some(BaselineChoice::Auto) => {
-            model.baselines = default_baselines(model.season, model.horizon, shortest);
-        }
-        Some(BaselineChoice::None) => model.baselines.clear(),
-        None => {}
-    }
-    if let Some(v) = args.members {
-        model.members = v;
-    }
-    if let Some(v) = args.max_steps {
-        train.max_steps = v;
-    }
-    if let Some(v) = args.seed {
-        train.seed = v;
-    }
-    if let Some(v) = args.device {
-        train.device = v;
-    }
-    model.validate()?;
-    train.validate()?;
-    Ok((model, train))
 }
 
 /// Training progress on stderr: a progress bar (indicatif) on a terminal, a
@@ -227,17 +121,8 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
         test_points: args.test_points,
         season: config.season,
     };
-    let labels: Vec<String> = grids.iter().map(|g| g.label.clone()).collect();
-    let data: Vec<BacktestSeries> = grids
-        .into_iter()
-        .map(|g| BacktestSeries {
-            name: g.name,
-            shard_type: g.shard_type,
-            start: g.start,
-            values: g.values,
-            events: Some(g.events),
-        })
-        .collect();
+    let labels: Vec<String> = grids.iter().map(|g| g.key.series.clone()).collect();
+    let data: Vec<BacktestSeries> = grids.into_iter().map(train_series).collect();
     eprintln!(
         "backtest: {} series on a {step} grid, horizon {}, {} held-out points each; {:?} cell, context {}, lags {:?}",
         data.len(),
@@ -255,9 +140,18 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
     let (bt, data) = bt;
     let wall = started.elapsed().as_secs_f64();
     if let Some(out) = &args.out {
-        write_forecasts(out, &bt, &data, &labels, spec.step_ms)?;
+        shardcast_fs::write_file(out, |w| bt.write_csv(w, &data, &labels))
+            .with_context(|| format!("cannot write {}", out.display()))?;
     }
-    print_backtest(&bt, &labels, wall);
+    print!("{}", bt.table(&labels));
+    println!(
+        "\nwall time {wall:.1}s (fit {:.1}s over {} windows, {} members; forecast {:.2}s)",
+        bt.fit.seconds,
+        bt.fit.train_windows,
+        bt.fit.members.len(),
+        bt.forecast_seconds
+    );
+    print!("{}", bt.model.fitted_parts());
     if let Some(dir) = &args.save_model {
         let metrics = serde_json::json!({
             "fit": bt.fit,
@@ -270,112 +164,6 @@ pub(crate) async fn backtest(args: BacktestArgs) -> Result<()> {
         println!("forecasts written to {}", out.display());
     }
     Ok(())
-}
-
-/// Writes protocol F's CSV: one row per held-out point.
-fn write_forecasts(
-    path: &Path,
-    bt: &Backtest,
-    data: &[BacktestSeries],
-    labels: &[String],
-    step: i64,
-) -> Result<()> {
-    let levels = &bt.model.config().quantiles;
-    shardcast_fs::write_file(path, |w| {
-        let mut csv = csv::Writer::from_writer(w);
-        let head = ["series", "ts", "step"].map(String::from);
-        csv.write_record(
-            head.into_iter()
-                .chain(levels.iter().map(|q| format!("q{q}"))),
-        )?;
-        for ((r, s), label) in bt.series.iter().zip(data).zip(labels) {
-            for (i, st) in r.steps.iter().enumerate() {
-                let ts = Timestamp(s.start + step * (r.first + i) as i64);
-                let values = &r.forecasts[i * levels.len()..][..levels.len()];
-                let row = [label.clone(), ts.to_string(), st.to_string()];
-                csv.write_record(row.into_iter().chain(values.iter().map(f32::to_string)))?;
-            }
-        }
-        csv.flush()
-    })
-    .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn print_backtest(bt: &Backtest, labels: &[String], wall: f64) {
-    println!(
-        "{:<34} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} {:>7}",
-        "series", "WQL", "MASE", "cov80", "cov95", "sn WQL", "sn MASE", "sn cov80"
-    );
-    for (r, label) in bt.series.iter().zip(labels) {
-        println!(
-            "{:<34} {:>8.4} {:>8.4} {:>7.3} {:>7.3} | {:>8.4} {:>8.4} {:>7.3}",
-            label,
-            r.model.wql,
-            r.model.mase,
-            r.model.cov80,
-            r.model.cov95,
-            r.naive.wql,
-            r.naive.mase,
-            r.naive.cov80
-        );
-    }
-    let (s, n) = (bt.summary(), bt.naive_summary());
-    println!();
-    println!(
-        "{:<36} {:>12} {:>15}",
-        "metric", "shardcast", "seasonal naive"
-    );
-    for (name, a, b) in [
-        (
-            "relWQL_vs_seasonal_naive_gmean",
-            s.rel_wql_gmean,
-            n.rel_wql_gmean,
-        ),
-        (
-            "relMASE_vs_seasonal_naive_gmean",
-            s.rel_mase_gmean,
-            n.rel_mase_gmean,
-        ),
-        ("WQL_median", s.wql_median, n.wql_median),
-        ("MASE_median", s.mase_median, n.mase_median),
-        ("cov80_mean", s.cov80_mean, n.cov80_mean),
-        ("cov95_mean", s.cov95_mean, n.cov95_mean),
-        ("quantile_crossings", s.crossings as f64, n.crossings as f64),
-    ] {
-        println!("{name:<36} {a:>12.4} {b:>15.4}");
-    }
-    println!(
-        "\nwall time {wall:.1}s (fit {:.1}s over {} windows, {} members; forecast {:.2}s)",
-        bt.fit.seconds,
-        bt.fit.train_windows,
-        bt.fit.members.len(),
-        bt.forecast_seconds
-    );
-    print_hybrid(&bt.model);
-}
-
-/// The quantile widening, and the statistical half and the reversion the
-/// fit chose if the model has them.
-fn print_hybrid(model: &Model) {
-    let c = model.calibration();
-    println!(
-        "calibration: distances from the median widened by {:.3} below, {:.3} above",
-        c.lower, c.upper
-    );
-    if let Some(r) = model.reversion() {
-        println!(
-            "reversion: after a shock day, weight {} on last week's values",
-            r.weight
-        );
-    }
-    if let Some(h) = model.hybrid() {
-        let s = &h.statistical;
-        println!(
-            "hybrid: statistical forecaster (daily shape over {} days, weekly over {} weeks at share {}, \
-             level of the last {} points at share {}) blended at network weight {}",
-            s.days, s.weeks, s.weekly_share, s.recent, s.recent_share, h.weight
-        );
-    }
 }
 
 pub(crate) async fn train(args: TrainArgs) -> Result<()> {
@@ -393,16 +181,7 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
     if out.exists() {
         bail!("{} already exists; pick another --version", out.display());
     }
-    let data: Vec<TrainSeries> = grids
-        .into_iter()
-        .map(|g| TrainSeries {
-            name: g.name,
-            shard_type: g.shard_type,
-            start: g.start,
-            values: g.values,
-            events: Some(g.events),
-        })
-        .collect();
+    let data: Vec<TrainSeries> = grids.into_iter().map(train_series).collect();
     let from = args.from.clone();
     eprintln!(
         "train: {} series on a {step} grid, horizon {}; {:?} cell, hidden {}, context {}, lags {:?}",
@@ -447,95 +226,7 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
             m.seconds
         );
     }
-    print_hybrid(&model);
+    print!("{}", model.fitted_parts());
     println!("model written to {}", out.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-    use shardcast_model::forecaster::{ComputeDevice, SMALL_DATA_MEMBERS};
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        model: ModelArgs,
-    }
-
-    #[test]
-    fn flags_win_over_the_defaults_for_the_data() {
-        let hourly = GridStep::from_millis(3_600_000).unwrap();
-        let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().model;
-        let args = parse(&["shardcast", "--horizon", "24"]);
-        let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
-        let shape = DataShape {
-            per_day: Some(24),
-            horizon: 24,
-            season: None,
-            shortest: 552,
-            total: 552,
-        };
-        assert_eq!(c, ModelConfig::for_data(&shape));
-        let args = parse(&["shardcast", "--members", "2", "--hidden", "24"]);
-        let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
-        assert_eq!((c.members, c.hidden_size), (2, 24));
-        assert_eq!(c.horizon, DEFAULT_HORIZON);
-    }
-
-    #[test]
-    fn the_config_file_overlays_the_model_and_refuses_unknown_fields() {
-        let hourly = GridStep::from_millis(3_600_000).unwrap();
-        let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().model;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("train.toml");
-        std::fs::write(&file, "[model]\nhidden_size = 8\n").unwrap();
-        let args = parse(&["shardcast", "--config", file.to_str().unwrap()]);
-        let (c, _) = configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap();
-        assert_eq!((c.hidden_size, c.members), (8, SMALL_DATA_MEMBERS));
-        std::fs::write(&file, "[model]\nwidth = 8\n").unwrap();
-        let e = format!(
-            "{:#}",
-            configure(&args, hourly, 552, 552, DEFAULT_HORIZON).unwrap_err()
-        );
-        assert!(
-            e.contains("train.toml") && e.contains("unknown field `width`"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn device_comes_from_the_flag_or_the_config_file() {
-        let hourly = GridStep::from_millis(3_600_000).unwrap();
-        let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.model);
-        let args = parse(&["shardcast"]).unwrap();
-        let (_, t) = configure(&args, hourly, 1000, 1000, DEFAULT_HORIZON).unwrap();
-        assert_eq!(t.device, ComputeDevice::Cpu);
-        let args = parse(&["shardcast", "--device", "cuda"]).unwrap();
-        let (_, t) = configure(&args, hourly, 1000, 1000, DEFAULT_HORIZON).unwrap();
-        assert_eq!(t.device, ComputeDevice::Cuda);
-        let e = parse(&["shardcast", "--device", "tpu"])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("tpu") && e.contains("`cpu` or `cuda`"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("train.toml");
-        std::fs::write(&file, "[train]\ndevice = \"cuda\"\n").unwrap();
-        let path = file.to_str().unwrap();
-        let args = parse(&["shardcast", "--config", path]).unwrap();
-        let (_, t) = configure(&args, hourly, 1000, 1000, DEFAULT_HORIZON).unwrap();
-        assert_eq!(t.device, ComputeDevice::Cuda);
-        // The flag wins over the file.
-        let args = parse(&["shardcast", "--config", path, "--device", "cpu"]).unwrap();
-        let (_, t) = configure(&args, hourly, 1000, 1000, DEFAULT_HORIZON).unwrap();
-        assert_eq!(t.device, ComputeDevice::Cpu);
-        std::fs::write(&file, "[train]\ndevice = \"gpu\"\n").unwrap();
-        let e = format!(
-            "{:#}",
-            configure(&args, hourly, 1000, 1000, DEFAULT_HORIZON).unwrap_err()
-        );
-        assert!(e.contains("gpu"), "{e}");
-    }
 }

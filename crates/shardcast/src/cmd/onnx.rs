@@ -1,9 +1,9 @@
 //! `shardcast export-onnx`: a model directory to a standard ONNX file and
 //! its input contract, checked by loading it back.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use shardcast_model::forecaster::Model;
 use shardcast_model::versions;
@@ -22,27 +22,13 @@ pub(crate) struct ExportOnnxArgs {
     pub(crate) out: Option<PathBuf>,
 }
 
-/// The version directory `path` names: itself when it holds a model,
-/// else its newest version.
-fn model_dir(path: &Path) -> Result<PathBuf> {
-    if path.join("config.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let newest = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
-        (Some(parent), Some(name)) => versions::newest(parent, name).map(|(_, dir)| dir),
-        _ => None,
-    };
-    match newest {
-        Some(dir) => Ok(dir),
-        None => bail!(
-            "{} is neither a model directory (no config.json) nor a model with versions",
-            path.display()
-        ),
-    }
-}
-
 pub(crate) async fn export(args: ExportOnnxArgs) -> Result<()> {
-    let dir = model_dir(&args.model)?;
+    let dir = versions::resolve(&args.model).with_context(|| {
+        format!(
+            "{} is neither a model directory (no config.json) nor a model with versions",
+            args.model.display()
+        )
+    })?;
     let out = args.out.unwrap_or_else(|| dir.join("model.onnx"));
     let (contract, bytes) = tokio::task::spawn_blocking({
         let (dir, out) = (dir.clone(), out.clone());

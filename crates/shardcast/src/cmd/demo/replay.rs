@@ -53,34 +53,11 @@ pub(super) fn simulate_from() -> Timestamp {
     Timestamp(start().0 + ROUNDS as i64 * STEP_MS - 86_400_000)
 }
 
-/// A point held back for the replay.
-#[derive(Debug, Clone)]
-pub(super) struct Held {
-    key: SeriesKey,
-    ts: i64,
-    value: f64,
-}
-
 /// Splits a parsed batch into what is stored now and the replay's points
 /// (the replayed app's points from [`start`] on).
-pub(super) fn split(batch: PointBatch) -> (PointBatch, Vec<Held>) {
+pub(super) fn split(batch: PointBatch) -> (PointBatch, PointBatch) {
     let cut = start().0;
-    let mut now = PointBatch::default();
-    let mut later = Vec::new();
-    for ((&k, &ts), &value) in batch.key_idx.iter().zip(&batch.ts).zip(&batch.value) {
-        let key = &batch.keys[k as usize];
-        if key.app == APP && ts >= cut {
-            later.push(Held {
-                key: key.clone(),
-                ts,
-                value,
-            });
-        } else {
-            now.push(key, ts, value);
-        }
-    }
-    later.sort_by_key(|h| h.ts);
-    (now, later)
+    batch.partition(|key, ts| key.app == APP && ts >= cut)
 }
 
 /// What the live part wrote.
@@ -100,7 +77,7 @@ pub(super) async fn run(
     args: &DemoArgs,
     store_dir: &Path,
     models: &Path,
-    held: Vec<Held>,
+    held: PointBatch,
 ) -> Result<Replayed> {
     println!("\n[5/7] inference server, KEDA scaler and planner daemon on loopback");
     let mut cfg = shardcast_server::ServerConfig::new(store_dir.to_string_lossy(), models);
@@ -171,10 +148,10 @@ pub(super) async fn run(
             }
         }
     }
-    for h in &held {
+    for (key, ts, value) in held.iter() {
         *observed
-            .entry((h.key.shard_type.clone(), bin(h.ts)))
-            .or_default() += h.value;
+            .entry((key.shard_type.clone(), bin(ts)))
+            .or_default() += value;
     }
 
     println!(
@@ -239,11 +216,11 @@ pub(super) async fn run(
         // after the last round, the rest, so the store ends complete.
         let points: Vec<ipb::Point> = held
             .iter()
-            .filter(|h| bin(h.ts) == now.0 || (round == ROUNDS && h.ts >= now.0))
-            .map(|h| ipb::Point {
-                key: Some(key_to_pb(&h.key)),
-                timestamp_unix_ms: h.ts,
-                value: h.value,
+            .filter(|&(_, ts, _)| bin(ts) == now.0 || (round == ROUNDS && ts >= now.0))
+            .map(|(key, ts, value)| ipb::Point {
+                key: Some(key_to_pb(key)),
+                timestamp_unix_ms: ts,
+                value,
             })
             .collect();
         if !points.is_empty() {

@@ -1,18 +1,43 @@
-//! `shardcast bench …`: benchmarks that print a table beside their
-//! reference, measured in the same run.
+//! Protocol I (`shared/bench/PROTOCOL.md`): generate a metrics CSV, ingest
+//! it into a store and run the resampling query, side by side with DuckDB
+//! (`benches/duckdb_ingest.py`) in the same run; prints a table.
+//!
+//! ```text
+//! benches/setup.sh    # once: DuckDB in benches/.venv
+//! cargo run -p shardcast-store --example protocol_i -- --million-rows 10
+//! ```
+#![allow(clippy::print_stdout)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use shardcast_core::Timestamp;
 use shardcast_core::rng::SplitMix64;
+use shardcast_store::Store;
 use shardcast_store::ingest::{
     KeySource, MetricMapping, ReadSettings, TimestampFormat, parse_metric_files,
 };
 
-use crate::cli::BenchIngestArgs;
+/// Settings of a protocol I run.
+#[derive(Debug, Parser)]
+struct BenchIngestArgs {
+    /// Millions of rows to generate.
+    #[arg(long, default_value_t = 10.0)]
+    million_rows: f64,
+    /// Working directory (CSV, stores, Parquet); emptied first.
+    #[arg(long, default_value = "out/bench-ingest")]
+    dir: PathBuf,
+    /// Python interpreter with the `duckdb` package
+    /// (`benches/setup.sh` makes `benches/.venv`).
+    #[arg(long, env = "SHARDCAST_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Skip the DuckDB side.
+    #[arg(long)]
+    no_reference: bool,
+}
 
 const APPS: [&str; 4] = ["shop", "search", "chat", "video"];
 const TYPES: [&str; 3] = ["api-cpu", "session-mem", "gpu-infer"];
@@ -94,7 +119,9 @@ struct Reference {
     groups: u64,
 }
 
-pub(crate) async fn ingest(args: BenchIngestArgs) -> Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = BenchIngestArgs::parse();
     let rows = (args.million_rows * 1e6) as u64;
     if rows == 0 {
         bail!("--million-rows must be positive");
@@ -110,7 +137,7 @@ pub(crate) async fn ingest(args: BenchIngestArgs) -> Result<()> {
     let csv_bytes = std::fs::metadata(&csv)?.len();
 
     let store_dir = args.dir.join("store");
-    let store = super::open(&store_dir.to_string_lossy())?;
+    let store = Store::open(&store_dir.to_string_lossy())?;
     let mapping = MetricMapping {
         timestamp_col: "timestamp".into(),
         timestamp_format: TimestampFormat::Auto,

@@ -5,8 +5,16 @@
 //! Work: one LSTM (or GRU) layer, 8 input features, hidden 64, sequence 96,
 //! batch 64, a linear head of 24 outputs on the last hidden state, MSE loss,
 //! AdamW, f32. Figures: median milliseconds per training step, median
-//! forward latency at batch 1 and batch 256. Run it on one thread
-//! (`RAYON_NUM_THREADS=1`) to compare with the recorded references.
+//! forward latency at batch 1 and batch 256. Run it on one thread to
+//! compare with the recorded references:
+//!
+//! ```text
+//! RAYON_NUM_THREADS=1 cargo run --release -p shardcast-nn --example protocol_t
+//! ```
+//!
+//! `--fused-only` skips candle-nn's side (for profiling the fused one);
+//! `--lstm-only` skips the GRU rows.
+#![allow(clippy::print_stdout)]
 
 use std::fmt;
 use std::time::Instant;
@@ -15,33 +23,46 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::rnn::RNN;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
-use crate::error::Result;
 use shardcast_nn::{Cell, Gru, GruConfig, Lstm, LstmConfig, Rnn};
+
+/// What a failed run reports.
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+fn main() -> Result<()> {
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let settings = ProtocolT {
+        reference: !flag("--fused-only"),
+        gru: !flag("--lstm-only"),
+        ..Default::default()
+    };
+    println!("{}", protocol_t(&settings)?);
+    Ok(())
+}
 
 /// Sizes and repetition counts of a protocol T run.
 #[derive(Debug, Clone, Copy)]
-pub struct ProtocolT {
+struct ProtocolT {
     /// Input features per step.
-    pub input: usize,
+    input: usize,
     /// Hidden width.
-    pub hidden: usize,
+    hidden: usize,
     /// Sequence length.
-    pub seq: usize,
+    seq: usize,
     /// Training batch.
-    pub batch: usize,
+    batch: usize,
     /// Outputs of the linear head.
-    pub outputs: usize,
+    outputs: usize,
     /// Untimed training steps before the timed ones.
-    pub warmup: usize,
+    warmup: usize,
     /// Timed training steps.
-    pub steps: usize,
+    steps: usize,
     /// Timed forward passes per batch size.
-    pub forward_runs: usize,
+    forward_runs: usize,
     /// Whether to also time candle-nn's `LSTM` and `GRU` (off only for
     /// profiling).
-    pub reference: bool,
+    reference: bool,
     /// Whether to also run the work with a GRU layer.
-    pub gru: bool,
+    gru: bool,
 }
 
 impl Default for ProtocolT {
@@ -63,36 +84,36 @@ impl Default for ProtocolT {
 
 /// Median timings of one implementation, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Timings {
+struct Timings {
     /// One training step: forward, loss, backward, AdamW update.
-    pub train_step_ms: f64,
+    train_step_ms: f64,
     /// Forward at batch 1.
-    pub forward_b1_ms: f64,
+    forward_b1_ms: f64,
     /// Forward at batch 256.
-    pub forward_b256_ms: f64,
+    forward_b256_ms: f64,
 }
 
 /// Both sides of one recurrent layer kind, plus the final training losses
 /// as a sanity check that both actually trained the same model.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Comparison {
+struct Comparison {
     /// The fused op of this crate.
-    pub fused: Timings,
+    fused: Timings,
     /// candle-nn's layer of the same kind, unless the run left it out.
-    pub candle_nn: Option<Timings>,
+    candle_nn: Option<Timings>,
     /// Loss after the last timed step (fused, candle-nn).
-    pub final_loss: (f32, Option<f32>),
+    final_loss: (f32, Option<f32>),
 }
 
 /// A whole protocol T run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
+struct Report {
     /// Rayon threads the run had.
-    pub threads: usize,
+    threads: usize,
     /// The LSTM: the protocol's own figures.
-    pub lstm: Comparison,
+    lstm: Comparison,
     /// The same work with a GRU layer, unless the run left it out.
-    pub gru: Option<Comparison>,
+    gru: Option<Comparison>,
 }
 
 impl fmt::Display for Report {
@@ -285,7 +306,7 @@ fn run_side<M: Model>(
 
 /// Runs protocol T for the fused LSTM and candle-nn's `LSTM`, then (unless
 /// `p.gru` is off) the same work for the fused GRU and candle-nn's `GRU`.
-pub fn protocol_t(p: &ProtocolT) -> Result<Report> {
+fn protocol_t(p: &ProtocolT) -> Result<Report> {
     let lstm = compare(
         p,
         |vb| Ok(Lstm::new(LstmConfig::new(p.input, p.hidden), vb)?),

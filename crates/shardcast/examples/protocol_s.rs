@@ -1,9 +1,15 @@
-//! `shardcast bench serve`: protocol S. Starts `shardcast serve` and the
+//! Protocol S (`shared/bench/PROTOCOL.md`). Starts `shardcast serve` and the
 //! Python reference (grpcio + onnxruntime on the same model exported to
 //! ONNX, `benches/serve_onnx.py`) on the same store, then drives each with
 //! the same closed-loop clients: every client has its own connection and
 //! asks for one series' forecast (the model's horizon, 13 quantiles),
 //! cycling over the store's series, as fast as answers come back.
+//!
+//! ```text
+//! benches/setup.sh    # once: grpcio and onnxruntime in benches/.venv
+//! cargo build -p shardcast && cargo run -p shardcast --example protocol_s
+//! ```
+#![allow(clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,13 +17,52 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use shardcast_model::versions;
 use shardcast_proto::forecast::v1 as pb;
 use shardcast_proto::forecast::v1::forecast_service_client::ForecastServiceClient;
+use shardcast_store::Store;
 use shardcast_store::ingest::{MetricMapping, ReadSettings, parse_metric_files};
 use tonic::transport::Channel;
 
-use crate::cli::BenchServeArgs;
+/// Settings of a protocol S run.
+#[derive(Debug, Parser)]
+struct BenchServeArgs {
+    /// The `shardcast` binary to serve with (default: the one built beside
+    /// this example, `target/<profile>/shardcast`).
+    #[arg(long)]
+    shardcast: Option<PathBuf>,
+    /// Store to serve (default: the bundled NAB traces, ingested into
+    /// `<dir>/store`).
+    #[arg(long)]
+    store: Option<String>,
+    /// Directory holding `<name>/<version>/` model directories.
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+    /// Model to serve (its newest version), also exported to ONNX for the
+    /// reference.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Working directory (store, model copy, ONNX file).
+    #[arg(long, default_value = "out/bench-serve")]
+    dir: PathBuf,
+    /// Concurrent clients, comma-separated; each point is measured apart.
+    #[arg(long, default_value = "1,16,64")]
+    clients: String,
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Seconds of warm-up before each point (not measured).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Python interpreter with grpcio and onnxruntime
+    /// (`benches/setup.sh` makes `benches/.venv`).
+    #[arg(long, env = "SHARDCAST_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Skip the Python reference.
+    #[arg(long)]
+    no_reference: bool,
+}
 
 /// The bundled traces protocol S serves: (glob, shard type).
 const NAB: [(&str, &str); 3] = [
@@ -151,7 +196,7 @@ async fn store(args: &BenchServeArgs) -> Result<String> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
-    let store = super::open(&dir.to_string_lossy())?;
+    let store = Store::open(&dir.to_string_lossy())?;
     for (pattern, shard_type) in NAB {
         let paths = shardcast_store::ingest::expand_inputs(&[pattern.to_owned()])?;
         let mapping = MetricMapping::new("aws", shard_type, &["value"]);
@@ -200,7 +245,9 @@ fn python(args: &BenchServeArgs) -> PathBuf {
     })
 }
 
-pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = BenchServeArgs::parse();
     let clients: Vec<usize> = args
         .clients
         .split(',')
@@ -227,7 +274,7 @@ pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
         );
     }
     let store_loc = store(&args).await?;
-    let keys: Vec<pb::SeriesKey> = super::open(&store_loc)?
+    let keys: Vec<pb::SeriesKey> = Store::open(&store_loc)?
         .list_series()
         .await?
         .into_iter()
@@ -237,7 +284,23 @@ pub(crate) async fn serve(args: BenchServeArgs) -> Result<()> {
         bail!("the store at {store_loc} holds no series");
     }
     let (models_root, model_dir) = model(&args)?;
-    let exe = std::env::current_exe()?;
+    let exe = match &args.shardcast {
+        Some(path) => path.clone(),
+        None => {
+            let example = std::env::current_exe()?;
+            let profile = example
+                .parent()
+                .and_then(Path::parent)
+                .context("no target directory")?;
+            profile.join(format!("shardcast{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !exe.is_file() {
+        bail!(
+            "no shardcast binary at {} (build it first: cargo build -p shardcast, or pass --shardcast)",
+            exe.display()
+        );
+    }
     let mut servers = Vec::new();
     let mut ours = Command::new(exe);
     ours.args(["serve", "--store", &store_loc, "--listen", "127.0.0.1:0"])
