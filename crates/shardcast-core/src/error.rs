@@ -42,6 +42,12 @@ pub enum Error {
         /// The rejected text.
         text: String,
     },
+    /// A duration such as `10m` or `0` that does not parse.
+    #[error("duration {text:?} is invalid: expected 0 or a duration such as 30s, 15m, 1h or 2d")]
+    InvalidDuration {
+        /// The rejected text.
+        text: String,
+    },
     /// Forecast values whose shape does not match horizon × quantiles.
     #[error("forecast has {got} values, expected {horizon} steps × {quantiles} quantiles")]
     ForecastShape {

@@ -33,4 +33,4 @@ pub use naive::SeasonalNaive;
 pub use quantile::{Horizon, PROTOCOL_QUANTILES, Quantile, QuantileSet};
 pub use resources::Resources;
 pub use series::{SeriesKey, ShardType};
-pub use time::{GridStep, Timestamp};
+pub use time::{GridStep, Timestamp, parse_duration};

@@ -152,6 +152,19 @@ impl GridStep {
     }
 }
 
+/// Parses a duration as the command line and config files write it: `0`,
+/// or a positive span in the units of [`GridStep`] (`500ms`, `30s`, `15m`,
+/// `1h`, `2d`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let step: GridStep = text.parse().map_err(|_| Error::InvalidDuration {
+        text: text.to_string(),
+    })?;
+    Ok(std::time::Duration::from_millis(step.millis() as u64))
+}
+
 impl FromStr for GridStep {
     type Err = Error;
     /// Parses `300s`, `5m`, `5min`, `1h`, `1d`, `500ms`.
@@ -257,6 +270,18 @@ mod tests {
             Timestamp(3_600_000)
         );
         assert_eq!(GridStep::HOUR.floor(Timestamp(-1)), Timestamp(-3_600_000));
+    }
+
+    #[test]
+    fn durations_parse_with_zero_allowed() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration(" 15m ").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["", "0s", "-1m", "1y", "10"] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("duration") && e.contains(bad), "{bad}: {e}");
+        }
     }
 
     proptest! {

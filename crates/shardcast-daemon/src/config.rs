@@ -25,6 +25,18 @@ pub enum Clock {
     Data,
 }
 
+impl std::str::FromStr for Clock {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "wall" => Ok(Self::Wall),
+            "data" => Ok(Self::Data),
+            other => Err(format!("unknown clock `{other}`, expected wall or data")),
+        }
+    }
+}
+
 /// The planner daemon's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,6 +75,18 @@ pub enum Format {
     Text,
 }
 
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            other => Err(format!("unknown format `{other}`, expected json or text")),
+        }
+    }
+}
+
 struct TypeState {
     shard_type: ShardType,
     assumed: Observed,

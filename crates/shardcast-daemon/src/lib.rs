@@ -73,3 +73,45 @@ pub async fn serve_keda(
         Err(_) => Ok(()),
     }
 }
+
+/// KEDA's external scaler served on a spawned task (as [`serve_keda`]
+/// does) until [`KedaServer::stop`].
+#[derive(Debug)]
+pub struct KedaServer {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl KedaServer {
+    /// Starts serving the targets on `listener`.
+    pub fn spawn(
+        listener: tokio::net::TcpListener,
+        targets: tokio::sync::watch::Receiver<keda::Targets>,
+    ) -> Result<Self> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Keda(format!("the listener has no address: {e}")))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_keda(listener, targets, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (open connections get a second to close) and returns
+    /// how serving ended.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Keda(e.to_string())),
+        }
+    }
+}

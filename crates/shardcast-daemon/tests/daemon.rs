@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use shardcast_core::{FallbackCause, ScaleBasis};
 use shardcast_daemon::{
-    Clock, Daemon, DecisionRecord, Format, Options, PlanConfig, ShardTemplate, ShardTypeConfig,
-    StateOrigin, TargetsFile, serve_keda,
+    Clock, Daemon, DecisionRecord, Format, KedaServer, Options, PlanConfig, ShardTemplate,
+    ShardTypeConfig, StateOrigin, TargetsFile,
 };
 use shardcast_planner::placement::PlacementPolicy;
 use shardcast_planner::scale::{ScalePolicy, WarmPoolPolicy};
@@ -392,11 +392,8 @@ async fn keda_is_told_n_times_the_target() {
     let server = fake_server(Answer::Forecast(Box::new(good_response()))).await;
     let mut daemon = Daemon::new(config(server), Options::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let keda = tokio::spawn(serve_keda(listener, daemon.targets(), async {
-        let _ = stopped.await;
-    }));
+    let keda = KedaServer::spawn(listener, daemon.targets()).unwrap();
+    let addr = keda.addr();
     let mut client = ExternalScalerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -495,8 +492,7 @@ async fn keda_is_told_n_times_the_target() {
         .await
         .expect("the stream ends with the daemon");
     assert!(end.map_or(true, |m| m.is_none()));
-    stop.send(()).unwrap();
-    keda.await.unwrap().unwrap();
+    keda.stop().await.unwrap();
 }
 
 #[tokio::test]

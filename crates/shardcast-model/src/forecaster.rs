@@ -551,6 +551,27 @@ impl Model {
         &self.series
     }
 
+    /// Checks that the model can forecast a `step_ms` grid from `from` on
+    /// out of sample: it was fitted on that grid, and on no point at or
+    /// after `from` (a backtest or simulation that starts at `from` would
+    /// otherwise score a model that has seen its answers).
+    pub fn check_fitted_before(&self, step_ms: i64, from: shardcast_core::Timestamp) -> Result<()> {
+        if self.step_ms != step_ms {
+            return Err(Error::Invalid(format!(
+                "the model forecasts a {} ms grid, the series is on a {step_ms} ms grid",
+                self.step_ms
+            )));
+        }
+        match self.series.iter().find(|m| m.last_ts >= from.0) {
+            Some(late) => Err(Error::Invalid(format!(
+                "the model was trained on `{}` up to {}, not before {from}",
+                late.name,
+                shardcast_core::Timestamp(late.last_ts)
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The shard types it knows; row `i + 1` of its shard-type embedding is
     /// `shard_types()[i]` (row 0 is "unknown").
     pub fn shard_types(&self) -> &[String] {

@@ -724,6 +724,33 @@ impl Sweep {
         std::iter::once(&self.oracle).chain(&self.runs)
     }
 
+    /// Writes protocol P's per-step CSV (`ts, policy, knob, demand,
+    /// shards_ready, shards_requested`; demand in shard units, the oracle's
+    /// knob empty), every run in [`Sweep::all_runs`] order.
+    pub fn write_csv<W: std::io::Write>(&self, w: W) -> csv::Result<()> {
+        let mut csv = csv::Writer::from_writer(w);
+        csv.write_record([
+            "ts",
+            "policy",
+            "knob",
+            "demand",
+            "shards_ready",
+            "shards_requested",
+        ])?;
+        for r in self.all_runs().flat_map(|run| &run.records) {
+            csv.write_record([
+                r.ts.to_string(),
+                r.policy.as_str().to_owned(),
+                r.knob.map(|k| k.to_string()).unwrap_or_default(),
+                format!("{:.6}", r.demand),
+                r.shards_ready.to_string(),
+                r.shards_requested.to_string(),
+            ])?;
+        }
+        csv.flush()?;
+        Ok(())
+    }
+
     /// All summaries, the oracle first.
     pub fn summaries(&self) -> impl Iterator<Item = &Summary> {
         std::iter::once(&self.oracle.summary).chain(self.runs.iter().map(|r| &r.summary))

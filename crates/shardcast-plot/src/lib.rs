@@ -141,6 +141,38 @@ pub struct FanChart {
     pub colour: Colour,
 }
 
+impl FanChart {
+    /// The usual fan over `times`: the 95% (p2.5–p97.5) and 80% (p10–p90)
+    /// bands and the median, the value at time `i` and level `q` being
+    /// `quantile(i, q)`; no actuals, no history.
+    pub fn central(
+        title: String,
+        y_label: String,
+        times: Vec<i64>,
+        quantile: impl Fn(usize, f64) -> f64,
+    ) -> Self {
+        let level = |q: f64| (0..times.len()).map(|i| quantile(i, q)).collect();
+        let band = |label: &str, lower: f64, upper: f64| Band {
+            label: label.into(),
+            lower: level(lower),
+            upper: level(upper),
+        };
+        Self {
+            title,
+            y_label,
+            bands: vec![
+                band("95% (p2.5-p97.5)", 0.025, 0.975),
+                band("80% (p10-p90)", 0.1, 0.9),
+            ],
+            median: Some(level(0.5)),
+            actual: None,
+            history: Vec::new(),
+            times,
+            colour: PALETTE[0],
+        }
+    }
+}
+
 /// One panel of an image.
 #[derive(Debug, Clone)]
 pub enum Panel {

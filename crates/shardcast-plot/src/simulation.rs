@@ -10,7 +10,7 @@ use shardcast_planner::simulator::{
     PROTOCOL_UTILISATION, PolicyKind, SimConfig, SimRun, Summary, Sweep, Trace,
 };
 
-use crate::{self as plot, Axis, Band, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel};
+use crate::{self as plot, Axis, Corner, FanChart, INK, Line, LineChart, PALETTE, Panel};
 
 /// Draws the chart of the sweep `s` of `trace` into `path`: demand against
 /// ready shards per policy (shardcast at service level `shown`), the
@@ -92,47 +92,23 @@ pub fn draw(
 
     // What the planner saw: the forecast made at t for the step t + lead.
     let k = cfg.lead_steps;
-    let mut times = Vec::new();
-    let (mut lo95, mut hi95, mut lo80, mut hi80, mut med, mut actual) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (t, f) in forecasts.iter().enumerate() {
-        let Some(f) = f else { continue };
-        if t + k >= n || k >= f.horizon() {
-            continue;
-        }
-        let q = |level: f64| f64::from(f.interpolate(k, level));
-        times.push(trace.time_of(t + k).0);
-        lo95.push(q(0.025));
-        hi95.push(q(0.975));
-        lo80.push(q(0.1));
-        hi80.push(q(0.9));
-        med.push(q(0.5));
-        actual.push(trace.values[t + k]);
-    }
-    if times.len() >= 2 {
-        panels.push(Panel::Fan(FanChart {
-            title: format!(
+    let shown: Vec<(usize, &QuantileForecast)> = forecasts
+        .iter()
+        .enumerate()
+        .filter_map(|(t, f)| f.as_ref().map(|f| (t, f)))
+        .filter(|&(t, f)| t + k < n && k < f.horizon())
+        .collect();
+    if shown.len() >= 2 {
+        let mut fan = FanChart::central(
+            format!(
                 "{label}: the model's forecast {k} step(s) ahead, made only from earlier points"
             ),
-            y_label: "demand (shard units)".into(),
-            times,
-            bands: vec![
-                Band {
-                    label: "95% (p2.5-p97.5)".into(),
-                    lower: lo95,
-                    upper: hi95,
-                },
-                Band {
-                    label: "80% (p10-p90)".into(),
-                    lower: lo80,
-                    upper: hi80,
-                },
-            ],
-            median: Some(med),
-            actual: Some(actual),
-            history: Vec::new(),
-            colour: PALETTE[0],
-        }));
+            "demand (shard units)".into(),
+            shown.iter().map(|&(t, _)| trace.time_of(t + k).0).collect(),
+            |i, level| f64::from(shown[i].1.interpolate(k, level)),
+        );
+        fan.actual = Some(shown.iter().map(|&(t, _)| trace.values[t + k]).collect());
+        panels.push(Panel::Fan(fan));
     }
 
     let curve = |kind: PolicyKind, name: &str, colour, prefix: &str| {

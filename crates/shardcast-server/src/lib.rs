@@ -354,6 +354,58 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A server serving on a spawned task (as [`serve`] does) until
+/// [`Running::stop`]: for programs and tests that run the server beside
+/// their own work.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Starts serving `state` on `listener` (and metrics on `metrics`).
+    pub fn spawn(
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        state: Arc<State>,
+        cfg: ServerConfig,
+    ) -> Result<Self> {
+        let addr = listener.local_addr().map_err(|source| Error::Io {
+            context: "reading the listener's address".into(),
+            source,
+        })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(listener, metrics, state, &cfg, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    /// The address it serves gRPC on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking calls, lets those in flight finish (as [`serve`] does
+    /// on shutdown), and returns how serving ended.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Io {
+                context: "the server task".into(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+}
+
 /// Serves gRPC on `listener` (and Prometheus text on `metrics`, if given)
 /// until `shutdown` resolves, then stops taking calls and lets the calls in
 /// flight finish.

@@ -35,6 +35,20 @@ pub enum ModelFormat {
     Onnx,
 }
 
+impl std::str::FromStr for ModelFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "candle" => Ok(Self::Candle),
+            "onnx" => Ok(Self::Onnx),
+            other => Err(format!(
+                "unknown model format `{other}`, expected candle or onnx"
+            )),
+        }
+    }
+}
+
 impl ModelFormat {
     /// The file a version directory must hold for this format.
     pub fn file(self) -> &'static str {

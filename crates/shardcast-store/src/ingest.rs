@@ -242,6 +242,29 @@ impl ParseReport {
     }
 }
 
+/// The skipped rows, per file, each as `file:line: field "name" reason`
+/// (nothing when no row was skipped).
+impl std::fmt::Display for ParseReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.skipped() == 0 {
+            return Ok(());
+        }
+        writeln!(f, "skipped {} invalid rows:", self.skipped())?;
+        for file in self.files.iter().filter(|r| r.skipped > 0) {
+            let path = file.path.display();
+            writeln!(f, "  {path}: {} skipped", file.skipped)?;
+            for s in &file.skipped_examples {
+                writeln!(f, "    {path}:{}: field {:?} {}", s.line, s.field, s.reason)?;
+            }
+            let more = (file.skipped as usize).saturating_sub(file.skipped_examples.len());
+            if more > 0 {
+                writeln!(f, "    … and {more} more")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Expands file names and glob patterns, in sorted order; a pattern that
 /// matches nothing is an error.
 pub fn expand_inputs(patterns: &[String]) -> Result<Vec<PathBuf>> {

@@ -1,10 +1,13 @@
 //! Command-line settings: one clap struct per subcommand.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shardcast_core::GridStep;
+use shardcast_core::{GridStep, parse_duration};
+use shardcast_daemon::{Clock, Format};
 use shardcast_model::forecaster::{BaselineChoice, CellKind, ComputeDevice, Overrides};
+use shardcast_server::registry::ModelFormat;
 use shardcast_store::grids::GridSelection;
 use shardcast_store::ingest::{InputFormat, TimestampFormat};
 use shardcast_store::resample::Agg;
@@ -60,6 +63,38 @@ pub(crate) struct StoreArgs {
     pub(crate) store: String,
 }
 
+/// Where a bearer token comes from: the SHARDCAST_TOKEN environment
+/// variable or a file, never the command line (the process list would show
+/// it).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct TokenArgs {
+    /// File holding the bearer token (surrounding whitespace is ignored);
+    /// the SHARDCAST_TOKEN environment variable may hold it instead.
+    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Refused with a message: a token on the command line shows in the
+    /// process list.
+    #[arg(long = "token", hide = true)]
+    pub(crate) token_on_command_line: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token from SHARDCAST_TOKEN or `--token-file`, if any; `--token`
+    /// is refused.
+    pub(crate) fn load(&self) -> anyhow::Result<Option<String>> {
+        use shardcast_server::token::{TOKEN_ENV, load};
+        anyhow::ensure!(
+            self.token_on_command_line.is_none(),
+            "--token is not accepted: a token on the command line shows in the process list; \
+             put it in the {TOKEN_ENV} environment variable or in a file named by --token-file"
+        );
+        Ok(load(
+            std::env::var_os(TOKEN_ENV),
+            self.token_file.as_deref(),
+        )?)
+    }
+}
+
 /// Settings of `compact`.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct CompactArgs {
@@ -70,17 +105,8 @@ pub(crate) struct CompactArgs {
     /// `2d`). Writers and readers running beside the compaction are safe
     /// with any grace of 15 minutes or more; `0` is for a store nothing
     /// else is using (e.g. to clear a crash's leftovers at once).
-    #[arg(long, default_value = "1h", value_parser = parse_grace)]
-    pub(crate) grace: std::time::Duration,
-}
-
-/// Parses a grace period: `0` or a positive duration such as `15m`.
-fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
-    if text.trim() == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let step: GridStep = text.parse().map_err(|e| format!("{e}"))?;
-    Ok(std::time::Duration::from_millis(step.millis() as u64))
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub(crate) grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -424,25 +450,20 @@ pub(crate) struct PlanArgs {
     /// Inference server address, instead of the config's.
     #[arg(long, env = "SHARDCAST_SERVER")]
     pub(crate) server: Option<String>,
-    /// File holding the bearer token for the server, instead of the
-    /// config's (surrounding whitespace is ignored). The token may instead
-    /// come from the SHARDCAST_TOKEN environment variable. It is not
-    /// accepted on the command line, where the process list would show it.
-    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
-    pub(crate) token_file: Option<PathBuf>,
-    /// Refused with a message: a token on the command line shows in the
-    /// process list.
-    #[arg(long = "token", hide = true)]
-    pub(crate) token_on_command_line: Option<String>,
+    /// The bearer token sent to the server, instead of the config's.
+    #[command(flatten)]
+    pub(crate) token: TokenArgs,
     /// Seconds between rounds, instead of the config's.
     #[arg(long, env = "SHARDCAST_PLAN_INTERVAL")]
     pub(crate) interval: Option<f64>,
     /// Stop after this many rounds (default: run until Ctrl-C or SIGTERM).
     #[arg(long, env = "SHARDCAST_PLAN_ITERATIONS")]
     pub(crate) iterations: Option<u64>,
-    /// Where `now` comes from, instead of the config's.
-    #[arg(long, env = "SHARDCAST_PLAN_CLOCK", value_enum)]
-    pub(crate) clock: Option<ClockArg>,
+    /// Where `now` comes from, instead of the config's: `wall` (the
+    /// machine's clock) or `data` (the end of the last observed bin, for
+    /// replayed data).
+    #[arg(long, env = "SHARDCAST_PLAN_CLOCK")]
+    pub(crate) clock: Option<Clock>,
     /// State file read every round (JSON: shard_types.<name>.ready, pending,
     /// unhealthy, observed_demand).
     #[arg(long, env = "SHARDCAST_PLAN_STATE")]
@@ -453,14 +474,9 @@ pub(crate) struct PlanArgs {
     /// Append decisions to this file instead of printing them.
     #[arg(long, env = "SHARDCAST_PLAN_OUT")]
     pub(crate) out: Option<PathBuf>,
-    /// JSON lines, or one sentence per decision.
-    #[arg(
-        long,
-        env = "SHARDCAST_PLAN_FORMAT",
-        value_enum,
-        default_value = "json"
-    )]
-    pub(crate) format: PlanFormat,
+    /// `json` (one object per line) or `text` (one sentence per decision).
+    #[arg(long, env = "SHARDCAST_PLAN_FORMAT", default_value = "json")]
+    pub(crate) format: Format,
     /// Plan and print, publish nothing.
     #[arg(long, env = "SHARDCAST_PLAN_DRY_RUN")]
     pub(crate) dry_run: bool,
@@ -468,24 +484,6 @@ pub(crate) struct PlanArgs {
     /// the bound address is printed on stderr).
     #[arg(long, env = "SHARDCAST_KEDA_LISTEN")]
     pub(crate) keda_listen: Option<std::net::SocketAddr>,
-}
-
-/// Where the planner's `now` comes from.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum ClockArg {
-    /// The machine's clock.
-    Wall,
-    /// The end of the last observed bin (for replayed data).
-    Data,
-}
-
-/// How decisions are written.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum PlanFormat {
-    /// One JSON object per line.
-    Json,
-    /// One sentence per line.
-    Text,
 }
 
 /// Settings of the inference server.
@@ -506,16 +504,11 @@ pub(crate) struct ServeArgs {
     /// Model to serve: its newest loadable version, following new versions.
     #[arg(long, env = "SHARDCAST_MODEL", default_value = "default")]
     pub(crate) model: String,
-    /// Which artifact runs the forecasts: the Candle weights, or the
-    /// version's `model.onnx` (from `shardcast export-onnx`) run by tract.
-    /// Versions without that file are passed over.
-    #[arg(
-        long,
-        env = "SHARDCAST_MODEL_FORMAT",
-        value_enum,
-        default_value = "candle"
-    )]
-    pub(crate) format: FormatChoice,
+    /// Which artifact runs the forecasts: `candle` (the weights) or `onnx`
+    /// (the version's `model.onnx` from `shardcast export-onnx`, run by
+    /// tract). Versions without that file are passed over.
+    #[arg(long, env = "SHARDCAST_MODEL_FORMAT", default_value = "candle")]
+    pub(crate) format: ModelFormat,
     /// Aggregation that puts stored points on the model's grid (as in training).
     #[arg(long, env = "SHARDCAST_AGG", default_value = "mean")]
     pub(crate) agg: Agg,
@@ -559,32 +552,16 @@ pub(crate) struct ServeArgs {
     /// How often to look for new data in the store, milliseconds.
     #[arg(long, env = "SHARDCAST_STORE_POLL_MS", default_value_t = 1000)]
     pub(crate) store_poll_ms: u64,
-    /// File holding the bearer token every call but health (reflection
-    /// included) must carry as `authorization: Bearer …` (surrounding
-    /// whitespace is ignored). The token may instead come from the
-    /// SHARDCAST_TOKEN environment variable. It is not accepted on the
-    /// command line, where the process list would show it.
-    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
-    pub(crate) token_file: Option<PathBuf>,
-    /// Refused with a message: a token on the command line shows in the
-    /// process list.
-    #[arg(long = "token", hide = true)]
-    pub(crate) token_on_command_line: Option<String>,
+    /// The bearer token every call but health (reflection included) must
+    /// carry as `authorization: Bearer …`.
+    #[command(flatten)]
+    pub(crate) token: TokenArgs,
     /// PEM certificate chain: serve TLS (needs --tls-key).
     #[arg(long, env = "SHARDCAST_TLS_CERT", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, env = "SHARDCAST_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
-}
-
-/// The artifact a server runs.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum FormatChoice {
-    /// `model.safetensors` on Candle.
-    Candle,
-    /// `model.onnx`, run by tract (a pure-Rust ONNX engine).
-    Onnx,
 }
 
 const SIMULATE_ABOUT: &str = "\
@@ -642,27 +619,6 @@ impl std::str::FromStr for TimeArg {
     }
 }
 
-/// A duration such as `10m`, `600s`, `1h` or `0`, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lead(pub(crate) u64);
-
-impl std::str::FromStr for Lead {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim() == "0" {
-            return Ok(Self(0));
-        }
-        let step: GridStep = s
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration: use 10m, 600s, 1h or 0"))?;
-        if step.millis() % 1000 != 0 {
-            return Err(format!("`{s}`: the lead time must be whole seconds"));
-        }
-        Ok(Self((step.millis() / 1000) as u64))
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct SimulateArgs {
     #[command(flatten)]
@@ -704,13 +660,13 @@ pub(crate) struct SimulateArgs {
     pub(crate) to: Option<TimeArg>,
     /// Time from requesting a shard until it serves (rounded up to whole grid
     /// steps): `10m`, `600s`, `0`.
-    #[arg(long, default_value = "10m", env = "SHARDCAST_LEAD")]
-    pub(crate) lead: Lead,
+    #[arg(long, default_value = "10m", env = "SHARDCAST_LEAD", value_parser = parse_duration)]
+    pub(crate) lead: Duration,
     /// How long after the lead time the planner's count must keep covering
     /// the forecast (it then launches ahead of a rise and releases after a
     /// fall): `10m`, `0`. The model's default horizon grows with it.
-    #[arg(long, default_value = "10m", env = "SHARDCAST_HOLD")]
-    pub(crate) hold: Lead,
+    #[arg(long, default_value = "10m", env = "SHARDCAST_HOLD", value_parser = parse_duration)]
+    pub(crate) hold: Duration,
     /// Scale demand so that the range's peak needs this many shards.
     #[arg(long, default_value_t = 20)]
     pub(crate) peak_shards: u32,

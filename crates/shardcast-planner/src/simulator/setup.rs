@@ -47,19 +47,19 @@ impl SweepSpec {
 impl SimConfig {
     /// The settings a JSON document gives over the defaults: fields it
     /// leaves out keep theirs, also inside nested policies. The lead time
-    /// and the hold are the caller's (the command line's `--lead` and
-    /// `--hold`), so a document that sets them is refused.
+    /// and the hold are the caller's (given with the run, not in the
+    /// document), so a document that sets them is refused.
     pub fn from_json(text: &str) -> Result<Self> {
         let bad = |e: serde_json::Error| Error::Setup(format!("bad simulator config: {e}"));
         let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
         if value.get("lead_steps").is_some() {
             return Err(Error::Setup(
-                "bad simulator config: set the lead time with --lead, not `lead_steps`".into(),
+                "bad simulator config: `lead_steps` is not a setting here, the lead time is given with the run".into(),
             ));
         }
         if value.pointer("/shardcast/hold_secs").is_some() {
             return Err(Error::Setup(
-                "bad simulator config: set the hold with --hold, not `shardcast.hold_secs`".into(),
+                "bad simulator config: `shardcast.hold_secs` is not a setting here, the hold is given with the run".into(),
             ));
         }
         let cfg: SimConfig =
@@ -171,8 +171,11 @@ mod tests {
         let d = SimConfig::default();
         assert_eq!(cfg.shardcast.tail, d.shardcast.tail, "nested defaults kept");
         for (doc, says) in [
-            (r#"{"lead_steps": 3}"#, "--lead"),
-            (r#"{"shardcast": {"hold_secs": 3}}"#, "--hold"),
+            (r#"{"lead_steps": 3}"#, "`lead_steps` is not a setting"),
+            (
+                r#"{"shardcast": {"hold_secs": 3}}"#,
+                "`shardcast.hold_secs` is not",
+            ),
             (r#"{"min_shards": 5, "max_shards": 2}"#, "min_shards"),
             (r#"{"nope": 1}"#, "nope"),
             ("{", "bad simulator config"),

@@ -13,7 +13,6 @@ use shardcast_server::{ServerConfig, State};
 use shardcast_store::Store;
 use shardcast_store::ingest::PointBatch;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// The bundled model's grid (ms).
@@ -131,30 +130,19 @@ impl Fixture {
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
     pub(crate) state: Arc<State>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<shardcast_server::Result<()>>,
+    server: shardcast_server::Running,
 }
 
 impl Running {
     pub(crate) async fn start(cfg: ServerConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = State::open(&cfg).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = {
-            let state = Arc::clone(&state);
-            tokio::spawn(async move {
-                shardcast_server::serve(listener, None, state, &cfg, async {
-                    let _ = stopped.await;
-                })
-                .await
-            })
-        };
+        let server =
+            shardcast_server::Running::spawn(listener, None, Arc::clone(&state), cfg).unwrap();
         Self {
-            addr,
+            addr: server.addr(),
             state,
-            stop: Some(stop),
-            task,
+            server,
         }
     }
 
@@ -168,11 +156,8 @@ impl Running {
     }
 
     /// Shuts the server down and waits for it.
-    pub(crate) async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        (&mut self.task).await.unwrap().unwrap();
+    pub(crate) async fn stop(self) {
+        self.server.stop().await.unwrap();
     }
 }
 

@@ -224,6 +224,13 @@ fn skip_invalid_reports_rows() {
     assert_eq!(r.skipped, 3);
     let lines: Vec<u64> = r.skipped_examples.iter().map(|s| s.line).collect();
     assert_eq!(lines, vec![3, 4, 6]);
+    let shown = ParseReport { files: vec![r] }.to_string();
+    assert!(
+        shown.starts_with("skipped 3 invalid rows:\n  f.csv: 3 skipped\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("    f.csv:4: field \"value\" "), "{shown}");
+    assert_eq!(ParseReport::default().to_string(), "");
 }
 
 #[test]

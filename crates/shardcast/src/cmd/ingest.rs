@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use shardcast_store::ingest::{
-    EventMapping, KeySource, MetricMapping, ParseReport, ReadSettings, expand_inputs,
-    parse_event_files, parse_metric_files,
+    EventMapping, KeySource, MetricMapping, ReadSettings, expand_inputs, parse_event_files,
+    parse_metric_files,
 };
 
 use crate::cli::{IngestArgs, SeriesFrom, Table};
@@ -72,7 +72,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<()> {
             (store.write_events(events).await?, report)
         }
     };
-    print_report(&report);
+    print!("{report}");
     println!(
         "ingested {} rows from {} files in {:.2}s ({} stored rows replaced, {} files, {} bytes written; store version {})",
         summary.rows,
@@ -84,29 +84,4 @@ pub(crate) async fn run(args: IngestArgs) -> Result<()> {
         summary.version
     );
     Ok(())
-}
-
-fn print_report(report: &ParseReport) {
-    if report.skipped() == 0 {
-        return;
-    }
-    println!("skipped {} invalid rows:", report.skipped());
-    for f in report.files.iter().filter(|f| f.skipped > 0) {
-        println!("  {}: {} skipped", f.path.display(), f.skipped);
-        for s in &f.skipped_examples {
-            println!(
-                "    {}:{}: field {:?} {}",
-                f.path.display(),
-                s.line,
-                s.field,
-                s.reason
-            );
-        }
-        if f.skipped as usize > f.skipped_examples.len() {
-            println!(
-                "    … and {} more",
-                f.skipped as usize - f.skipped_examples.len()
-            );
-        }
-    }
 }

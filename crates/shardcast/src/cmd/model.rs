@@ -3,6 +3,7 @@
 //! protocol F forecast CSV and a metrics table.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -10,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shardcast_core::GridStep;
 use shardcast_model::backtest::{self, BacktestSeries, BacktestSpec};
 use shardcast_model::forecaster::{
-    self, DataShape, Model, ModelConfig, Progress, TrainConfig, TrainSeries,
+    self, DataShape, FitReport, Model, ModelConfig, Progress, TrainConfig, TrainSeries,
 };
 use shardcast_model::versions;
 use shardcast_store::grids::GridSeries;
@@ -61,6 +62,41 @@ pub(crate) fn train_series(g: GridSeries) -> TrainSeries {
         values: g.values,
         events: Some(g.events),
     }
+}
+
+/// Fits a model on the blocking pool, warm-started from the model in
+/// `warm` if given, after saying on stderr what it fits (`what`) and how;
+/// progress goes to stderr while it trains.
+pub(crate) async fn fit(
+    what: String,
+    config: ModelConfig,
+    train: TrainConfig,
+    step: GridStep,
+    data: Vec<TrainSeries>,
+    warm: Option<PathBuf>,
+) -> Result<(Model, FitReport)> {
+    eprintln!(
+        "train: {what} on a {step} grid; {:?} cell, hidden {}, context {}, horizon {}, lags {:?}",
+        config.cell, config.hidden_size, config.context, config.horizon, config.lags
+    );
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let warm = warm
+            .as_deref()
+            .map(|p| {
+                Model::load(p).with_context(|| format!("cannot warm start from {}", p.display()))
+            })
+            .transpose()?;
+        let progress = progress_printer(train.eval_every);
+        Ok(Model::fit_from(
+            &config,
+            &train,
+            step.millis(),
+            &data,
+            warm.as_ref(),
+            progress,
+        )?)
+    })
+    .await?
 }
 
 /// Training progress on stderr: a progress bar (indicatif) on a terminal, a
@@ -182,34 +218,8 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
         bail!("{} already exists; pick another --version", out.display());
     }
     let data: Vec<TrainSeries> = grids.into_iter().map(train_series).collect();
-    let from = args.from.clone();
-    eprintln!(
-        "train: {} series on a {step} grid, horizon {}; {:?} cell, hidden {}, context {}, lags {:?}",
-        data.len(),
-        config.horizon,
-        config.cell,
-        config.hidden_size,
-        config.context,
-        config.lags
-    );
-    let eval_every = train.eval_every;
-    let (model, report) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let warm = from
-            .as_deref()
-            .map(|p| {
-                Model::load(p).with_context(|| format!("cannot warm start from {}", p.display()))
-            })
-            .transpose()?;
-        Ok(Model::fit_from(
-            &config,
-            &train,
-            step.millis(),
-            &data,
-            warm.as_ref(),
-            progress_printer(eval_every),
-        )?)
-    })
-    .await??;
+    let what = format!("{} series", data.len());
+    let (model, report) = fit(what, config, train, step, data, args.from).await?;
     model.save(&out, &serde_json::json!({ "fit": report }))?;
     for m in &report.members {
         println!(

@@ -4,10 +4,10 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use shardcast_daemon::{Clock, Daemon, Format, Options, PlanConfig};
+use shardcast_daemon::{Daemon, KedaServer, Options, PlanConfig};
 use tokio::net::TcpListener;
 
-use crate::cli::{ClockArg, PlanArgs, PlanFormat};
+use crate::cli::PlanArgs;
 
 /// The config file with the flags' overrides applied, checked.
 pub(crate) fn config(args: &PlanArgs) -> Result<PlanConfig> {
@@ -20,20 +20,14 @@ pub(crate) fn config(args: &PlanArgs) -> Result<PlanConfig> {
         };
     }
     // SHARDCAST_TOKEN or --token-file, over the config's; never a flag.
-    if let Some(t) = super::serve::token(
-        args.token_file.as_deref(),
-        args.token_on_command_line.is_some(),
-    )? {
+    if let Some(t) = args.token.load()? {
         cfg.token = Some(t);
     }
     if let Some(i) = args.interval {
         cfg.interval_secs = i;
     }
     if let Some(c) = args.clock {
-        cfg.clock = match c {
-            ClockArg::Wall => Clock::Wall,
-            ClockArg::Data => Clock::Data,
-        };
+        cfg.clock = c;
     }
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{} with the flags applied: {e}", args.config.display()))?;
@@ -49,21 +43,15 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
     };
     let server = cfg.server.clone();
     let mut daemon = Daemon::new(cfg, opts)?;
-    let (stop_keda, keda_stopped) = tokio::sync::oneshot::channel::<()>();
     let keda = match args.keda_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for KEDA"))?;
+            let keda = KedaServer::spawn(listener, daemon.targets())?;
             // Decisions own stdout; the address goes to stderr.
-            eprintln!("KEDA external scaler on {}", listener.local_addr()?);
-            Some(tokio::spawn(shardcast_daemon::serve_keda(
-                listener,
-                daemon.targets(),
-                async {
-                    let _ = keda_stopped.await;
-                },
-            )))
+            eprintln!("KEDA external scaler on {}", keda.addr());
+            Some(keda)
         }
         None => None,
     };
@@ -83,19 +71,19 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let format = match args.format {
-        PlanFormat::Json => Format::Json,
-        PlanFormat::Text => Format::Text,
-    };
     let rounds = daemon
-        .run(&mut out, format, args.iterations, super::shutdown_signal())
+        .run(
+            &mut out,
+            args.format,
+            args.iterations,
+            super::shutdown_signal(),
+        )
         .await?;
     drop(out);
     // Streams of IsActive end with the daemon.
     drop(daemon);
-    let _ = stop_keda.send(());
     if let Some(k) = keda {
-        k.await.context("the KEDA scaler task failed")??;
+        k.stop().await?;
     }
     eprintln!("stopped after {rounds} round(s)");
     Ok(())

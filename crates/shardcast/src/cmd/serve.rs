@@ -1,42 +1,20 @@
 //! `shardcast serve`: flags into a server config, sockets bound, serve until
 //! Ctrl-C or SIGTERM.
 
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use shardcast_server::batcher::BatchConfig;
-use shardcast_server::registry::ModelFormat;
-use shardcast_server::token::TOKEN_ENV;
 use shardcast_server::{Limits, ServerConfig, TlsFiles};
 use tokio::net::TcpListener;
 
-use crate::cli::{FormatChoice, ServeArgs};
+use crate::cli::ServeArgs;
 
-/// The bearer token from [`TOKEN_ENV`] or the file named by
-/// `--token-file`; `on_command_line` is whether `--token` was given, which
-/// is refused.
-pub(crate) fn token(file: Option<&Path>, on_command_line: bool) -> Result<Option<String>> {
-    if on_command_line {
-        bail!(
-            "--token is not accepted: a token on the command line shows in the process list; \
-             put it in the {TOKEN_ENV} environment variable or in a file named by --token-file"
-        );
-    }
-    Ok(shardcast_server::token::load(
-        std::env::var_os(TOKEN_ENV),
-        file,
-    )?)
-}
-
-/// The server config the flags (and [`TOKEN_ENV`]) describe.
+/// The server config the flags (and SHARDCAST_TOKEN) describe.
 pub(crate) fn config(args: &ServeArgs) -> Result<ServerConfig> {
     let mut cfg = ServerConfig::new(args.store.store.clone(), args.models_dir.clone());
     cfg.model = args.model.clone();
-    cfg.format = match args.format {
-        FormatChoice::Candle => ModelFormat::Candle,
-        FormatChoice::Onnx => ModelFormat::Onnx,
-    };
+    cfg.format = args.format;
     cfg.agg = args.agg;
     cfg.batch = BatchConfig {
         max_batch: args.max_batch,
@@ -54,10 +32,7 @@ pub(crate) fn config(args: &ServeArgs) -> Result<ServerConfig> {
     };
     cfg.model_poll = Duration::from_millis(args.model_poll_ms.max(10));
     cfg.store_poll = Duration::from_millis(args.store_poll_ms.max(10));
-    cfg.token = token(
-        args.token_file.as_deref(),
-        args.token_on_command_line.is_some(),
-    )?;
+    cfg.token = args.token.load()?;
     cfg.tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),

@@ -5,15 +5,14 @@
 //! planner's simulator, and the sweep comes out as the
 //! per-step CSV, a summary table with the issue's targets, and a PNG.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use shardcast_core::{SeasonalNaive, Timestamp};
 use shardcast_model::forecaster::{Model, TrainSeries};
 use shardcast_planner::simulator::{
-    Demand, SimConfig, Sweep, SweepSpec, Targets, Trace, collect_forecasts, lead_steps,
-    shard_capacity, simulated_range, sweep,
+    Demand, SimConfig, SweepSpec, Targets, Trace, collect_forecasts, lead_steps, shard_capacity,
+    simulated_range, sweep,
 };
 use shardcast_store::grids::GridSeries;
 use shardcast_store::query::SeriesFilter;
@@ -47,9 +46,11 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     )
     .with_context(|| format!("series `{label}`"))?;
     let (first, end) = (range.start, range.end);
-    let lead = lead_steps(args.lead.0, series.step);
+    // Whole seconds, rounded up (the lead is then rounded up to grid steps).
+    let secs = |d: std::time::Duration| d.as_millis().div_ceil(1000) as u64;
+    let lead = lead_steps(secs(args.lead), series.step);
     cfg.lead_steps = lead;
-    cfg.shardcast.hold_secs = args.hold.0;
+    cfg.shardcast.hold_secs = secs(args.hold);
     let demand: Vec<f64> = series.values[range].iter().map(|&v| f64::from(v)).collect();
     let peak = demand.iter().copied().fold(0.0, f64::max);
     let capacity = shard_capacity(&demand, args.capacity, args.peak_shards)
@@ -65,8 +66,8 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         series.time_of(end),
         end - first,
         first,
-        args.lead.0,
-        args.hold.0,
+        secs(args.lead),
+        cfg.shardcast.hold_secs,
         peak / capacity
     );
     let horizon = cfg.lead_steps + lead_steps(cfg.shardcast.hold_secs, series.step) + 1;
@@ -108,7 +109,8 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     })?;
     let result = sweep(&trace, &cfg, &spec, Some(&forecasts)).context("simulation failed")?;
 
-    write_csv(&args.out, &result)?;
+    shardcast_fs::write_file(&args.out, |w| Ok(result.write_csv(w)?))
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     print!("{result}");
     let targets = Targets::of(&result);
     print!("\n{targets}");
@@ -163,23 +165,15 @@ async fn model_for(
     let model = if let Some(dir) = &args.model {
         let model =
             Model::load(dir).with_context(|| format!("cannot load the model {}", dir.display()))?;
-        if model.step_ms() != s.step.millis() {
-            bail!(
-                "the model {} forecasts a {} ms grid, the series is on {}",
-                dir.display(),
-                model.step_ms(),
-                s.step
-            );
-        }
-        if let Some(late) = model.series().iter().find(|m| m.last_ts >= from.0) {
-            bail!(
-                "the model {} was trained on `{}` up to {}, not before the simulated range starting {from}; \
-                 simulate a later range or let simulate train a model",
-                dir.display(),
-                late.name,
-                Timestamp(late.last_ts)
-            );
-        }
+        model
+            .check_fitted_before(s.step.millis(), from)
+            .with_context(|| {
+                format!(
+                    "the model {} cannot simulate the range from {from}: simulate a later range, \
+                     or let simulate train a model",
+                    dir.display()
+                )
+            })?;
         eprintln!(
             "model: {} (trained on {} series)",
             dir.display(),
@@ -206,23 +200,10 @@ async fn model_for(
             events: Some(s.events[..first].to_vec()),
             ..super::model::train_series(s.clone())
         }];
-        eprintln!(
-            "train: {first} points before {from}; {:?} cell, hidden {}, context {}, horizon {}, lags {:?}",
-            config.cell, config.hidden_size, config.context, config.horizon, config.lags
-        );
-        let eval_every = train.eval_every;
-        let step_ms = s.step.millis();
-        let (model, report) = tokio::task::spawn_blocking(move || {
-            Model::fit(
-                &config,
-                &train,
-                step_ms,
-                &data,
-                super::model::progress_printer(eval_every),
-            )
-        })
-        .await?
-        .with_context(|| format!("training on `{}` failed", s.key.series))?;
+        let what = format!("{first} points of `{}` before {from}", s.key.series);
+        let (model, report) = super::model::fit(what, config, train, s.step, data, None)
+            .await
+            .with_context(|| format!("training on `{}` failed", s.key.series))?;
         eprintln!(
             "train: {} windows, kept step {} of {}, {:.1}s",
             report.train_windows,
@@ -244,32 +225,4 @@ async fn model_for(
         );
     }
     Ok(model)
-}
-
-fn write_csv(path: &Path, s: &Sweep) -> Result<()> {
-    shardcast_fs::write_file(path, |w| {
-        let mut csv = csv::Writer::from_writer(w);
-        csv.write_record([
-            "ts",
-            "policy",
-            "knob",
-            "demand",
-            "shards_ready",
-            "shards_requested",
-        ])?;
-        for run in s.all_runs() {
-            for r in &run.records {
-                csv.write_record([
-                    r.ts.to_string(),
-                    r.policy.as_str().to_owned(),
-                    r.knob.map(|k| k.to_string()).unwrap_or_default(),
-                    format!("{:.6}", r.demand),
-                    r.shards_ready.to_string(),
-                    r.shards_requested.to_string(),
-                ])?;
-            }
-        }
-        csv.flush()
-    })
-    .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use shardcast_core::{ScaleBasis, SeriesKey, Timestamp};
-use shardcast_daemon::{Daemon, DecisionRecord, Options, PlanConfig};
+use shardcast_daemon::{Daemon, DecisionRecord, KedaServer, Options, PlanConfig};
 use shardcast_proto::externalscaler::{
     GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
 };
@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::cli::DemoArgs;
-use shardcast_plot::{self as plot, Band, FanChart, PALETTE, Panel};
+use shardcast_plot::{self as plot, FanChart, Panel};
 
 /// The app whose traces are replayed.
 const APP: &str = "aws";
@@ -86,21 +86,19 @@ pub(super) async fn run(
         .await
         .context("cannot start the inference server")?;
     let served = state.registry.current();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let server = shardcast_server::Running::spawn(
+        TcpListener::bind("127.0.0.1:0").await?,
+        None,
+        state,
+        cfg,
+    )?;
+    let addr = server.addr();
     println!(
         "      gRPC server on {addr}, serving model {} v{} from {}",
         served.name,
         served.version,
         served.dir.display()
     );
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        shardcast_server::serve(listener, None, state, &cfg, async {
-            let _ = server_stopped.await;
-        })
-        .await
-    });
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await
@@ -119,16 +117,8 @@ pub(super) async fn run(
             ..Options::default()
         },
     )?;
-    let keda_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let keda_addr = keda_listener.local_addr()?;
-    let (stop_keda, keda_stopped) = tokio::sync::oneshot::channel::<()>();
-    let keda = tokio::spawn(shardcast_daemon::serve_keda(
-        keda_listener,
-        daemon.targets(),
-        async {
-            let _ = keda_stopped.await;
-        },
-    ));
+    let keda = KedaServer::spawn(TcpListener::bind("127.0.0.1:0").await?, daemon.targets())?;
+    let keda_addr = keda.addr();
     println!(
         "      KEDA external scaler on {keda_addr}; planner daemon with examples/plan.toml ({} shard types, data clock)",
         plan.shard_types.len()
@@ -294,10 +284,8 @@ pub(super) async fn run(
     println!("      shard demand of {CHARTED}: {}", demand.summary);
 
     drop(daemon);
-    let _ = stop_keda.send(());
-    let _ = stop_server.send(());
-    keda.await??;
-    server.await??;
+    keda.stop().await?;
+    server.stop().await?;
     println!("      server, scaler and daemon stopped");
 
     let chart = args.out.join("forecast.png");
@@ -348,32 +336,24 @@ fn draw(path: &Path, f: &pb::Forecast, observed: &BTreeMap<(String, i64), f64>) 
         .map(|k| first - k * STEP_MS)
         .filter_map(|t| value(t).map(|v| (t, v)))
         .collect();
-    let level = |i: usize| f.steps.iter().map(|s| f64::from(s.values[i])).collect();
-    let fan = FanChart {
-        title: format!("{CHARTED}: the first round's forecast against what happened"),
-        y_label: "requests per 5 minutes".into(),
-        bands: vec![
-            Band {
-                label: "95% (p2.5-p97.5)".into(),
-                lower: level(0),
-                upper: level(4),
-            },
-            Band {
-                label: "80% (p10-p90)".into(),
-                lower: level(1),
-                upper: level(3),
-            },
-        ],
-        median: Some(level(2)),
-        actual: Some(
-            times
+    let mut fan = FanChart::central(
+        format!("{CHARTED}: the first round's forecast against what happened"),
+        "requests per 5 minutes".into(),
+        times.clone(),
+        |i, level| {
+            let at = LEVELS
                 .iter()
-                .map(|&t| value(t).unwrap_or(f64::NAN))
-                .collect(),
-        ),
-        history,
-        times,
-        colour: PALETTE[0],
-    };
+                .position(|&l| l == level)
+                .expect("a level asked for");
+            f64::from(f.steps[i].values[at])
+        },
+    );
+    fan.history = history;
+    fan.actual = Some(
+        times
+            .iter()
+            .map(|&t| value(t).unwrap_or(f64::NAN))
+            .collect(),
+    );
     plot::write_png(path, 1000, 420, &[Panel::Fan(fan)])
 }
