@@ -42,6 +42,14 @@ pub enum Error {
         /// The rejected text.
         text: String,
     },
+    /// A time that is not ISO 8601.
+    #[error(
+        "`{text}` is not a time: use 2017-01-20, 2017-01-20 12:00:00 or 2017-01-20T12:00:00Z (UTC unless an offset is given)"
+    )]
+    InvalidTime {
+        /// The rejected text.
+        text: String,
+    },
     /// A duration such as `10m` or `0` that does not parse.
     #[error("duration {text:?} is invalid: expected 0 or a duration such as 30s, 15m, 1h or 2d")]
     InvalidDuration {

@@ -11,6 +11,15 @@ use crate::{Error, Result};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// Parses ISO 8601 as every input path reads it — `2017-01-20`,
+    /// `2017-01-20 12:00`, `2017-01-20T12:00:00.5Z`,
+    /// `2017-01-20T12:00:00+02:00` — UTC unless a zone is given; `None`
+    /// when `text` is not such a time (no surrounding whitespace allowed).
+    #[inline]
+    pub fn parse_iso(text: &[u8]) -> Option<Self> {
+        parse_iso_ms(text).map(Self)
+    }
+
     /// Milliseconds in a day.
     pub const DAY_MS: i64 = 86_400_000;
 
@@ -152,6 +161,96 @@ impl GridStep {
     }
 }
 
+/// A time given by a user: ISO 8601 as [`Timestamp::parse_iso`] reads
+/// it, surrounding whitespace ignored.
+impl FromStr for Timestamp {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        Self::parse_iso(text.trim().as_bytes()).ok_or_else(|| Error::InvalidTime {
+            text: text.to_string(),
+        })
+    }
+}
+
+#[inline]
+fn digits(b: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// `YYYY-MM-DD`, then optionally `[T ]HH:MM[:SS[.fff…]]`, then an optional
+/// `Z`, `±HH:MM`, `±HHMM` or `±HH` zone.
+#[inline]
+fn parse_iso_ms(b: &[u8]) -> Option<i64> {
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = digits(&b[0..4])? as i32;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let days = Timestamp::from_date(year, month, day)?.millis();
+    let mut rest = &b[10..];
+    let mut ms: i64 = 0;
+    if !rest.is_empty() && (rest[0] == b'T' || rest[0] == b' ' || rest[0] == b't') {
+        rest = &rest[1..];
+        if rest.len() < 5 || rest[2] != b':' {
+            return None;
+        }
+        let h = digits(&rest[0..2])?;
+        let mi = digits(&rest[3..5])?;
+        rest = &rest[5..];
+        let mut s = 0;
+        if rest.first() == Some(&b':') {
+            s = digits(rest.get(1..3)?)?;
+            rest = &rest[3..];
+            if rest.first() == Some(&b'.') || rest.first() == Some(&b',') {
+                let end = rest[1..]
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .map_or(rest.len(), |p| p + 1);
+                let frac = &rest[1..end];
+                if frac.is_empty() {
+                    return None;
+                }
+                let mut f = 0i64;
+                for (i, &c) in frac.iter().take(3).enumerate() {
+                    f += i64::from(c - b'0') * [100, 10, 1][i];
+                }
+                ms += f;
+                rest = &rest[end..];
+            }
+        }
+        // 24:00:00 is not accepted; 23:59:60 (leap second) is folded forward.
+        if h > 23 || mi > 59 || s > 60 {
+            return None;
+        }
+        ms += (i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s)) * 1000;
+    }
+    let offset_ms = match rest {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), zone @ ..] => {
+            let (zh, zm) = match zone {
+                [a, b] => (digits(&[*a, *b])?, 0),
+                [a, b, b':', c, d] | [a, b, c, d] => (digits(&[*a, *b])?, digits(&[*c, *d])?),
+                _ => return None,
+            };
+            if zh > 23 || zm > 59 {
+                return None;
+            }
+            let off = (i64::from(zh) * 60 + i64::from(zm)) * 60_000;
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    Some(days + ms - offset_ms)
+}
+
 /// Parses a duration as the command line and config files write it: `0`,
 /// or a positive span in the units of [`GridStep`] (`500ms`, `30s`, `15m`,
 /// `1h`, `2d`).
@@ -270,6 +369,27 @@ mod tests {
             Timestamp(3_600_000)
         );
         assert_eq!(GridStep::HOUR.floor(Timestamp(-1)), Timestamp(-3_600_000));
+    }
+
+    #[test]
+    fn a_time_given_by_a_user_parses_as_ingestion_reads_it() {
+        let day = Timestamp::from_date(2017, 1, 20).unwrap().millis();
+        let at = |text: &str| text.parse::<Timestamp>().ok().map(|t| t.millis() - day);
+        assert_eq!(at("2017-01-20"), Some(0));
+        assert_eq!(at(" 2017-01-20 12:00 "), Some(12 * 3_600_000));
+        assert_eq!(at("2017-01-20T12:00:00.5Z"), Some(12 * 3_600_000 + 500));
+        assert_eq!(at("2017-01-20T12:00:00+02:00"), Some(10 * 3_600_000));
+        for bad in [
+            "yesterday",
+            "1484913600",
+            "2017-01-20 25:00",
+            "2017-13-01",
+            "",
+        ] {
+            let e = bad.parse::<Timestamp>().unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}` is not a time")), "{e}");
+        }
+        assert_eq!(Timestamp::parse_iso(b" 2017-01-20"), None, "no whitespace");
     }
 
     #[test]

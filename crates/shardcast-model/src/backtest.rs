@@ -125,27 +125,27 @@ impl Backtest {
     /// against seasonal naive, then the summary metrics of both.
     pub fn table(&self, labels: &[String]) -> String {
         use std::fmt::Write;
+        // Writing to a String cannot fail.
         let mut t = String::new();
-        let mut line = |args: std::fmt::Arguments<'_>| {
-            let _ = t.write_fmt(args);
-            t.push('\n');
-        };
-        line(format_args!(
+        let _ = writeln!(
+            t,
             "{:<34} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} {:>7}",
             "series", "WQL", "MASE", "cov80", "cov95", "sn WQL", "sn MASE", "sn cov80"
-        ));
+        );
         for (r, label) in self.series.iter().zip(labels) {
             let (m, n) = (&r.model, &r.naive);
-            line(format_args!(
+            let _ = writeln!(
+                t,
                 "{label:<34} {:>8.4} {:>8.4} {:>7.3} {:>7.3} | {:>8.4} {:>8.4} {:>7.3}",
                 m.wql, m.mase, m.cov80, m.cov95, n.wql, n.mase, n.cov80
-            ));
+            );
         }
         let (s, n) = (self.summary(), self.naive_summary());
-        line(format_args!(
+        let _ = writeln!(
+            t,
             "\n{:<36} {:>12} {:>15}",
             "metric", "shardcast", "seasonal naive"
-        ));
+        );
         for (name, a, b) in [
             (
                 "relWQL_vs_seasonal_naive_gmean",
@@ -163,7 +163,7 @@ impl Backtest {
             ("cov95_mean", s.cov95_mean, n.cov95_mean),
             ("quantile_crossings", s.crossings as f64, n.crossings as f64),
         ] {
-            line(format_args!("{name:<36} {a:>12.4} {b:>15.4}"));
+            let _ = writeln!(t, "{name:<36} {a:>12.4} {b:>15.4}");
         }
         t
     }

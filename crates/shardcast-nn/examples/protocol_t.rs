@@ -238,15 +238,8 @@ fn time_ms(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 
 fn inputs(dims: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = dims.iter().product();
-    let mut s = seed;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let mut rng = shardcast_core::rng::SplitMix64::new(seed);
+    let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect();
     Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
 }
 

@@ -14,17 +14,8 @@ pub(crate) fn varmap() -> (VarMap, VarBuilder<'static>) {
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = shardcast_core::rng::SplitMix64::new(seed);
+    (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect()
 }
 
 pub(crate) fn var(dims: &[usize], seed: u64) -> candle_core::Result<Var> {

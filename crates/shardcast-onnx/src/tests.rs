@@ -16,17 +16,8 @@ use shardcast_model::forecaster::{
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = shardcast_core::rng::SplitMix64::new(seed);
+    (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect()
 }
 
 /// The model's view of a training series (its rows, grid and events).
@@ -531,6 +522,15 @@ fn recurrent_nodes_follow_the_onnx_equations() {
     }
 }
 
+/// The tensor type of graph input `i`.
+fn input_type(p: &mut ModelProto, i: usize) -> &mut type_proto::Tensor {
+    let ty = p.graph.as_mut().unwrap().input[i].r#type.as_mut().unwrap();
+    let Some(type_proto::Value::TensorType(t)) = ty.value.as_mut() else {
+        unreachable!("inputs are tensors")
+    };
+    t
+}
+
 fn tweak(m: &Model, f: impl FnOnce(&mut ModelProto)) -> Vec<u8> {
     let mut p = ModelProto::decode(to_bytes(m).unwrap().as_slice()).unwrap();
     f(&mut p);
@@ -567,15 +567,7 @@ fn malformed_files_are_refused_naming_the_file() {
     let e = load(
         "shape.onnx",
         &tweak(&m, |p| {
-            let Some(type_proto::Value::TensorType(t)) = p.graph.as_mut().unwrap().input[0]
-                .r#type
-                .as_mut()
-                .unwrap()
-                .value
-                .as_mut()
-            else {
-                unreachable!()
-            };
+            let t = input_type(p, 0);
             t.shape.as_mut().unwrap().dim[1].value =
                 Some(tensor_shape_proto::dimension::Value::DimValue(99));
         }),
@@ -588,15 +580,7 @@ fn malformed_files_are_refused_naming_the_file() {
     let e = load(
         "dtype.onnx",
         &tweak(&m, |p| {
-            let Some(type_proto::Value::TensorType(t)) = p.graph.as_mut().unwrap().input[1]
-                .r#type
-                .as_mut()
-                .unwrap()
-                .value
-                .as_mut()
-            else {
-                unreachable!()
-            };
+            let t = input_type(p, 1);
             t.elem_type = Some(DataType::Float as i32);
         }),
     );

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use shardcast_core::{SeriesKey, Timestamp};
 
 use crate::error::{Error, Result, RowError, snippet};
-pub use parse::{TimestampFormat, parse_time};
+pub use parse::TimestampFormat;
 use reader::{ColumnRef, ReadOptions, RowSink, read_rows};
 pub use reader::{InputFormat, SkippedRow};
 

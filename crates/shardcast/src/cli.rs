@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shardcast_core::{GridStep, parse_duration};
+use shardcast_core::{GridStep, Timestamp, parse_duration};
 use shardcast_daemon::{Clock, Format};
 use shardcast_model::forecaster::{BaselineChoice, CellKind, ComputeDevice, Overrides};
 use shardcast_server::registry::ModelFormat;
@@ -68,8 +68,12 @@ pub(crate) struct StoreArgs {
 /// it).
 #[derive(Debug, Args, Clone)]
 pub(crate) struct TokenArgs {
-    /// File holding the bearer token (surrounding whitespace is ignored);
-    /// the SHARDCAST_TOKEN environment variable may hold it instead.
+    /// File holding the bearer token: `serve` requires it of every call but
+    /// health (reflection included) as `authorization: Bearer …`; `plan`
+    /// sends it to the server, instead of the config's. Surrounding
+    /// whitespace is ignored. The SHARDCAST_TOKEN environment variable may
+    /// hold the token instead; it is not accepted on the command line,
+    /// where the process list would show it.
     #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
     pub(crate) token_file: Option<PathBuf>,
     /// Refused with a message: a token on the command line shows in the
@@ -450,7 +454,6 @@ pub(crate) struct PlanArgs {
     /// Inference server address, instead of the config's.
     #[arg(long, env = "SHARDCAST_SERVER")]
     pub(crate) server: Option<String>,
-    /// The bearer token sent to the server, instead of the config's.
     #[command(flatten)]
     pub(crate) token: TokenArgs,
     /// Seconds between rounds, instead of the config's.
@@ -552,8 +555,6 @@ pub(crate) struct ServeArgs {
     /// How often to look for new data in the store, milliseconds.
     #[arg(long, env = "SHARDCAST_STORE_POLL_MS", default_value_t = 1000)]
     pub(crate) store_poll_ms: u64,
-    /// The bearer token every call but health (reflection included) must
-    /// carry as `authorization: Bearer …`.
     #[command(flatten)]
     pub(crate) token: TokenArgs,
     /// PEM certificate chain: serve TLS (needs --tls-key).
@@ -598,27 +599,6 @@ target utilisation 0.7, and a PNG (--png, default: --out with .png) with demand
 against ready shards per policy, the model's forecast fan at the lead time, and
 the cost/violation curves of the sweeps.";
 
-/// A point in time given on the command line, in ms since the epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimeArg(pub(crate) i64);
-
-impl std::str::FromStr for TimeArg {
-    type Err = String;
-
-    /// `2017-01-20`, `2017-01-20 12:00[:00]`, `2017-01-20T12:00:00Z`, or
-    /// with an offset; UTC unless an offset is given (as ingestion reads
-    /// times).
-    fn from_str(s: &str) -> Result<Self, String> {
-        shardcast_store::ingest::parse_time(s)
-            .map(|t| Self(t.millis()))
-            .ok_or_else(|| {
-                format!(
-                    "`{s}` is not a time: use 2017-01-20, 2017-01-20 12:00:00 or 2017-01-20T12:00:00Z"
-                )
-            })
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct SimulateArgs {
     #[command(flatten)]
@@ -654,10 +634,10 @@ pub(crate) struct SimulateArgs {
     /// First simulated time (default: 7 days before the end, or the middle
     /// of the series when it is shorter than 14 days).
     #[arg(long)]
-    pub(crate) from: Option<TimeArg>,
+    pub(crate) from: Option<Timestamp>,
     /// End of the simulated range, exclusive (default: the end of the series).
     #[arg(long)]
-    pub(crate) to: Option<TimeArg>,
+    pub(crate) to: Option<Timestamp>,
     /// Time from requesting a shard until it serves (rounded up to whole grid
     /// steps): `10m`, `600s`, `0`.
     #[arg(long, default_value = "10m", env = "SHARDCAST_LEAD", value_parser = parse_duration)]

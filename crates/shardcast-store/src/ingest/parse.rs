@@ -2,6 +2,7 @@
 //! path of ingestion.
 
 use serde::{Deserialize, Serialize};
+use shardcast_core::Timestamp;
 
 /// How timestamps are written in an input file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -36,23 +37,16 @@ impl std::str::FromStr for TimestampFormat {
     }
 }
 
-/// Parses a time written as ISO 8601 — `2017-01-20`, `2017-01-20 12:00`,
-/// `2017-01-20T12:00:00.5Z`, `2017-01-20T12:00:00+02:00` — as ingestion
-/// reads it: UTC unless a zone is given. `None` when it is not such a time.
-pub fn parse_time(text: &str) -> Option<shardcast_core::Timestamp> {
-    parse_iso(trim(text.as_bytes())).map(shardcast_core::Timestamp)
-}
-
 /// Parses a timestamp to milliseconds since the epoch, UTC.
 pub(crate) fn parse_timestamp(field: &[u8], format: TimestampFormat) -> Option<i64> {
     let field = trim(field);
     match format {
-        TimestampFormat::Iso => parse_iso(field),
+        TimestampFormat::Iso => Timestamp::parse_iso(field).map(Timestamp::millis),
         TimestampFormat::UnixSeconds => parse_unix(field, false),
         TimestampFormat::UnixMillis => parse_unix(field, true),
         TimestampFormat::Auto => {
             if field.len() > 4 && field[4] == b'-' {
-                parse_iso(field)
+                Timestamp::parse_iso(field).map(Timestamp::millis)
             } else {
                 let v: f64 = std::str::from_utf8(field).ok()?.parse().ok()?;
                 parse_unix(field, v.abs() >= 1e11)
@@ -71,83 +65,6 @@ fn parse_unix(field: &[u8], millis: bool) -> Option<i64> {
     let v: f64 = text.parse().ok()?;
     let ms = if millis { v } else { v * 1000.0 };
     ms.is_finite().then(|| ms.round() as i64)
-}
-
-fn digits(b: &[u8]) -> Option<u32> {
-    let mut v = 0u32;
-    for &c in b {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u32::from(c - b'0');
-    }
-    Some(v)
-}
-
-/// `YYYY-MM-DD`, then optionally `[T ]HH:MM[:SS[.fff…]]`, then an optional
-/// `Z`, `±HH:MM`, `±HHMM` or `±HH` zone.
-fn parse_iso(b: &[u8]) -> Option<i64> {
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let year = digits(&b[0..4])? as i32;
-    let month = digits(&b[5..7])?;
-    let day = digits(&b[8..10])?;
-    let days = shardcast_core::Timestamp::from_date(year, month, day)?.millis();
-    let mut rest = &b[10..];
-    let mut ms: i64 = 0;
-    if !rest.is_empty() && (rest[0] == b'T' || rest[0] == b' ' || rest[0] == b't') {
-        rest = &rest[1..];
-        if rest.len() < 5 || rest[2] != b':' {
-            return None;
-        }
-        let h = digits(&rest[0..2])?;
-        let mi = digits(&rest[3..5])?;
-        rest = &rest[5..];
-        let mut s = 0;
-        if rest.first() == Some(&b':') {
-            s = digits(rest.get(1..3)?)?;
-            rest = &rest[3..];
-            if rest.first() == Some(&b'.') || rest.first() == Some(&b',') {
-                let end = rest[1..]
-                    .iter()
-                    .position(|c| !c.is_ascii_digit())
-                    .map_or(rest.len(), |p| p + 1);
-                let frac = &rest[1..end];
-                if frac.is_empty() {
-                    return None;
-                }
-                let mut f = 0i64;
-                for (i, &c) in frac.iter().take(3).enumerate() {
-                    f += i64::from(c - b'0') * [100, 10, 1][i];
-                }
-                ms += f;
-                rest = &rest[end..];
-            }
-        }
-        // 24:00:00 is not accepted; 23:59:60 (leap second) is folded forward.
-        if h > 23 || mi > 59 || s > 60 {
-            return None;
-        }
-        ms += (i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s)) * 1000;
-    }
-    let offset_ms = match rest {
-        [] | [b'Z'] | [b'z'] => 0,
-        [sign @ (b'+' | b'-'), zone @ ..] => {
-            let (zh, zm) = match zone {
-                [a, b] => (digits(&[*a, *b])?, 0),
-                [a, b, b':', c, d] | [a, b, c, d] => (digits(&[*a, *b])?, digits(&[*c, *d])?),
-                _ => return None,
-            };
-            if zh > 23 || zm > 59 {
-                return None;
-            }
-            let off = (i64::from(zh) * 60 + i64::from(zm)) * 60_000;
-            if *sign == b'+' { off } else { -off }
-        }
-        _ => return None,
-    };
-    Some(days + ms - offset_ms)
 }
 
 /// Parses a finite number. `Err(true)` when it parses but is not finite.

@@ -439,24 +439,3 @@ fn batch_partition_keeps_order_on_both_sides() {
     );
     assert_eq!(picked.keys, [k1]);
 }
-
-#[test]
-fn a_time_given_by_a_user_parses_as_ingestion_reads_it() {
-    let day = shardcast_core::Timestamp::from_date(2017, 1, 20)
-        .unwrap()
-        .millis();
-    let at = |text: &str| parse_time(text).map(|t| t.millis() - day);
-    assert_eq!(at("2017-01-20"), Some(0));
-    assert_eq!(at(" 2017-01-20 12:00 "), Some(12 * 3_600_000));
-    assert_eq!(at("2017-01-20T12:00:00.5Z"), Some(12 * 3_600_000 + 500));
-    assert_eq!(at("2017-01-20T12:00:00+02:00"), Some(10 * 3_600_000));
-    for bad in [
-        "yesterday",
-        "1484913600",
-        "2017-01-20 25:00",
-        "2017-13-01",
-        "",
-    ] {
-        assert_eq!(parse_time(bad), None, "{bad}");
-    }
-}

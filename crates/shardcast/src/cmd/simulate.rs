@@ -41,8 +41,8 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         Timestamp(series.start),
         series.step,
         series.values.len(),
-        args.from.map(|t| Timestamp(t.0)),
-        args.to.map(|t| Timestamp(t.0)),
+        args.from,
+        args.to,
     )
     .with_context(|| format!("series `{label}`"))?;
     let (first, end) = (range.start, range.end);
