@@ -69,6 +69,30 @@ fn windows(model: &Model, data: &[TrainSeries]) -> Vec<f32> {
 }
 
 #[test]
+fn a_model_says_whether_it_saw_a_range() {
+    let (cfg, mut tc) = small_config();
+    tc.max_steps = 1;
+    let (model, _) = Model::fit(&cfg, &tc, STEP, &data(), |_| {}).unwrap();
+    // Every series has 288 hourly points from 0: the last is at 287 h.
+    let after = shardcast_core::Timestamp(288 * STEP);
+    model.check_fitted_before(STEP, after).unwrap();
+    let last = shardcast_core::Timestamp(287 * STEP);
+    let e = model
+        .check_fitted_before(STEP, last)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("was trained on `s0`"), "{e}");
+    let e = model
+        .check_fitted_before(2 * STEP, after)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a 3600000 ms grid") && e.contains("7200000"),
+        "{e}"
+    );
+}
+
+#[test]
 fn quantiles_never_cross_even_untrained() {
     let (cfg, mut tc) = small_config();
     tc.max_steps = 1;
