@@ -724,31 +724,34 @@ impl Sweep {
         std::iter::once(&self.oracle).chain(&self.runs)
     }
 
-    /// Writes protocol P's per-step CSV (`ts, policy, knob, demand,
-    /// shards_ready, shards_requested`; demand in shard units, the oracle's
-    /// knob empty), every run in [`Sweep::all_runs`] order.
-    pub fn write_csv<W: std::io::Write>(&self, w: W) -> csv::Result<()> {
-        let mut csv = csv::Writer::from_writer(w);
-        csv.write_record([
+    /// Protocol P's per-step CSV (`ts, policy, knob, demand, shards_ready,
+    /// shards_requested`; demand in shard units, the oracle's knob empty),
+    /// every run in [`Sweep::all_runs`] order. The caller writes it.
+    pub fn to_csv(&self) -> String {
+        // Into memory: writing cannot fail, and every field is UTF-8.
+        let mut csv = csv::Writer::from_writer(Vec::new());
+        let mut row = |fields: [String; 6]| csv.write_record(fields).expect("writes to memory");
+        row([
             "ts",
             "policy",
             "knob",
             "demand",
             "shards_ready",
             "shards_requested",
-        ])?;
+        ]
+        .map(String::from));
         for r in self.all_runs().flat_map(|run| &run.records) {
-            csv.write_record([
+            row([
                 r.ts.to_string(),
                 r.policy.as_str().to_owned(),
                 r.knob.map(|k| k.to_string()).unwrap_or_default(),
                 format!("{:.6}", r.demand),
                 r.shards_ready.to_string(),
                 r.shards_requested.to_string(),
-            ])?;
+            ]);
         }
-        csv.flush()?;
-        Ok(())
+        let bytes = csv.into_inner().expect("writes to memory");
+        String::from_utf8(bytes).expect("fields are UTF-8")
     }
 
     /// All summaries, the oracle first.

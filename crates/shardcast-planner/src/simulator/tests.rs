@@ -191,6 +191,15 @@ fn sweep_reports_relative_shard_hours() {
     let json = serde_json::to_value(&s.runs[0].records[0]).unwrap();
     assert_eq!(json["policy"], "reactive");
     assert_eq!(json["knob"], 0.5);
+    let csv = s.to_csv();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("ts,policy,knob,demand,shards_ready,shards_requested")
+    );
+    let records: usize = s.all_runs().map(|r| r.records.len()).sum();
+    assert_eq!(lines.clone().count(), records);
+    assert!(lines.next().unwrap().contains(",oracle,,"), "{csv:.200}");
     let spec: SweepSpec = serde_json::from_str(r#"{"service_levels":[0.9]}"#).unwrap();
     assert_eq!(spec.target_utilisations.len(), 5);
     assert!(serde_json::from_str::<SimConfig>(r#"{"lead":2}"#).is_err());

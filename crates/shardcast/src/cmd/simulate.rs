@@ -5,6 +5,7 @@
 //! planner's simulator, and the sweep comes out as the
 //! per-step CSV, a summary table with the targets, and a PNG.
 
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -109,7 +110,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     })?;
     let result = sweep(&trace, &cfg, &spec, Some(&forecasts)).context("simulation failed")?;
 
-    shardcast_fs::write_file(&args.out, |w| Ok(result.write_csv(w)?))
+    shardcast_fs::write_file(&args.out, |w| w.write_all(result.to_csv().as_bytes()))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     print!("{result}");
     let targets = Targets::of(&result);
