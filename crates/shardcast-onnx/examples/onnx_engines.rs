@@ -5,8 +5,8 @@
 //! found under `.venv` or named by `ORT_DYLIB_PATH`).
 //!
 //! ```text
-//! cargo build --workspace --examples --features shardcast-onnx/bench-ort
-//! target/debug/examples/onnx_engines
+//! cargo build --profile perf --workspace --examples --features shardcast-onnx/bench-ort
+//! target/perf/examples/onnx_engines
 //! ```
 //!
 //! Prints the operators the export emits, checks that the engines agree,

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! benches/setup.sh    # once: DuckDB in benches/.venv
-//! cargo run -p shardcast-store --example protocol_i -- --million-rows 10
+//! cargo run --profile perf -p shardcast-store --example protocol_i -- --million-rows 10
 //! ```
 #![allow(clippy::print_stdout)]
 

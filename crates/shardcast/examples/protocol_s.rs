@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! benches/setup.sh    # once: grpcio and onnxruntime in benches/.venv
-//! cargo build -p shardcast && cargo run -p shardcast --example protocol_s
+//! cargo build --profile perf -p shardcast && cargo run --profile perf -p shardcast --example protocol_s
 //! ```
 #![allow(clippy::print_stdout)]
 
@@ -297,7 +297,7 @@ async fn main() -> Result<()> {
     };
     if !exe.is_file() {
         bail!(
-            "no shardcast binary at {} (build it first: cargo build -p shardcast, or pass --shardcast)",
+            "no shardcast binary at {} (build it first: cargo build --profile perf -p shardcast, or pass --shardcast)",
             exe.display()
         );
     }
