@@ -2,7 +2,9 @@
 //! compiler, so no `protoc` is needed) and generates the tonic services. The
 //! encoded descriptor set is kept for gRPC reflection. KEDA's external
 //! scaler contract (`proto/externalscaler/`) is compiled on its own, so the
-//! inference server's reflection does not advertise a service it lacks.
+//! inference server's reflection does not advertise a service it lacks;
+//! Prometheus' remote-write messages (`proto/prometheus/`) likewise, as
+//! plain messages without a service.
 
 use std::path::PathBuf;
 
@@ -13,6 +15,8 @@ const PROTOS: [&str; 3] = [
 ];
 
 const KEDA: &str = "externalscaler/externalscaler.proto";
+
+const REMOTE_WRITE: &str = "prometheus/remote.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
@@ -34,7 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(keda.file_descriptor_set())?;
-    for p in PROTOS.iter().chain([&KEDA]) {
+    let mut remote_write = protox::Compiler::new([&root])?;
+    remote_write.open_files([REMOTE_WRITE])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(remote_write.file_descriptor_set())?;
+    for p in PROTOS.iter().chain([&KEDA, &REMOTE_WRITE]) {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     Ok(())
