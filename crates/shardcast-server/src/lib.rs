@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod model;
 mod oversize;
 pub mod registry;
+pub mod remote_write;
 pub mod token;
 
 use std::future::Future;
