@@ -1,5 +1,6 @@
 //! The HTTP side of the server: `GET /metrics` (and `HEAD`) with the
-//! OpenMetrics text format, anything else 404.
+//! OpenMetrics text format, `POST /api/v1/write` (Prometheus remote-write)
+//! when the server has label rules for it, anything else 404.
 //!
 //! Requests are routed by axum and connections served by hyper. A
 //! connection answers one request and is closed; within [`Limits`] it must
@@ -13,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
+use crate::remote_write::{self, LabelRules};
 
 /// What one client may hold of the HTTP server.
 #[derive(Debug, Clone, Copy)]
@@ -51,17 +54,71 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 /// The content type of the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `/metrics` on `listener` until `shutdown`.
+/// Prometheus remote-write into the server's store.
+#[derive(Debug, Clone)]
+pub(crate) struct Receiver {
+    /// The server, whose store takes the points.
+    pub(crate) state: Arc<crate::State>,
+    /// How labels become keys.
+    pub(crate) rules: Arc<LabelRules>,
+    /// The largest body, compressed; decompressed it may be 8 times that.
+    pub(crate) max_body: usize,
+}
+
+/// Serves `/metrics` (and remote-write with a `receiver`) on `listener`
+/// until `shutdown`.
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    receiver: Option<Receiver>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/metrics", get(render))
-        .fallback(not_found)
         .with_state(metrics);
-    serve(listener, router, Limits::default(), shutdown).await;
+    if let Some(r) = receiver {
+        let write = Router::new()
+            .route("/api/v1/write", post(receive))
+            .layer(DefaultBodyLimit::max(r.max_body))
+            .with_state(r);
+        router = router.merge(write);
+    }
+    serve(
+        listener,
+        router.fallback(not_found),
+        Limits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// One remote-write request: 204 when stored (or when all of it was
+/// skipped), 400 with the reason when it can never be stored (Prometheus
+/// drops it), 503 when the store failed (Prometheus retries).
+async fn receive(State(r): State<Receiver>, body: Bytes) -> (StatusCode, String) {
+    let points = remote_write::decode(&body, r.max_body.saturating_mul(8))
+        .and_then(|req| remote_write::points(&req, &r.rules));
+    let (batch, skipped) = match points {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    tracing::debug!(points = batch.len(), ?skipped, "remote write");
+    if batch.is_empty() {
+        return (StatusCode::NO_CONTENT, String::new());
+    }
+    if let Err(e) = r.state.context.store().write_points(batch).await {
+        let e = crate::error::chain(&e);
+        tracing::warn!(error = %e, "remote write: the store refused the batch");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store refused the write: {e}\n"),
+        );
+    }
+    // Committed; a failed refresh only delays when forecasts see it.
+    if let Err(e) = r.state.context.refresh().await {
+        tracing::warn!(error = %crate::error::chain(&e), "store refresh after a remote write failed");
+    }
+    (StatusCode::NO_CONTENT, String::new())
 }
 
 async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

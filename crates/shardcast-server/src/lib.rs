@@ -139,6 +139,9 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Serve TLS with these files, if set.
     pub tls: Option<TlsFiles>,
+    /// Label rules of Prometheus remote-write: with them, the metrics port
+    /// also takes `POST /api/v1/write`.
+    pub remote_write: Option<remote_write::LabelRules>,
 }
 
 impl ServerConfig {
@@ -156,6 +159,7 @@ impl ServerConfig {
             store_poll: Duration::from_secs(1),
             token: None,
             tls: None,
+            remote_write: None,
         }
     }
 }
@@ -485,7 +489,12 @@ pub async fn serve(
     let pollers = spawn_pollers(&state, cfg);
     if let Some(l) = metrics {
         let (m, mut rx) = (Arc::clone(&state.metrics), state.stopping.subscribe());
-        tokio::spawn(http::serve_metrics(l, m, async move {
+        let receiver = cfg.remote_write.clone().map(|rules| http::Receiver {
+            state: Arc::clone(&state),
+            rules: Arc::new(rules),
+            max_body: cfg.limits.max_message_bytes,
+        });
+        tokio::spawn(http::serve_metrics(l, m, receiver, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
