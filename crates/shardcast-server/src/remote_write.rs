@@ -278,6 +278,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_rules_parse() {
+        let r = LabelRules::from_toml(include_str!("../../../examples/remote-write.toml")).unwrap();
+        assert_eq!(r.metric, metric_name());
+        assert_eq!(r.metrics.len(), 2);
+    }
+
+    #[test]
     fn rules_refuse_unknown_fields() {
         let e = LabelRules::from_toml(
             "app = { label = \"job\" }\nshard_type = { value = \"x\" }\napps = 1\n",

@@ -501,6 +501,16 @@ pub(crate) struct ServeArgs {
     /// Address to serve Prometheus `GET /metrics` on; off when unset.
     #[arg(long, env = "SHARDCAST_METRICS_LISTEN")]
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Prometheus remote-write label rules (TOML: `app` and `shard_type`,
+    /// optionally `metric`, `series` and `metrics`, each part `{ label =
+    /// "name" }` or `{ value = "constant" }`); with them the metrics
+    /// address also takes `POST /api/v1/write`.
+    #[arg(
+        long,
+        env = "SHARDCAST_REMOTE_WRITE_RULES",
+        requires = "metrics_listen"
+    )]
+    pub(crate) remote_write_rules: Option<PathBuf>,
     /// Directory holding `<name>/<version>/` model directories.
     #[arg(long, env = "SHARDCAST_MODELS_DIR", default_value = "models")]
     pub(crate) models_dir: PathBuf,

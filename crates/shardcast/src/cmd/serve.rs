@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use shardcast_server::batcher::BatchConfig;
+use shardcast_server::remote_write::LabelRules;
 use shardcast_server::{Limits, ServerConfig, TlsFiles};
 use tokio::net::TcpListener;
 
@@ -33,6 +34,14 @@ pub(crate) fn config(args: &ServeArgs) -> Result<ServerConfig> {
     cfg.model_poll = Duration::from_millis(args.model_poll_ms.max(10));
     cfg.store_poll = Duration::from_millis(args.store_poll_ms.max(10));
     cfg.token = args.token.load()?;
+    cfg.remote_write = match &args.remote_write_rules {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Some(LabelRules::from_toml(&text).with_context(|| p.display().to_string())?)
+        }
+        None => None,
+    };
     cfg.tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -103,5 +112,43 @@ mod tests {
         };
         let l = super::config(&args).unwrap().limits;
         assert_eq!((l.max_streams, l.max_stream_keys, l.store_reads), (3, 7, 2));
+    }
+
+    #[test]
+    fn remote_write_rules_come_from_a_file_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("good.toml"), dir.path().join("bad.toml"));
+        std::fs::write(
+            &good,
+            "app = { label = \"job\" }\nshard_type = { value = \"api\" }\n",
+        )
+        .unwrap();
+        std::fs::write(&bad, "app = { label = \"job\" }\n").unwrap();
+        let parse = |rules: &std::path::Path| {
+            let argv = [
+                "shardcast",
+                "serve",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--remote-write-rules",
+            ];
+            let Command::Serve(args) =
+                Cli::try_parse_from(argv.iter().copied().chain([rules.to_str().unwrap()]))
+                    .unwrap()
+                    .command
+            else {
+                unreachable!("parsed as serve");
+            };
+            super::config(&args)
+        };
+        assert!(parse(&good).unwrap().remote_write.is_some());
+        let err = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            err.contains("bad.toml") && err.contains("shard_type"),
+            "{err}"
+        );
+        assert!(
+            Cli::try_parse_from(["shardcast", "serve", "--remote-write-rules", "x.toml"]).is_err()
+        );
     }
 }
