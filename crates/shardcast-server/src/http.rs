@@ -94,19 +94,51 @@ pub(crate) async fn serve_metrics(
 
 /// One remote-write request: 204 when stored (or when all of it was
 /// skipped), 400 with the reason when it can never be stored (Prometheus
-/// drops it), 503 when the store failed (Prometheus retries).
+/// drops it), 503 when the store failed (Prometheus retries). Counted by
+/// status, and its samples by outcome.
 async fn receive(State(r): State<Receiver>, body: Bytes) -> (StatusCode, String) {
-    let points = remote_write::decode(&body, r.max_body.saturating_mul(8))
-        .and_then(|req| remote_write::points(&req, &r.rules));
-    let (batch, skipped) = match points {
-        Ok(p) => p,
+    let (code, answer) = write(&r, &body).await;
+    r.state
+        .metrics
+        .remote_write_requests
+        .get_or_create(&vec![("code", code.as_u16().to_string())])
+        .inc();
+    (code, answer)
+}
+
+async fn write(r: &Receiver, body: &[u8]) -> (StatusCode, String) {
+    let count = |outcome: &'static str, n: u64| {
+        if n > 0 {
+            r.state
+                .metrics
+                .remote_write_samples
+                .get_or_create(&vec![("outcome", outcome.to_owned())])
+                .inc_by(n);
+        }
+    };
+    let req = match remote_write::decode(body, r.max_body.saturating_mul(8)) {
+        Ok(req) => req,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    tracing::debug!(points = batch.len(), ?skipped, "remote write");
+    let (batch, skipped) = match remote_write::points(&req, &r.rules) {
+        Ok(p) => p,
+        Err(e) => {
+            count(
+                "refused",
+                req.timeseries.iter().map(|t| t.samples.len() as u64).sum(),
+            );
+            return (StatusCode::BAD_REQUEST, format!("{e}\n"));
+        }
+    };
+    count("stale", skipped.stale);
+    count("non_finite", skipped.non_finite);
+    count("unmatched", skipped.unmatched);
     if batch.is_empty() {
         return (StatusCode::NO_CONTENT, String::new());
     }
+    let n = batch.len() as u64;
     if let Err(e) = r.state.context.store().write_points(batch).await {
+        count("refused", n);
         let e = crate::error::chain(&e);
         tracing::warn!(error = %e, "remote write: the store refused the batch");
         return (
@@ -114,6 +146,7 @@ async fn receive(State(r): State<Receiver>, body: Bytes) -> (StatusCode, String)
             format!("the store refused the write: {e}\n"),
         );
     }
+    count("stored", n);
     // Committed; a failed refresh only delays when forecasts see it.
     if let Err(e) = r.state.context.refresh().await {
         tracing::warn!(error = %crate::error::chain(&e), "store refresh after a remote write failed");

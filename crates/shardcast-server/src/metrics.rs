@@ -41,6 +41,12 @@ pub struct Metrics {
     /// Reads of series history from the store in flight (running or
     /// waiting for a read slot).
     pub store_reads: Gauge,
+    /// Remote-write requests by HTTP `code`.
+    pub remote_write_requests: Family<Labels, Counter>,
+    /// Remote-written samples by `outcome`: `stored`, `stale`,
+    /// `non_finite`, `unmatched` (skipped), `refused` (in a request
+    /// answered 400 or 503).
+    pub remote_write_samples: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -66,6 +72,18 @@ impl Default for Metrics {
         let stream_work = Gauge::default();
         let stream_deferred = Counter::default();
         let store_reads = Gauge::default();
+        let remote_write_requests = Family::<Labels, Counter>::default();
+        let remote_write_samples = Family::<Labels, Counter>::default();
+        registry.register(
+            "remote_write_requests",
+            "Prometheus remote-write requests by HTTP status code",
+            remote_write_requests.clone(),
+        );
+        registry.register(
+            "remote_write_samples",
+            "Prometheus remote-write samples by outcome",
+            remote_write_samples.clone(),
+        );
         registry.register(
             "grpc_requests",
             "gRPC requests by method and status code",
@@ -140,6 +158,8 @@ impl Default for Metrics {
             stream_work,
             stream_deferred,
             store_reads,
+            remote_write_requests,
+            remote_write_samples,
         }
     }
 }

@@ -122,5 +122,25 @@ async fn prometheus_requests_are_stored_and_malformed_ones_refused() {
     }
     assert_eq!(stored(&store, "web").await, vec![(key.to_owned(), 2)]);
     assert!(stored(&store, "late").await.is_empty());
+
+    // What happened is on /metrics: requests by status, samples by outcome.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    for line in [
+        "shardcast_remote_write_requests_total{code=\"204\"} 1",
+        "shardcast_remote_write_requests_total{code=\"400\"} 3",
+        "shardcast_remote_write_samples_total{outcome=\"stored\"} 2",
+        "shardcast_remote_write_samples_total{outcome=\"stale\"} 1",
+        "shardcast_remote_write_samples_total{outcome=\"refused\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
     server.stop().await.unwrap();
 }
