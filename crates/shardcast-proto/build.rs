@@ -32,18 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;
-    let mut keda = protox::Compiler::new([&root])?;
-    keda.open_files([KEDA])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(keda.file_descriptor_set())?;
-    let mut remote_write = protox::Compiler::new([&root])?;
-    remote_write.open_files([REMOTE_WRITE])?;
-    tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(false)
-        .compile_fds(remote_write.file_descriptor_set())?;
+    // Outside the reflection set: KEDA's service, and the remote-write
+    // messages (no service).
+    let alone = |file: &str, services: bool| -> Result<(), Box<dyn std::error::Error>> {
+        let mut c = protox::Compiler::new([&root])?;
+        c.open_files([file])?;
+        tonic_prost_build::configure()
+            .build_client(services)
+            .build_server(services)
+            .compile_fds(c.file_descriptor_set())?;
+        Ok(())
+    };
+    alone(KEDA, true)?;
+    alone(REMOTE_WRITE, false)?;
     for p in PROTOS.iter().chain([&KEDA, &REMOTE_WRITE]) {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }

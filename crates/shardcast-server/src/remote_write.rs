@@ -71,9 +71,9 @@ pub struct Skipped {
 pub struct Rejected(pub String);
 
 impl LabelRules {
-    /// Parses rules from TOML.
-    pub fn from_toml(text: &str) -> Result<Self, Rejected> {
-        toml::from_str(text).map_err(|e| Rejected(format!("remote-write label rules: {e}")))
+    /// Parses rules from TOML; unknown fields are refused.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// The key of a series, or `None` when the rules do not match it.
@@ -84,13 +84,11 @@ impl LabelRules {
                 .find(|l| l.name == name)
                 .map(|l| l.value.as_str())
         };
-        if !self.metrics.is_empty()
-            && !self
-                .metrics
-                .iter()
-                .any(|m| Some(m.as_str()) == label("__name__"))
-        {
-            return None;
+        if !self.metrics.is_empty() {
+            let name = label("__name__")?;
+            if !self.metrics.iter().any(|m| m == name) {
+                return None;
+            }
         }
         let part = |p: &KeyPart| match p {
             KeyPart::Label(name) => label(name).map(str::to_owned),
@@ -106,7 +104,11 @@ impl LabelRules {
                 let mut rest: Vec<(&str, &str)> = ts
                     .labels
                     .iter()
-                    .filter(|l| !used.contains(&&KeyPart::Label(l.name.clone())))
+                    .filter(|l| {
+                        !used
+                            .iter()
+                            .any(|p| matches!(p, KeyPart::Label(n) if *n == l.name))
+                    })
                     .map(|l| (l.name.as_str(), l.value.as_str()))
                     .collect();
                 rest.sort_unstable();
@@ -290,7 +292,7 @@ mod tests {
             "app = { label = \"job\" }\nshard_type = { value = \"x\" }\napps = 1\n",
         )
         .unwrap_err();
-        assert!(e.0.contains("apps"), "{e}");
+        assert!(e.to_string().contains("apps"), "{e}");
         assert!(
             LabelRules::from_toml("app = { column = \"job\" }\nshard_type = { value = \"x\" }\n")
                 .is_err()
