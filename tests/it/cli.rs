@@ -607,3 +607,35 @@ fn tokens_come_from_a_file_or_the_environment_never_a_flag() {
         assert!(plan.contains(want), "plan --help lacks {want}:\n{plan}");
     }
 }
+
+#[test]
+fn serve_refuses_bad_settings_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "app = { label = \"job\" }\n").unwrap();
+    let store = dir.path().join("store");
+    let (store, bad) = (store.to_str().unwrap(), bad.to_str().unwrap());
+    let serve = ["serve", "--store", store, "--listen", "127.0.0.1:0"];
+    fn joined<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(extra).copied().collect()
+    }
+    let err = fails(&joined(
+        &serve,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--remote-write-rules",
+            bad,
+        ],
+    ));
+    assert!(
+        err.contains("bad.toml") && err.contains("shard_type"),
+        "{err}"
+    );
+    let err = fails(&joined(&serve, &["--remote-write-rules", bad]));
+    assert!(err.contains("--metrics-listen"), "{err}");
+    let err = fails(&joined(&serve, &["--store-reads", "0"]));
+    assert!(err.contains("--store-reads"), "{err}");
+    let err = fails(&joined(&serve, &["--max-wait-us", "soon"]));
+    assert!(err.contains("--max-wait-us"), "{err}");
+}

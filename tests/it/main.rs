@@ -9,6 +9,7 @@ mod nab;
 mod notebooks;
 mod onnx;
 mod plan;
+mod prometheus;
 mod s3;
 mod serve;
 mod simulate;

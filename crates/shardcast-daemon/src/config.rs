@@ -113,6 +113,24 @@ fn default_keda_target() -> f64 {
     1.0
 }
 
+/// Settings given beside the config file that win over its own; as
+/// command-line flags, those of `shardcast plan`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct ConfigOverrides {
+    /// Inference server address, instead of the config's (`host:port`
+    /// means `http://host:port`).
+    #[arg(long, env = "SHARDCAST_SERVER")]
+    pub server: Option<String>,
+    /// Seconds between rounds, instead of the config's.
+    #[arg(long, env = "SHARDCAST_PLAN_INTERVAL")]
+    pub interval: Option<f64>,
+    /// Where `now` comes from, instead of the config's: `wall` (the
+    /// machine's clock) or `data` (the end of the last observed bin, for
+    /// replayed data).
+    #[arg(long, env = "SHARDCAST_PLAN_CLOCK")]
+    pub clock: Option<Clock>,
+}
+
 impl PlanConfig {
     /// Reads a TOML file, or JSON when the name ends in `.json`, and checks
     /// it.
@@ -138,6 +156,21 @@ impl PlanConfig {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The config with `over` applied, checked again.
+    pub fn with(mut self, over: &ConfigOverrides) -> Result<Self, String> {
+        if let Some(s) = &over.server {
+            self.server = if s.contains("://") {
+                s.clone()
+            } else {
+                format!("http://{s}")
+            };
+        }
+        self.interval_secs = over.interval.unwrap_or(self.interval_secs);
+        self.clock = over.clock.unwrap_or(self.clock);
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks the rules serde cannot: ranges, names, one entry per shard

@@ -15,20 +15,26 @@ use crate::client::{Fetched, ForecastClient, Provenance};
 use crate::config::{Clock, PlanConfig};
 use crate::error::{Error, Result};
 use crate::keda::{Target, Targets};
+use crate::metrics::DaemonMetrics;
 use crate::placement::{self, PlacementRecord, Wanted};
 use crate::state::{Observed, StateFile};
 
-/// How the daemon runs beside its configuration.
-#[derive(Debug, Clone, Default)]
+/// How the daemon runs beside its configuration; as command-line flags,
+/// those of `shardcast plan`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Options {
     /// Plan and print, but publish nothing: KEDA is answered UNAVAILABLE
     /// (so it keeps the replicas it has), no targets file is written, and
     /// the assumed state does not follow the decisions.
+    #[arg(long, env = "SHARDCAST_PLAN_DRY_RUN")]
     pub dry_run: bool,
-    /// The state file to read every round; without one the daemon assumes
+    /// The state file read every round (JSON: shard_types.<name>.ready,
+    /// pending, unhealthy, observed_demand); without one the daemon assumes
     /// its own decisions were carried out.
+    #[arg(long = "state", env = "SHARDCAST_PLAN_STATE")]
     pub state_file: Option<PathBuf>,
     /// Where to write the desired counts (atomically) after every round.
+    #[arg(long = "targets", env = "SHARDCAST_PLAN_TARGETS")]
     pub targets_file: Option<PathBuf>,
 }
 
@@ -105,6 +111,7 @@ pub struct Daemon {
     data_now: Option<Timestamp>,
     targets: watch::Sender<Targets>,
     placement: Option<PlacementRecord>,
+    metrics: Arc<DaemonMetrics>,
 }
 
 impl Daemon {
@@ -156,6 +163,7 @@ impl Daemon {
             data_now: None,
             targets: watch::Sender::new(Arc::default()),
             placement: None,
+            metrics: Arc::default(),
         };
         let initial = daemon.initial_targets();
         daemon.targets.send_replace(Arc::new(initial));
@@ -165,6 +173,11 @@ impl Daemon {
     /// The counts KEDA is told, updated after every round.
     pub fn targets(&self) -> watch::Receiver<Targets> {
         self.targets.subscribe()
+    }
+
+    /// The metrics every round updates, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> Arc<DaemonMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The configuration.
@@ -192,6 +205,7 @@ impl Daemon {
     /// forecast concurrently, plan each (the reactive rule where a forecast
     /// is missing, late or unusable), publish, and return the records.
     pub async fn tick(&mut self) -> Vec<DecisionRecord> {
+        let started = std::time::Instant::now();
         let (origin, state_error) = self.read_state();
         let fetched: Vec<Result<Fetched, String>> = futures::future::join_all(
             self.cfg
@@ -280,6 +294,12 @@ impl Daemon {
                     per_replica: cfg.keda_target,
                 },
             );
+            self.metrics.decision(
+                &cfg.app,
+                &d,
+                got.as_ref().ok().map(|f| &f.forecast),
+                i64::try_from(cfg.scale.lead_time_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            );
             records.push(DecisionRecord {
                 explain: d.explain(),
                 decision: d,
@@ -302,6 +322,7 @@ impl Daemon {
         let mut all = (**self.targets.borrow()).clone();
         all.extend(targets);
         self.targets.send_replace(Arc::new(all));
+        self.metrics.round(started.elapsed().as_secs_f64());
         records
     }
 

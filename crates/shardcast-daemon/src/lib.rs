@@ -16,7 +16,9 @@
 //! Decisions reach Kubernetes through KEDA's external scaler API
 //! ([`keda`]), served on a socket of its own: the metric value is
 //! `shards × target`, so KEDA's HPA runs the planned count. Desired counts
-//! can also be written to a targets file, atomically.
+//! can also be written to a targets file, atomically. Every round updates
+//! [`DaemonMetrics`] (counts, the forecast at the lead time, fallbacks by
+//! cause, round time), which the binary serves on `/metrics`.
 //!
 //! Neighbours: `shardcast-planner` decides (pure), `shardcast-proto`
 //! carries the wire types, the `shardcast` binary parses flags and signals.
@@ -26,15 +28,17 @@ mod config;
 mod daemon;
 mod error;
 pub mod keda;
+mod metrics;
 mod placement;
 mod state;
 
 pub use client::{Fetched, ForecastClient, Provenance};
-pub use config::{Clock, PlanConfig, ShardTypeConfig};
+pub use config::{Clock, ConfigOverrides, PlanConfig, ShardTypeConfig};
 pub use daemon::{
     Daemon, DecisionRecord, Format, Options, StateOrigin, TargetCounts, TargetsFile, write_round,
 };
 pub use error::{Error, Result};
+pub use metrics::DaemonMetrics;
 pub use placement::{PlacementRecord, RunningShard, ShardTemplate};
 pub use state::{Observed, StateFile};
 

@@ -673,6 +673,32 @@ async fn bad_state_files_are_refused_at_start() {
 }
 
 #[test]
+fn flags_win_over_the_config_and_are_checked() {
+    let cfg = config("http://127.0.0.1:1".into());
+    let over = shardcast_daemon::ConfigOverrides {
+        server: Some("10.0.0.1:50051".into()),
+        interval: Some(5.0),
+        clock: Some(shardcast_daemon::Clock::Data),
+    };
+    let c = cfg.clone().with(&over).unwrap();
+    assert_eq!(c.server, "http://10.0.0.1:50051");
+    assert_eq!(
+        (c.interval_secs, c.clock),
+        (5.0, shardcast_daemon::Clock::Data)
+    );
+    let https = shardcast_daemon::ConfigOverrides {
+        server: Some("https://a:1".into()),
+        ..Default::default()
+    };
+    assert_eq!(cfg.clone().with(&https).unwrap().server, "https://a:1");
+    let bad = shardcast_daemon::ConfigOverrides {
+        interval: Some(0.0),
+        ..Default::default()
+    };
+    assert!(cfg.with(&bad).unwrap_err().contains("interval_secs"));
+}
+
+#[test]
 fn the_example_config_parses() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plan.toml");
     let cfg = PlanConfig::load(&p).unwrap();

@@ -27,28 +27,46 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::Served;
 
-/// Batching settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Batching settings; as command-line flags, `shardcast serve`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct BatchConfig {
-    /// Most forecasts in one forward pass.
+    /// Most forecasts in one inference batch.
+    #[arg(long, env = "SHARDCAST_MAX_BATCH", default_value_t = BATCH.max_batch)]
     pub max_batch: usize,
-    /// Longest a job waits for others to join its batch.
+    /// Longest a forecast waits for others to join its batch, microseconds.
+    #[arg(
+        long = "max-wait-us",
+        env = "SHARDCAST_MAX_WAIT_US",
+        default_value = "0",
+        value_parser = micros
+    )]
     pub max_wait: Duration,
-    /// Most jobs waiting; more are refused.
+    /// Most forecasts queued; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHARDCAST_QUEUE", default_value_t = BATCH.queue)]
     pub queue: usize,
-    /// Inference threads.
+    /// Inference threads, each running its batches on one core (the server
+    /// sets `RAYON_NUM_THREADS=1` unless it is set).
+    #[arg(long, env = "SHARDCAST_WORKERS", default_value_t = BATCH.workers)]
     pub workers: usize,
 }
 
+/// The default batching.
+const BATCH: BatchConfig = BatchConfig {
+    max_batch: 64,
+    max_wait: Duration::ZERO,
+    queue: 1024,
+    workers: 1,
+};
+
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self {
-            max_batch: 64,
-            max_wait: Duration::ZERO,
-            queue: 1024,
-            workers: 1,
-        }
+        BATCH
     }
+}
+
+/// A whole number of microseconds.
+fn micros(s: &str) -> std::result::Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_micros)
 }
 
 /// One forecast to run: a series' history and the names the model knows

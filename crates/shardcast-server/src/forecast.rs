@@ -423,7 +423,7 @@ impl State {
     /// the wait end the moment the client goes away, dropping the work in
     /// progress: queued forecasts are skipped, and store reads nobody else
     /// waits for are dropped.
-    async fn stream(
+    pub(crate) async fn stream(
         self: Arc<Self>,
         keys: Vec<SeriesKey>,
         horizon: u32,

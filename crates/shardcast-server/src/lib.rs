@@ -37,8 +37,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 mod oversize;
+pub mod publish;
 pub mod registry;
-pub mod remote_write;
 pub mod token;
 
 use std::future::Future;
@@ -67,41 +67,58 @@ use metrics::Metrics;
 use oversize::TooLarge;
 use registry::ModelRegistry;
 
-/// Limits on what one request, and all streams together, may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits on what one request, and all streams together, may ask for; as
+/// command-line flags, `shardcast serve`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct Limits {
-    /// Most series in one batch or shard type.
+    /// Most series in one batch or shard type request; keep it well below
+    /// --queue, since each series is one queued forecast.
+    #[arg(long, env = "SHARDCAST_MAX_SERIES", default_value_t = LIMITS.max_series)]
     pub max_series: usize,
     /// Most values in a context override.
+    #[arg(skip = LIMITS.max_context_points)]
     pub max_context_points: usize,
     /// Most points in one `Write` stream.
+    #[arg(skip = LIMITS.max_write_points)]
     pub max_write_points: usize,
-    /// Largest encoded request message, bytes; a bigger one is answered
-    /// `RESOURCE_EXHAUSTED`.
+    /// Largest request message, bytes; a bigger one is answered
+    /// RESOURCE_EXHAUSTED (a remote-write body, 413).
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = LIMITS.max_message_bytes)]
     pub max_message_bytes: usize,
-    /// Most `StreamForecasts` calls open at once; more are answered
-    /// `RESOURCE_EXHAUSTED`.
+    /// Most StreamForecasts calls open at once; more are answered
+    /// RESOURCE_EXHAUSTED. Streams' forecasts together use at most half of
+    /// --queue, waiting for room rather than being refused.
+    #[arg(long, env = "SHARDCAST_MAX_STREAMS", default_value_t = LIMITS.max_streams)]
     pub max_streams: usize,
-    /// Most series in one `StreamForecasts` call; more are answered
-    /// `RESOURCE_EXHAUSTED`.
+    /// Most series in one StreamForecasts call; more are answered
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHARDCAST_MAX_STREAM_KEYS", default_value_t = LIMITS.max_stream_keys)]
     pub max_stream_keys: usize,
-    /// Most reads of series history from the store running at once (they
-    /// are shared: concurrent requests for the same series and store
-    /// version wait for one read).
+    /// Most reads of series history from the store at once (requests for
+    /// the same series and store version share one read).
+    #[arg(
+        long,
+        env = "SHARDCAST_STORE_READS",
+        default_value_t = LIMITS.store_reads,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     pub store_reads: usize,
 }
 
+/// The default limits.
+const LIMITS: Limits = Limits {
+    max_series: 256,
+    max_context_points: 100_000,
+    max_write_points: 10_000_000,
+    max_message_bytes: 16 << 20,
+    max_streams: 64,
+    max_stream_keys: 256,
+    store_reads: context::DEFAULT_READS,
+};
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_series: 256,
-            max_context_points: 100_000,
-            max_write_points: 10_000_000,
-            max_message_bytes: 16 << 20,
-            max_streams: 64,
-            max_stream_keys: 256,
-            store_reads: context::DEFAULT_READS,
-        }
+        LIMITS
     }
 }
 
@@ -141,7 +158,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Label rules of Prometheus remote-write: with them, the metrics port
     /// also takes `POST /api/v1/write`.
-    pub remote_write: Option<remote_write::LabelRules>,
+    pub remote_write: Option<shardcast_prometheus::LabelRules>,
+    /// Forecasts to publish as gauges on the metrics address.
+    pub publish: Option<publish::Publish>,
 }
 
 impl ServerConfig {
@@ -160,6 +179,7 @@ impl ServerConfig {
             token: None,
             tls: None,
             remote_write: None,
+            publish: None,
         }
     }
 }
@@ -486,7 +506,10 @@ pub async fn serve(
             state.stopping.send_replace(true);
         });
     }
-    let pollers = spawn_pollers(&state, cfg);
+    let mut pollers = spawn_pollers(&state, cfg);
+    if let Some(p) = cfg.publish.clone() {
+        pollers.push(tokio::spawn(publish::run(Arc::clone(&state), p)));
+    }
     if let Some(l) = metrics {
         let (m, mut rx) = (Arc::clone(&state.metrics), state.stopping.subscribe());
         let receiver = cfg.remote_write.clone().map(|rules| http::Receiver {

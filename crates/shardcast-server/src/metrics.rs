@@ -1,6 +1,7 @@
 //! Prometheus metrics of the server, served as text on `/metrics`.
 
-use prometheus_client::encoding::text::encode;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -47,6 +48,11 @@ pub struct Metrics {
     /// `non_finite`, `unmatched` (skipped), `refused` (in a request
     /// answered 400 or 503).
     pub remote_write_samples: Family<Labels, Counter>,
+    /// Published forecasts: a series' quantile `steps_ahead` grid steps
+    /// after its last observation.
+    pub forecast: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Time of the first step of a series' published forecast.
+    pub forecast_start: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -74,6 +80,19 @@ impl Default for Metrics {
         let store_reads = Gauge::default();
         let remote_write_requests = Family::<Labels, Counter>::default();
         let remote_write_samples = Family::<Labels, Counter>::default();
+        let forecast = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let forecast_start = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "forecast",
+            "Published forecasts (--publish-forecasts): the quantile of a series \
+             steps_ahead grid steps after its last observation",
+            forecast.clone(),
+        );
+        registry.register(
+            "forecast_start_timestamp_seconds",
+            "Time of the first step of a series' published forecast",
+            forecast_start.clone(),
+        );
         registry.register(
             "remote_write_requests",
             "Prometheus remote-write requests by HTTP status code",
@@ -160,6 +179,8 @@ impl Default for Metrics {
             store_reads,
             remote_write_requests,
             remote_write_samples,
+            forecast,
+            forecast_start,
         }
     }
 }
@@ -180,8 +201,6 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        shardcast_prometheus::exposition::render(&self.registry)
     }
 }

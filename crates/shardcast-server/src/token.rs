@@ -55,6 +55,39 @@ pub fn load(env: Option<OsString>, file: Option<&Path>) -> Result<Option<String>
     Ok(Some(token))
 }
 
+/// Where a token comes from on a command line (`shardcast serve` and
+/// `plan`): the [`TOKEN_ENV`] variable or a file, never the command line
+/// itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// File holding the bearer token: `serve` requires it of every call but
+    /// health (reflection included) as `authorization: Bearer …`; `plan`
+    /// sends it to the server, instead of the config's. Surrounding
+    /// whitespace is ignored. The SHARDCAST_TOKEN environment variable may
+    /// hold the token instead; it is not accepted on the command line,
+    /// where the process list would show it.
+    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Refused with a message: a token on the command line shows in the
+    /// process list.
+    #[arg(long = "token", hide = true)]
+    pub token_on_command_line: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token from [`TOKEN_ENV`] or `--token-file`, if any; `--token` is
+    /// refused.
+    pub fn load(&self) -> Result<Option<String>, TokenError> {
+        if self.token_on_command_line.is_some() {
+            return Err(TokenError(format!(
+                "--token is not accepted: a token on the command line shows in the process list; \
+                 put it in the {TOKEN_ENV} environment variable or in a file named by --token-file"
+            )));
+        }
+        load(std::env::var_os(TOKEN_ENV), self.token_file.as_deref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

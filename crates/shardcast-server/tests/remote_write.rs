@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prost::Message;
+use shardcast_prometheus::LabelRules;
 use shardcast_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use shardcast_server::remote_write::LabelRules;
 use shardcast_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -11,24 +11,33 @@ use crate::query::SeriesFilter;
 use crate::resample::{Agg, GapFill, event_indicator, infer_step, resample};
 use crate::store::Store;
 
-/// Which stored series to put on a grid, and how.
-#[derive(Debug, Clone, PartialEq)]
+/// Which stored series to put on a grid, and how. As command-line flags,
+/// those of `shardcast train` and `backtest`.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct GridSelection {
-    /// Only series of these apps; empty for every app.
+    /// Only series of these apps (comma-separated); none for every app.
+    #[arg(long = "app", value_delimiter = ',')]
     pub apps: Vec<String>,
     /// Only series of this shard type.
+    #[arg(long)]
     pub shard_type: Option<String>,
     /// Only series of this metric.
+    #[arg(long)]
     pub metric: Option<String>,
-    /// Only series whose id matches one of these globs (e.g. `ec2_*`);
-    /// empty for every series.
+    /// Only series whose id matches one of these globs (e.g. `ec2_*`;
+    /// comma-separated); none for every series.
+    #[arg(long = "series", value_delimiter = ',')]
     pub series: Vec<String>,
-    /// The grid.
+    /// Grid step: `5m`, `30m`, `1h`, …
+    #[arg(long = "grid", default_value = "5m")]
     pub step: GridStep,
-    /// Resample onto this finer grid first, then aggregate it to `step`
-    /// (protocol F's hourly NAB grid is the hourly mean of the 5-minute one).
+    /// Resample to this finer grid first, then aggregate it to `--grid`
+    /// (protocol F's hourly NAB grid is the hourly mean of the 5-minute grid).
+    #[arg(long = "base-grid")]
     pub base_step: Option<GridStep>,
-    /// Aggregation of raw points per bin; empty bins are interpolated.
+    /// Aggregation per bin (mean, sum, max, min or pNN); empty bins are
+    /// linearly interpolated.
+    #[arg(long, default_value = "mean")]
     pub agg: Agg,
 }
 

@@ -90,24 +90,170 @@ pub struct EventMapping {
     pub name_col: Option<String>,
 }
 
-/// Settings shared by metric and event ingestion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How columns become series keys and event fields; as command-line
+/// flags, those of `shardcast ingest`. A key part is a constant or a
+/// column; the series id may also come from the file stem or the value
+/// column's name.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ColumnMapping {
+    /// Column with the timestamp (metrics).
+    #[arg(long, default_value = "timestamp", env = "SHARDCAST_TIMESTAMP_COL")]
+    pub timestamp_col: String,
+    /// How timestamps are written: `auto`, `iso`, `unix-s` or `unix-ms`.
+    #[arg(long, default_value = "auto", env = "SHARDCAST_TIMESTAMP_FORMAT")]
+    pub timestamp_format: TimestampFormat,
+    /// Value column(s); each becomes a series. Repeat or comma-separate.
+    #[arg(long = "value-col", default_value = "value", value_delimiter = ',')]
+    pub value_cols: Vec<String>,
+    /// App of every row.
+    #[arg(
+        long,
+        default_value = "default",
+        conflicts_with = "app_col",
+        env = "SHARDCAST_APP"
+    )]
+    pub app: String,
+    /// Column holding the app.
+    #[arg(long)]
+    pub app_col: Option<String>,
+    /// Shard type of every row.
+    #[arg(
+        long,
+        default_value = "default",
+        conflicts_with = "shard_type_col",
+        env = "SHARDCAST_SHARD_TYPE"
+    )]
+    pub shard_type: String,
+    /// Column holding the shard type.
+    #[arg(long)]
+    pub shard_type_col: Option<String>,
+    /// Metric name of every row.
+    #[arg(long, default_value = "value", conflicts_with = "metric_col")]
+    pub metric: String,
+    /// Column holding the metric name.
+    #[arg(long)]
+    pub metric_col: Option<String>,
+    /// Series id of every row.
+    #[arg(long, conflicts_with_all = ["series_col", "series_from"])]
+    pub series: Option<String>,
+    /// Column holding the series id.
+    #[arg(long, conflicts_with = "series_from")]
+    pub series_col: Option<String>,
+    /// Derive the series id (default: file stem with one value column,
+    /// value column names with several).
+    #[arg(long, value_enum)]
+    pub series_from: Option<SeriesFrom>,
+    /// Events: column with the start time.
+    #[arg(long, default_value = "start")]
+    pub start_col: String,
+    /// Events: column with the end time (instants when absent).
+    #[arg(long)]
+    pub end_col: Option<String>,
+    /// Events: kind of every row (holiday, campaign, batch-job, …).
+    #[arg(long, conflicts_with = "kind_col")]
+    pub kind: Option<String>,
+    /// Events: column holding the kind.
+    #[arg(long)]
+    pub kind_col: Option<String>,
+    /// Events: scope of every row (an app, app/shard_type, or *).
+    #[arg(long, default_value = "*", conflicts_with = "scope_col")]
+    pub scope: String,
+    /// Events: column holding the scope.
+    #[arg(long)]
+    pub scope_col: Option<String>,
+    /// Events: column holding a free-text name.
+    #[arg(long)]
+    pub name_col: Option<String>,
+}
+
+/// Where `ColumnMapping`'s series id comes from when no constant or
+/// column gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeriesFrom {
+    /// The file name without extension.
+    FileStem,
+    /// The value column's name (spaces become underscores).
+    ValueCol,
+}
+
+impl ColumnMapping {
+    /// The metric mapping: the series id from `--series`, `--series-col`,
+    /// `--series-from`, else the file stem with one value column and the
+    /// column names with several.
+    pub fn metrics(&self) -> MetricMapping {
+        let series = match (&self.series, &self.series_col, self.series_from) {
+            (Some(s), _, _) => KeySource::Constant(s.clone()),
+            (_, Some(c), _) => KeySource::Column(c.clone()),
+            (_, _, Some(SeriesFrom::FileStem)) => KeySource::FileStem,
+            (_, _, Some(SeriesFrom::ValueCol)) => KeySource::ValueColumn,
+            _ if self.value_cols.len() > 1 => KeySource::ValueColumn,
+            _ => KeySource::FileStem,
+        };
+        MetricMapping {
+            timestamp_col: self.timestamp_col.clone(),
+            timestamp_format: self.timestamp_format,
+            value_cols: self.value_cols.clone(),
+            app: KeySource::either(&self.app, &self.app_col),
+            shard_type: KeySource::either(&self.shard_type, &self.shard_type_col),
+            metric: KeySource::either(&self.metric, &self.metric_col),
+            series,
+        }
+    }
+
+    /// The event mapping: the kind from `--kind`, `--kind-col`, else the
+    /// column `kind`.
+    pub fn events(&self) -> EventMapping {
+        EventMapping {
+            start_col: self.start_col.clone(),
+            end_col: self.end_col.clone(),
+            timestamp_format: self.timestamp_format,
+            kind: match (&self.kind, &self.kind_col) {
+                (_, Some(c)) => KeySource::Column(c.clone()),
+                (Some(k), None) => KeySource::Constant(k.clone()),
+                (None, None) => KeySource::Column("kind".into()),
+            },
+            scope: KeySource::either(&self.scope, &self.scope_col),
+            name_col: self.name_col.clone(),
+        }
+    }
+}
+
+impl KeySource {
+    /// The column when one is named, else the constant.
+    fn either(constant: &str, column: &Option<String>) -> Self {
+        match column {
+            Some(c) => KeySource::Column(c.clone()),
+            None => KeySource::Constant(constant.to_owned()),
+        }
+    }
+}
+
+/// Settings shared by metric and event ingestion; as command-line flags,
+/// those of `shardcast ingest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct ReadSettings {
-    /// File format; `None` guesses from each file's extension.
+    /// Input format, `csv` or `ndjson`; guessed from each file's extension
+    /// (.json/.jsonl/.ndjson) if absent.
+    #[arg(long, env = "SHARDCAST_FORMAT")]
     pub format: Option<InputFormat>,
     /// Skip malformed rows (and report them) instead of failing the batch.
+    #[arg(long, env = "SHARDCAST_SKIP_INVALID")]
     pub skip_invalid: bool,
-    /// Longest accepted line in bytes.
+    /// Longest accepted line, in bytes.
+    #[arg(long, default_value_t = READ.max_line_bytes)]
     pub max_line_bytes: usize,
 }
 
+/// The default settings.
+const READ: ReadSettings = ReadSettings {
+    format: None,
+    skip_invalid: false,
+    max_line_bytes: 1 << 20,
+};
+
 impl Default for ReadSettings {
     fn default() -> Self {
-        Self {
-            format: None,
-            skip_invalid: false,
-            max_line_bytes: 1 << 20,
-        }
+        READ
     }
 }
 

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardcast_core::{GridStep, Timestamp, parse_duration};
-use shardcast_daemon::{Clock, Format};
-use shardcast_model::forecaster::{BaselineChoice, CellKind, ComputeDevice, Overrides};
+use shardcast_daemon::{ConfigOverrides, Format, Options};
+use shardcast_model::forecaster::Overrides;
 use shardcast_server::registry::ModelFormat;
+use shardcast_server::token::TokenArgs;
 use shardcast_store::grids::GridSelection;
-use shardcast_store::ingest::{InputFormat, TimestampFormat};
+use shardcast_store::ingest::{ColumnMapping, ReadSettings};
 use shardcast_store::resample::Agg;
 
 /// shardcast: forecasting pipeline for predictive shard autoscaling.
@@ -24,6 +25,9 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Ingest CSV or NDJSON files (paths or globs) into the store.
     Ingest(Box<IngestArgs>),
+    /// Pull a PromQL query's range from Prometheus (`query_range`) into the
+    /// store, one atomic batch per page; --follow keeps pulling every step.
+    Pull(Box<PullCommand>),
     /// Run a DataFusion SQL query over the store (tables `metrics`, `events`).
     Query(QueryArgs),
     /// List the stored series with their time range and point count.
@@ -63,42 +67,6 @@ pub(crate) struct StoreArgs {
     pub(crate) store: String,
 }
 
-/// Where a bearer token comes from: the SHARDCAST_TOKEN environment
-/// variable or a file, never the command line (the process list would show
-/// it).
-#[derive(Debug, Args, Clone)]
-pub(crate) struct TokenArgs {
-    /// File holding the bearer token: `serve` requires it of every call but
-    /// health (reflection included) as `authorization: Bearer …`; `plan`
-    /// sends it to the server, instead of the config's. Surrounding
-    /// whitespace is ignored. The SHARDCAST_TOKEN environment variable may
-    /// hold the token instead; it is not accepted on the command line,
-    /// where the process list would show it.
-    #[arg(long, env = "SHARDCAST_TOKEN_FILE")]
-    pub(crate) token_file: Option<PathBuf>,
-    /// Refused with a message: a token on the command line shows in the
-    /// process list.
-    #[arg(long = "token", hide = true)]
-    pub(crate) token_on_command_line: Option<String>,
-}
-
-impl TokenArgs {
-    /// The token from SHARDCAST_TOKEN or `--token-file`, if any; `--token`
-    /// is refused.
-    pub(crate) fn load(&self) -> anyhow::Result<Option<String>> {
-        use shardcast_server::token::{TOKEN_ENV, load};
-        anyhow::ensure!(
-            self.token_on_command_line.is_none(),
-            "--token is not accepted: a token on the command line shows in the process list; \
-             put it in the {TOKEN_ENV} environment variable or in a file named by --token-file"
-        );
-        Ok(load(
-            std::env::var_os(TOKEN_ENV),
-            self.token_file.as_deref(),
-        )?)
-    }
-}
-
 /// Settings of `compact`.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct CompactArgs {
@@ -119,102 +87,28 @@ pub(crate) enum Table {
     Events,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum SeriesFrom {
-    /// The file name without extension.
-    FileStem,
-    /// The value column's name (spaces become underscores).
-    ValueCol,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct IngestArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) read: ReadSettings,
     /// Files or glob patterns (quote globs so the shell leaves them alone).
     #[arg(required = true)]
     pub(crate) inputs: Vec<String>,
     /// Which table the files feed.
     #[arg(long, value_enum, default_value = "metrics", env = "SHARDCAST_TABLE")]
     pub(crate) table: Table,
-    /// Input format, `csv` or `ndjson`; guessed from the extension
-    /// (.json/.jsonl/.ndjson) if absent.
-    #[arg(long, env = "SHARDCAST_FORMAT")]
-    pub(crate) format: Option<InputFormat>,
-    /// Column with the timestamp (metrics).
-    #[arg(long, default_value = "timestamp", env = "SHARDCAST_TIMESTAMP_COL")]
-    pub(crate) timestamp_col: String,
-    /// How timestamps are written: `auto`, `iso`, `unix-s` or `unix-ms`.
-    #[arg(long, default_value = "auto", env = "SHARDCAST_TIMESTAMP_FORMAT")]
-    pub(crate) timestamp_format: TimestampFormat,
-    /// Value column(s); each becomes a series. Repeat or comma-separate.
-    #[arg(long = "value-col", default_value = "value", value_delimiter = ',')]
-    pub(crate) value_cols: Vec<String>,
-    /// App of every row.
-    #[arg(
-        long,
-        default_value = "default",
-        conflicts_with = "app_col",
-        env = "SHARDCAST_APP"
-    )]
-    pub(crate) app: String,
-    /// Column holding the app.
-    #[arg(long)]
-    pub(crate) app_col: Option<String>,
-    /// Shard type of every row.
-    #[arg(
-        long,
-        default_value = "default",
-        conflicts_with = "shard_type_col",
-        env = "SHARDCAST_SHARD_TYPE"
-    )]
-    pub(crate) shard_type: String,
-    /// Column holding the shard type.
-    #[arg(long)]
-    pub(crate) shard_type_col: Option<String>,
-    /// Metric name of every row.
-    #[arg(long, default_value = "value", conflicts_with = "metric_col")]
-    pub(crate) metric: String,
-    /// Column holding the metric name.
-    #[arg(long)]
-    pub(crate) metric_col: Option<String>,
-    /// Series id of every row.
-    #[arg(long, conflicts_with_all = ["series_col", "series_from"])]
-    pub(crate) series: Option<String>,
-    /// Column holding the series id.
-    #[arg(long, conflicts_with = "series_from")]
-    pub(crate) series_col: Option<String>,
-    /// Derive the series id (default: file stem with one value column,
-    /// value column names with several).
-    #[arg(long, value_enum)]
-    pub(crate) series_from: Option<SeriesFrom>,
-    /// Skip malformed rows and report them instead of failing the batch.
-    #[arg(long, env = "SHARDCAST_SKIP_INVALID")]
-    pub(crate) skip_invalid: bool,
-    /// Longest accepted line, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub(crate) max_line_bytes: usize,
-    /// Events: column with the start time.
-    #[arg(long, default_value = "start")]
-    pub(crate) start_col: String,
-    /// Events: column with the end time (instants when absent).
-    #[arg(long)]
-    pub(crate) end_col: Option<String>,
-    /// Events: kind of every row (holiday, campaign, batch-job, …).
-    #[arg(long, conflicts_with = "kind_col")]
-    pub(crate) kind: Option<String>,
-    /// Events: column holding the kind.
-    #[arg(long)]
-    pub(crate) kind_col: Option<String>,
-    /// Events: scope of every row (an app, app/shard_type, or *).
-    #[arg(long, default_value = "*", conflicts_with = "scope_col")]
-    pub(crate) scope: String,
-    /// Events: column holding the scope.
-    #[arg(long)]
-    pub(crate) scope_col: Option<String>,
-    /// Events: column holding a free-text name.
-    #[arg(long)]
-    pub(crate) name_col: Option<String>,
+    #[command(flatten)]
+    pub(crate) mapping: ColumnMapping,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PullCommand {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) pull: shardcast_prometheus::pull::PullArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -262,30 +156,8 @@ pub(crate) struct DemoArgs {
 pub(crate) struct GridArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
-    /// Only series of this app (comma-separated for several).
-    #[arg(long)]
-    pub(crate) app: Option<String>,
-    /// Only series of this shard type.
-    #[arg(long)]
-    pub(crate) shard_type: Option<String>,
-    /// Only series of this metric.
-    #[arg(long)]
-    pub(crate) metric: Option<String>,
-    /// Only series whose id matches this glob (e.g. `ec2_*`; comma-separated
-    /// for several).
-    #[arg(long)]
-    pub(crate) series: Option<String>,
-    /// Grid step: `5m`, `30m`, `1h`, …
-    #[arg(long, default_value = "5m")]
-    pub(crate) grid: GridStep,
-    /// Resample to this finer grid first, then aggregate it to `--grid`
-    /// (protocol F's hourly NAB grid is the hourly mean of the 5-minute grid).
-    #[arg(long)]
-    pub(crate) base_grid: Option<GridStep>,
-    /// Aggregation per bin (mean, sum, max, min or pNN); empty bins are
-    /// linearly interpolated.
-    #[arg(long, default_value = "mean")]
-    pub(crate) agg: Agg,
+    #[command(flatten)]
+    pub(crate) selection: GridSelection,
 }
 
 /// Model shape and training settings; flags override the config file.
@@ -304,78 +176,8 @@ pub(crate) struct ModelArgs {
     /// Seasonal period in steps (default: one day of the grid).
     #[arg(long)]
     pub(crate) season: Option<usize>,
-    /// Recurrent cell.
-    #[arg(long)]
-    pub(crate) cell: Option<CellKind>,
-    /// Recurrent state width; by default 16 on under 8192 points of
-    /// training data (all series together), else 64.
-    #[arg(long)]
-    pub(crate) hidden: Option<usize>,
-    /// Context steps read by the encoder.
-    #[arg(long)]
-    pub(crate) context: Option<usize>,
-    /// Lag inputs in steps, comma-separated (default: a day, and a week
-    /// when the history is long enough).
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) lags: Option<Vec<usize>>,
-    /// Seasonal baselines fed to the network as known features: `auto`
-    /// (daily and, with enough history, weekly shapes with two level
-    /// estimates) or `none`. A config file can list them explicitly.
-    #[arg(long)]
-    pub(crate) baselines: Option<BaselineChoice>,
-    /// Ensemble members (seeds); by default 3 on under 8192 points of
-    /// training data (all series together), else 1.
-    #[arg(long)]
-    pub(crate) members: Option<usize>,
-    /// Most optimiser steps per member.
-    #[arg(long)]
-    pub(crate) max_steps: Option<usize>,
-    /// Random seed.
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
-    /// Device to train on: `cpu` (the default; the fused recurrent
-    /// kernels) or `cuda` (the first GPU; needs a build with the `cuda`
-    /// feature). The trained model runs on the CPU either way.
-    #[arg(long)]
-    pub(crate) device: Option<ComputeDevice>,
-}
-
-impl GridArgs {
-    /// The store's selection these flags describe.
-    pub(crate) fn selection(&self) -> GridSelection {
-        let list = |v: &Option<String>| -> Vec<String> {
-            v.iter()
-                .flat_map(|a| a.split(','))
-                .map(str::to_owned)
-                .collect()
-        };
-        GridSelection {
-            apps: list(&self.app),
-            shard_type: self.shard_type.clone(),
-            metric: self.metric.clone(),
-            series: list(&self.series),
-            step: self.grid,
-            base_step: self.base_grid,
-            agg: self.agg,
-        }
-    }
-}
-
-impl ModelArgs {
-    /// The flags that win over the defaults and the config file.
-    pub(crate) fn overrides(&self) -> Overrides {
-        Overrides {
-            cell: self.cell,
-            hidden: self.hidden,
-            context: self.context,
-            lags: self.lags.clone(),
-            baselines: self.baselines,
-            members: self.members,
-            max_steps: self.max_steps,
-            seed: self.seed,
-            device: self.device,
-        }
-    }
+    #[command(flatten)]
+    pub(crate) overrides: Overrides,
 }
 
 #[derive(Debug, Args)]
@@ -451,42 +253,30 @@ pub(crate) struct PlanArgs {
     /// Configuration file: server, interval, shard types and their policies.
     #[arg(long, env = "SHARDCAST_PLAN_CONFIG")]
     pub(crate) config: PathBuf,
-    /// Inference server address, instead of the config's.
-    #[arg(long, env = "SHARDCAST_SERVER")]
-    pub(crate) server: Option<String>,
+    #[command(flatten)]
+    pub(crate) overrides: ConfigOverrides,
     #[command(flatten)]
     pub(crate) token: TokenArgs,
-    /// Seconds between rounds, instead of the config's.
-    #[arg(long, env = "SHARDCAST_PLAN_INTERVAL")]
-    pub(crate) interval: Option<f64>,
     /// Stop after this many rounds (default: run until Ctrl-C or SIGTERM).
     #[arg(long, env = "SHARDCAST_PLAN_ITERATIONS")]
     pub(crate) iterations: Option<u64>,
-    /// Where `now` comes from, instead of the config's: `wall` (the
-    /// machine's clock) or `data` (the end of the last observed bin, for
-    /// replayed data).
-    #[arg(long, env = "SHARDCAST_PLAN_CLOCK")]
-    pub(crate) clock: Option<Clock>,
-    /// State file read every round (JSON: shard_types.<name>.ready, pending,
-    /// unhealthy, observed_demand).
-    #[arg(long, env = "SHARDCAST_PLAN_STATE")]
-    pub(crate) state: Option<PathBuf>,
-    /// Write the desired counts here after every round (atomically).
-    #[arg(long, env = "SHARDCAST_PLAN_TARGETS")]
-    pub(crate) targets: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) options: Options,
     /// Append decisions to this file instead of printing them.
     #[arg(long, env = "SHARDCAST_PLAN_OUT")]
     pub(crate) out: Option<PathBuf>,
     /// `json` (one object per line) or `text` (one sentence per decision).
     #[arg(long, env = "SHARDCAST_PLAN_FORMAT", default_value = "json")]
     pub(crate) format: Format,
-    /// Plan and print, publish nothing.
-    #[arg(long, env = "SHARDCAST_PLAN_DRY_RUN")]
-    pub(crate) dry_run: bool,
     /// Serve KEDA's external scaler API on this address (port 0 picks one;
     /// the bound address is printed on stderr).
     #[arg(long, env = "SHARDCAST_KEDA_LISTEN")]
     pub(crate) keda_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus `GET /metrics` on this address: per shard type the
+    /// current, desired and warm counts, the forecast at the lead time,
+    /// fallbacks by cause; round time (port 0 picks one; printed on stderr).
+    #[arg(long, env = "SHARDCAST_PLAN_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Settings of the inference server.
@@ -511,6 +301,20 @@ pub(crate) struct ServeArgs {
         requires = "metrics_listen"
     )]
     pub(crate) remote_write_rules: Option<PathBuf>,
+    /// Publish the forecasts of the series whose `app/shard_type/metric/series`
+    /// matches one of these globs as gauges on the metrics address
+    /// (`shardcast_forecast{…,quantile,steps_ahead}`), renewed with new
+    /// data; comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "SHARDCAST_PUBLISH_FORECASTS",
+        requires = "metrics_listen"
+    )]
+    pub(crate) publish_forecasts: Vec<String>,
+    /// Quantile levels of the published forecasts.
+    #[arg(long, value_delimiter = ',', default_value = "0.05,0.5,0.95")]
+    pub(crate) publish_levels: Vec<f64>,
     /// Directory holding `<name>/<version>/` model directories.
     #[arg(long, env = "SHARDCAST_MODELS_DIR", default_value = "models")]
     pub(crate) models_dir: PathBuf,
@@ -525,40 +329,10 @@ pub(crate) struct ServeArgs {
     /// Aggregation that puts stored points on the model's grid (as in training).
     #[arg(long, env = "SHARDCAST_AGG", default_value = "mean")]
     pub(crate) agg: Agg,
-    /// Most forecasts in one inference batch.
-    #[arg(long, env = "SHARDCAST_MAX_BATCH", default_value_t = 64)]
-    pub(crate) max_batch: usize,
-    /// Longest a forecast waits for others to join its batch, microseconds.
-    #[arg(long, env = "SHARDCAST_MAX_WAIT_US", default_value_t = 0)]
-    pub(crate) max_wait_us: u64,
-    /// Most forecasts queued; more are answered RESOURCE_EXHAUSTED.
-    #[arg(long, env = "SHARDCAST_QUEUE", default_value_t = 1024)]
-    pub(crate) queue: usize,
-    /// Inference threads, each running its batches on one core (the server
-    /// sets `RAYON_NUM_THREADS=1` unless it is set).
-    #[arg(long, env = "SHARDCAST_WORKERS", default_value_t = 1)]
-    pub(crate) workers: usize,
-    /// Most series in one batch or shard type request; keep it well below
-    /// --queue, since each series is one queued forecast.
-    #[arg(long, env = "SHARDCAST_MAX_SERIES", default_value_t = 256)]
-    pub(crate) max_series: usize,
-    /// Largest request message, bytes; a bigger one is answered
-    /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
-    pub(crate) max_message_bytes: usize,
-    /// Most StreamForecasts calls open at once; more are answered
-    /// RESOURCE_EXHAUSTED. Streams' forecasts together use at most half of
-    /// --queue, waiting for room rather than being refused.
-    #[arg(long, env = "SHARDCAST_MAX_STREAMS", default_value_t = 64)]
-    pub(crate) max_streams: usize,
-    /// Most series in one StreamForecasts call; more are answered
-    /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "SHARDCAST_MAX_STREAM_KEYS", default_value_t = 256)]
-    pub(crate) max_stream_keys: usize,
-    /// Most reads of series history from the store at once (requests for
-    /// the same series and store version share one read).
-    #[arg(long, env = "SHARDCAST_STORE_READS", default_value_t = 4)]
-    pub(crate) store_reads: usize,
+    #[command(flatten)]
+    pub(crate) batch: shardcast_server::batcher::BatchConfig,
+    #[command(flatten)]
+    pub(crate) limits: shardcast_server::Limits,
     /// How often to look for new model versions, milliseconds.
     #[arg(long, env = "SHARDCAST_MODEL_POLL_MS", default_value_t = 2000)]
     pub(crate) model_poll_ms: u64,

@@ -11,6 +11,7 @@ mod simulate;
 use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
 use shardcast_core::Timestamp;
+use shardcast_prometheus::pull::{self, Progress};
 use shardcast_store::Store;
 
 use crate::cli::{Cli, Command, OutputFormat};
@@ -18,6 +19,45 @@ use crate::cli::{Cli, Command, OutputFormat};
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ingest(args) => ingest::run(*args).await,
+        Command::Pull(args) => {
+            let store = open(&args.store.store)?;
+            let r = pull::run(&store, &args.pull, shutdown_signal(), |p| match p {
+                Progress::Page {
+                    from,
+                    to,
+                    series,
+                    stored,
+                    skipped,
+                    version,
+                } => println!(
+                    "{from} .. {to}: {series} series, {stored} points stored, {skipped} skipped{}",
+                    version.map_or(String::new(), |v| format!(" (store version {v})"))
+                ),
+                Progress::Retrying {
+                    error,
+                    attempt,
+                    wait,
+                } => {
+                    eprintln!("{error}; retry {attempt} in {:.1}s", wait.as_secs_f64());
+                }
+                Progress::Resumed { from } => {
+                    println!("resuming after the stored points, from {from}")
+                }
+            })
+            .await?;
+            println!(
+                "pulled {} pages: {} series, {} points stored ({} replaced); skipped {} NaN/Inf, {} histogram, {} unmatched; {} retries",
+                r.pages,
+                r.series,
+                r.stored,
+                r.replaced,
+                r.non_finite,
+                r.histograms,
+                r.unmatched,
+                r.retries
+            );
+            Ok(())
+        }
         Command::Query(args) => {
             let store = open(&args.store.store)?;
             let batches = store.sql(&args.sql).await.context("query failed")?;

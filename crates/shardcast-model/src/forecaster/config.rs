@@ -233,6 +233,21 @@ impl ModelConfig {
             .fold(lags, usize::max)
     }
 
+    /// Checks that a series of `points` can train this configuration: its
+    /// history and four horizons (enough for training and validation
+    /// windows); the error says how many it needs and why.
+    pub fn check_trainable(&self, points: usize) -> Result<()> {
+        let least = self.history_needed() + 4 * self.horizon;
+        if points < least {
+            return Err(Error::Invalid(format!(
+                "{points} points are too few to train on: at least {least} for context {}, \
+                 lags {:?} and horizon {}",
+                self.context, self.lags, self.horizon
+            )));
+        }
+        Ok(())
+    }
+
     /// Points the window scale is computed over.
     pub fn norm_len(&self) -> usize {
         self.context.max(self.season)
@@ -445,6 +460,15 @@ mod tests {
         assert_eq!(c.lags, vec![24, 168]);
         assert!(c.weekday);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn training_needs_the_history_and_four_horizons() {
+        let c = ModelConfig::for_data(&hourly(552, 552));
+        let least = c.history_needed() + 4 * c.horizon;
+        c.check_trainable(least).unwrap();
+        let err = c.check_trainable(least - 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("at least {least}")), "{err}");
     }
 
     #[test]

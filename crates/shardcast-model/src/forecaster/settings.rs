@@ -32,26 +32,43 @@ impl std::str::FromStr for BaselineChoice {
     }
 }
 
-/// Settings that win over the defaults and the file; `None` keeps them.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Settings that win over the defaults and the file; `None` keeps them. As
+/// command-line flags, those of `shardcast train`, `backtest` and `simulate`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct Overrides {
     /// Recurrent cell.
+    #[arg(long)]
     pub cell: Option<CellKind>,
-    /// Recurrent state width.
+    /// Recurrent state width; by default 16 on under 8192 points of
+    /// training data (all series together), else 64.
+    #[arg(long)]
     pub hidden: Option<usize>,
     /// Context steps read by the encoder.
+    #[arg(long)]
     pub context: Option<usize>,
-    /// Lag inputs in steps.
+    /// Lag inputs in steps, comma-separated (default: a day, and a week
+    /// when the history is long enough).
+    #[arg(long, value_delimiter = ',')]
     pub lags: Option<Vec<usize>>,
-    /// Seasonal baselines.
+    /// Seasonal baselines fed to the network as known features: `auto`
+    /// (daily and, with enough history, weekly shapes with two level
+    /// estimates) or `none`. A config file can list them explicitly.
+    #[arg(long)]
     pub baselines: Option<BaselineChoice>,
-    /// Ensemble members.
+    /// Ensemble members (seeds); by default 3 on under 8192 points of
+    /// training data (all series together), else 1.
+    #[arg(long)]
     pub members: Option<usize>,
     /// Most optimiser steps per member.
+    #[arg(long)]
     pub max_steps: Option<usize>,
     /// Random seed.
+    #[arg(long)]
     pub seed: Option<u64>,
-    /// Device to train on.
+    /// Device to train on: `cpu` (the default; the fused recurrent
+    /// kernels) or `cuda` (the first GPU; needs a build with the `cuda`
+    /// feature). The trained model runs on the CPU either way.
+    #[arg(long)]
     pub device: Option<ComputeDevice>,
 }
 

@@ -1,53 +1,18 @@
 //! `shardcast ingest`.
 
 use anyhow::{Context, Result};
-use shardcast_store::ingest::{
-    EventMapping, KeySource, MetricMapping, ReadSettings, expand_inputs, parse_event_files,
-    parse_metric_files,
-};
+use shardcast_store::ingest::{expand_inputs, parse_event_files, parse_metric_files};
 
-use crate::cli::{IngestArgs, SeriesFrom, Table};
-
-fn source(constant: &str, column: &Option<String>) -> KeySource {
-    match column {
-        Some(c) => KeySource::Column(c.clone()),
-        None => KeySource::Constant(constant.to_string()),
-    }
-}
-
-/// Converts the raw flags into the store's mapping.
-pub(crate) fn metric_mapping(args: &IngestArgs) -> MetricMapping {
-    let series = match (&args.series, &args.series_col, args.series_from) {
-        (Some(s), _, _) => KeySource::Constant(s.clone()),
-        (_, Some(c), _) => KeySource::Column(c.clone()),
-        (_, _, Some(SeriesFrom::FileStem)) => KeySource::FileStem,
-        (_, _, Some(SeriesFrom::ValueCol)) => KeySource::ValueColumn,
-        _ if args.value_cols.len() > 1 => KeySource::ValueColumn,
-        _ => KeySource::FileStem,
-    };
-    MetricMapping {
-        timestamp_col: args.timestamp_col.clone(),
-        timestamp_format: args.timestamp_format,
-        value_cols: args.value_cols.clone(),
-        app: source(&args.app, &args.app_col),
-        shard_type: source(&args.shard_type, &args.shard_type_col),
-        metric: source(&args.metric, &args.metric_col),
-        series,
-    }
-}
+use crate::cli::{IngestArgs, Table};
 
 pub(crate) async fn run(args: IngestArgs) -> Result<()> {
     let store = super::open(&args.store.store)?;
     let paths = expand_inputs(&args.inputs)?;
-    let settings = ReadSettings {
-        format: args.format,
-        skip_invalid: args.skip_invalid,
-        max_line_bytes: args.max_line_bytes,
-    };
+    let settings = args.read;
     let started = std::time::Instant::now();
     let (summary, report) = match args.table {
         Table::Metrics => {
-            let mapping = metric_mapping(&args);
+            let mapping = args.mapping.metrics();
             let (batch, report) = tokio::task::spawn_blocking(move || {
                 parse_metric_files(&paths, &mapping, &settings)
             })
@@ -56,18 +21,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<()> {
             (store.write_points(batch).await?, report)
         }
         Table::Events => {
-            let mapping = EventMapping {
-                start_col: args.start_col.clone(),
-                end_col: args.end_col.clone(),
-                timestamp_format: args.timestamp_format,
-                kind: match (&args.kind, &args.kind_col) {
-                    (_, Some(c)) => KeySource::Column(c.clone()),
-                    (Some(k), None) => KeySource::Constant(k.clone()),
-                    (None, None) => KeySource::Column("kind".into()),
-                },
-                scope: source(&args.scope, &args.scope_col),
-                name_col: args.name_col.clone(),
-            };
+            let mapping = args.mapping.events();
             let (events, report) = parse_event_files(&paths, &mapping, &settings)?;
             (store.write_events(events).await?, report)
         }

@@ -25,7 +25,10 @@ pub(crate) const DEFAULT_HORIZON: usize = 12;
 /// an error.
 pub(crate) async fn load_grids(args: &GridArgs) -> Result<(Vec<GridSeries>, GridStep)> {
     let store = super::open(&args.store.store)?;
-    Ok((store.load_grids(&args.selection()).await?, args.grid))
+    Ok((
+        store.load_grids(&args.selection).await?,
+        args.selection.step,
+    ))
 }
 
 /// The model and training configuration for the data (the grid, the
@@ -49,7 +52,7 @@ pub(crate) fn configure(
     Ok(forecaster::configure(
         &shape,
         args.config.as_deref(),
-        &args.overrides(),
+        &args.overrides,
     )?)
 }
 

@@ -184,18 +184,13 @@ async fn model_for(
     } else {
         let (config, train) =
             super::model::configure(&args.model_args, s.step, first, first, horizon)?;
-        let least = config.history_needed() + 4 * config.horizon;
-        if first < least {
-            bail!(
-                "only {first} points of `{}` precede the simulated range, too few to train on (at least {least} \
-                 for context {}, lags {:?} and horizon {}); start the range later with --from, \
+        config.check_trainable(first).with_context(|| {
+            format!(
+                "the points of `{}` before the simulated range: start it later with --from, \
                  or pass --model",
-                s.key.series,
-                config.context,
-                config.lags,
-                config.horizon
-            );
-        }
+                s.key.series
+            )
+        })?;
         let data = vec![TrainSeries {
             values: s.values[..first].to_vec(),
             events: Some(s.events[..first].to_vec()),

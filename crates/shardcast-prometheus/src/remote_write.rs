@@ -11,48 +11,14 @@
 //! is outside years 1 to 9999, or a label set the rules map to an invalid
 //! key refuses the whole request, naming where; nothing of it is stored.
 
-use serde::Deserialize;
-use shardcast_core::{SeriesKey, Timestamp};
-use shardcast_proto::prometheus::{TimeSeries, WriteRequest};
+use shardcast_core::Timestamp;
+use shardcast_proto::prometheus::WriteRequest;
 use shardcast_store::ingest::PointBatch;
+
+use crate::rules::LabelRules;
 
 /// The bits of Prometheus' stale marker.
 const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
-
-/// Where one part of the series key comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum KeyPart {
-    /// The value of this label; a series without it is not matched.
-    Label(String),
-    /// This constant.
-    Value(String),
-}
-
-/// How a remote-written series' labels become a store key (TOML:
-/// `app = { label = "job" }`, `shard_type = { value = "api" }`, …).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabelRules {
-    /// The app.
-    pub app: KeyPart,
-    /// The shard type.
-    pub shard_type: KeyPart,
-    /// The metric: by default the metric name (`__name__`).
-    #[serde(default = "metric_name")]
-    pub metric: KeyPart,
-    /// The series id: by default the labels not used above, as
-    /// `name=value` pairs in name order joined by `,` (`-` when none).
-    #[serde(default)]
-    pub series: Option<KeyPart>,
-    /// Only these metric names (`__name__`) are kept; all when empty.
-    #[serde(default)]
-    pub metrics: Vec<String>,
-}
-
-fn metric_name() -> KeyPart {
-    KeyPart::Label("__name__".into())
-}
 
 /// What a request held that was not stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,62 +35,6 @@ pub struct Skipped {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Rejected(pub String);
-
-impl LabelRules {
-    /// Parses rules from TOML; unknown fields are refused.
-    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
-    }
-
-    /// The key of a series, or `None` when the rules do not match it.
-    fn key(&self, ts: &TimeSeries) -> Option<Result<SeriesKey, String>> {
-        let label = |name: &str| {
-            ts.labels
-                .iter()
-                .find(|l| l.name == name)
-                .map(|l| l.value.as_str())
-        };
-        if !self.metrics.is_empty() {
-            let name = label("__name__")?;
-            if !self.metrics.iter().any(|m| m == name) {
-                return None;
-            }
-        }
-        let part = |p: &KeyPart| match p {
-            KeyPart::Label(name) => label(name).map(str::to_owned),
-            KeyPart::Value(v) => Some(v.clone()),
-        };
-        let app = part(&self.app)?;
-        let shard_type = part(&self.shard_type)?;
-        let metric = part(&self.metric)?;
-        let series = match &self.series {
-            Some(p) => part(p)?,
-            None => {
-                let used = [&self.app, &self.shard_type, &self.metric];
-                let mut rest: Vec<(&str, &str)> = ts
-                    .labels
-                    .iter()
-                    .filter(|l| {
-                        !used
-                            .iter()
-                            .any(|p| matches!(p, KeyPart::Label(n) if *n == l.name))
-                    })
-                    .map(|l| (l.name.as_str(), l.value.as_str()))
-                    .collect();
-                rest.sort_unstable();
-                if rest.is_empty() {
-                    "-".to_owned()
-                } else {
-                    rest.iter()
-                        .map(|(n, v)| format!("{n}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                }
-            }
-        };
-        Some(SeriesKey::new(app, shard_type, metric, series).map_err(|e| e.to_string()))
-    }
-}
 
 /// Decodes a remote-write body: a snappy block of at most `max_decoded`
 /// bytes once decompressed, holding a protobuf `WriteRequest`.
@@ -149,7 +59,11 @@ pub fn points(req: &WriteRequest, rules: &LabelRules) -> Result<(PointBatch, Ski
     let mut batch = PointBatch::default();
     let mut skipped = Skipped::default();
     for (i, ts) in req.timeseries.iter().enumerate() {
-        let key = match rules.key(ts) {
+        let labels = ts
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()));
+        let key = match rules.key(labels) {
             None => {
                 skipped.unmatched += ts.samples.len() as u64;
                 continue;
@@ -178,9 +92,10 @@ pub fn points(req: &WriteRequest, rules: &LabelRules) -> Result<(PointBatch, Ski
 #[cfg(test)]
 mod tests {
     use prost::Message;
-    use shardcast_proto::prometheus::{Label, Sample};
+    use shardcast_proto::prometheus::{Label, Sample, TimeSeries};
 
     use super::*;
+    use shardcast_core::SeriesKey;
 
     fn rules() -> LabelRules {
         LabelRules::from_toml("app = { label = \"job\" }\nshard_type = { value = \"api\" }\n")
@@ -246,18 +161,6 @@ mod tests {
     }
 
     #[test]
-    fn only_the_listed_metric_names_are_kept() {
-        let mut r = rules();
-        r.metrics = vec!["latency".into()];
-        let req = WriteRequest {
-            timeseries: vec![series(&[("__name__", "rps"), ("job", "web")], &[(1.0, 1)])],
-        };
-        let (batch, skipped) = points(&req, &r).unwrap();
-        assert!(batch.is_empty());
-        assert_eq!(skipped.unmatched, 1);
-    }
-
-    #[test]
     fn malformed_bodies_and_samples_are_refused_naming_where() {
         let e = decode(b"not snappy at all", 1 << 20).unwrap_err();
         assert!(e.0.contains("snappy"), "{e}");
@@ -277,25 +180,5 @@ mod tests {
         };
         let e = points(&req, &rules()).unwrap_err();
         assert!(e.0.starts_with("timeseries[0].samples[1].timestamp"), "{e}");
-    }
-
-    #[test]
-    fn the_example_rules_parse() {
-        let r = LabelRules::from_toml(include_str!("../../../examples/remote-write.toml")).unwrap();
-        assert_eq!(r.metric, metric_name());
-        assert_eq!(r.metrics.len(), 2);
-    }
-
-    #[test]
-    fn rules_refuse_unknown_fields() {
-        let e = LabelRules::from_toml(
-            "app = { label = \"job\" }\nshard_type = { value = \"x\" }\napps = 1\n",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("apps"), "{e}");
-        assert!(
-            LabelRules::from_toml("app = { column = \"job\" }\nshard_type = { value = \"x\" }\n")
-                .is_err()
-        );
     }
 }
