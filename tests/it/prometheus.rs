@@ -484,3 +484,358 @@ fn prometheus_remote_writes_into_the_server() {
     // Only the listed metric names: nothing else of the scrape.
     assert_eq!(rows.lines().count(), 3, "{rows}");
 }
+
+/// An exporter of two `demand` series whose value follows a wave of one
+/// minute (a day compressed), on a free port; it serves until the test
+/// process ends.
+fn exporter() -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let wave = (t / 60.0 * std::f64::consts::TAU).sin();
+            let body = format!(
+                "# TYPE demand gauge\ndemand{{tier=\"api\",shard=\"s1\"}} {:.3}\n\
+                 demand{{tier=\"api\",shard=\"s2\"}} {:.3}\n",
+                100.0 + 40.0 * wave,
+                60.0 - 20.0 * wave
+            );
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// Eight days of the exporter's two series every 5 minutes, as Prometheus
+/// would have scraped them (`job`, `instance`), ending `end` (seconds).
+fn backfill_history(dir: &Path, data: &Path, exporter: u16, end: i64) {
+    let mut om = String::from("# HELP demand Demand.\n# TYPE demand gauge\n");
+    let first = end - 8 * 86_400;
+    for (shard, level) in [("s1", 100.0), ("s2", 60.0)] {
+        let mut t = first.div_euclid(STEP_S) * STEP_S;
+        while t < end {
+            let day = (t as f64 / 86_400.0 * std::f64::consts::TAU).sin();
+            om.push_str(&format!(
+                "demand{{instance=\"127.0.0.1:{exporter}\",job=\"exporter\",shard=\"{shard}\",tier=\"api\"}} {:.3} {t}\n",
+                level * (1.0 + 0.4 * day)
+            ));
+            t += STEP_S;
+        }
+    }
+    om.push_str("# EOF\n");
+    let input = dir.join("history.om");
+    std::fs::write(&input, om).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "-q"])
+        .arg(&input)
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Prometheus API query's `data.result`, parsed.
+fn api(port: u16, path: &str) -> Vec<serde_json::Value> {
+    let reply = get(port, path).unwrap_or_default();
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // Chunked answers: the JSON object is the line that starts with `{`.
+    let json = body
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {reply}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// Percent-encodes a PromQL expression for a query string.
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls the Prometheus API until `query` has a result.
+fn wait_for_series(port: u16, query: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = api(port, &format!("/api/v1/query?query={}", encode(query)));
+        if !r.is_empty() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never had {query}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `(ms, value)` pairs of a matrix series.
+fn samples(series: &serde_json::Value) -> Vec<(i64, f64)> {
+    series["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let t = p[0].as_f64().unwrap();
+            let v: f64 = p[1].as_str().unwrap().parse().unwrap();
+            ((t * 1000.0).round() as i64, v)
+        })
+        .collect()
+}
+
+/// Stored `(ms, value)` of one series from `from_ms` on.
+fn stored_points(store: &str, series: &str, from_ms: i64) -> Vec<(i64, f64)> {
+    let csv = ok(&[
+        "query",
+        "--store",
+        store,
+        "--format",
+        "csv",
+        &format!(
+            "SELECT CAST(ts AS BIGINT) AS ms, value FROM metrics \
+             WHERE CAST(series AS VARCHAR) = '{series}' AND CAST(ts AS BIGINT) >= {from_ms} ORDER BY ms"
+        ),
+    ]);
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            let (t, v) = l.split_once(',').unwrap();
+            (t.parse().unwrap(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_live_loop_runs_on_a_real_prometheus() {
+    let Some(bin) = engine("prometheus", "the live-loop test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let exporter = exporter();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let data = dir.path().join("tsdb");
+    backfill_history(dir.path(), &data, exporter, now - 600);
+
+    // The server: remote-write in, forecasts of the live series out as
+    // gauges.
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "app = { value = \"live\" }\nshard_type = { label = \"tier\" }\n\
+         series = { label = \"shard\" }\nmetrics = [\"demand\"]\n",
+    )
+    .unwrap();
+    let server_metrics = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["serve", "--store", store, "--listen", "127.0.0.1:0"])
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{server_metrics}"))
+        .arg("--remote-write-rules")
+        .arg(&rules)
+        .args(["--publish-forecasts", "live/*", "--store-poll-ms", "200"])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server_out = lines(&mut server);
+    let grpc = expect_line(&server_out, "listening on ");
+    let grpc = grpc.trim_start_matches("listening on ").to_owned();
+
+    // The daemon, planning from that server, scraped by the same Prometheus.
+    let daemon_metrics = free_port();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "server = \"http://{grpc}\"\ninterval_secs = 1\ntimeout_ms = 20000\n\
+             [[shard_types]]\napp = \"live\"\nshard_type = \"api\"\ninitial_shards = 2\n\
+             [shard_types.scale]\nservice_level = 0.95\ncapacity_per_shard = 50.0\n\
+             lead_time_secs = 600\nhold_secs = 600\nmax_forecast_age_secs = 900\n"
+        ),
+    )
+    .unwrap();
+    let prom = Prometheus::start(
+        &bin,
+        dir.path(),
+        &data,
+        &format!(
+            "  - job_name: exporter\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n\
+             \x20 - job_name: shardcast\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{server_metrics}', '127.0.0.1:{daemon_metrics}']\n\
+             remote_write:\n  - url: http://127.0.0.1:{server_metrics}/api/v1/write\n    \
+             queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n"
+        ),
+    );
+
+    // History from Prometheus into the store, then the live points arrive
+    // by remote-write on top.
+    let pulled = ok(&[
+        "pull",
+        "--store",
+        store,
+        "--prometheus",
+        &prom.url(),
+        "--query",
+        "demand",
+        "--since",
+        "9d",
+        "--step",
+        "5m",
+        "--app",
+        "live",
+        "--shard-type-label",
+        "tier",
+        "--series-label",
+        "shard",
+    ]);
+    assert!(pulled.contains(": 2 series, "), "{pulled}");
+
+    // Every raw sample Prometheus holds of the last 20 s was remote-written
+    // into the store, at its time and with its value.
+    let s1 = "demand{shard=\"s1\"}[20s]";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let raw = loop {
+        let raw = samples(&wait_for_series(prom.port, s1)[0]);
+        if raw.len() >= 10 {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "too few scrapes: {raw:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (first, last) = (raw[0].0, raw[raw.len() - 1].0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stored_points(store, "s1", first);
+        let missing: Vec<_> = raw.iter().filter(|p| !got.contains(p)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not remote-written: {missing:?}\nstored: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // `pull` of the same range at the scrape interval reads, at each step,
+    // the newest sample at or before it: the remote-written one.
+    let second = dir.path().join("pulled");
+    let second = second.to_str().unwrap();
+    ok(&[
+        "pull",
+        "--store",
+        second,
+        "--prometheus",
+        &prom.url(),
+        "--query",
+        "demand",
+        "--start",
+        &Timestamp(first).to_string(),
+        "--end",
+        &Timestamp(last).to_string(),
+        "--step",
+        "1s",
+        "--app",
+        "live",
+        "--shard-type-label",
+        "tier",
+        "--series-label",
+        "shard",
+    ]);
+    let stepped = stored_points(second, "s1", first);
+    assert!(stepped.len() >= raw.len() / 2, "{stepped:?}");
+    for (t, v) in &stepped {
+        let newest = raw.iter().rev().find(|(rt, _)| rt <= t).unwrap();
+        assert_eq!(newest.1, *v, "pulled at {t} ms: {stepped:?}\nraw: {raw:?}");
+    }
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .arg("plan")
+        .arg("--config")
+        .arg(&plan)
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{daemon_metrics}"))
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let decisions = lines(&mut daemon);
+    let decision = expect_line(&decisions, "\"basis\":\"forecast\"");
+    assert!(decision.contains("\"shard_type\":\"api\""), "{decision}");
+
+    // The daemon's gauges and the server's published forecasts, read back
+    // through Prometheus.
+    wait_for_series(
+        prom.port,
+        "shardcast_plan_shards_desired{shard_type=\"api\"}",
+    );
+    let forecast = wait_for_series(
+        prom.port,
+        "shardcast_plan_forecast_demand{app=\"live\",shard_type=\"api\",quantile=\"0.5\"}",
+    );
+    let median: f64 = forecast[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(median > 0.0, "{forecast:?}");
+    wait_for_series(
+        prom.port,
+        "shardcast_forecast{app=\"live\",series=\"s1\",quantile=\"0.5\",steps_ahead=\"1\"}",
+    );
+
+    // Every metric the Grafana dashboard draws is one the two export.
+    let exported = format!(
+        "{}{}",
+        get(server_metrics, "/metrics").unwrap(),
+        get(daemon_metrics, "/metrics").unwrap()
+    );
+    let dashboard =
+        std::fs::read_to_string(repo().join("examples/grafana-dashboard.json")).unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("shardcast_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| n.len() > "shardcast_".len())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in names {
+        let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")),
+            "the dashboard draws {name}, which nothing exports"
+        );
+    }
+    assert!(stop(daemon).success());
+    assert!(stop(server).success());
+}

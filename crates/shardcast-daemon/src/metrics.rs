@@ -94,6 +94,9 @@ impl Default for DaemonMetrics {
     }
 }
 
+/// Every value of the `cause` label.
+const CAUSES: [&str; 4] = ["missing", "stale", "unavailable", "short_horizon"];
+
 /// The label value of a fallback cause (its serialised tag).
 fn cause(c: &FallbackCause) -> &'static str {
     match c {
@@ -132,6 +135,16 @@ impl DaemonMetrics {
             l.push(("quantile", level.to_owned()));
             l
         };
+        let with_cause = |cause: &str| {
+            let mut l = labels.clone();
+            l.push(("cause", cause.to_owned()));
+            l
+        };
+        // Every cause's counter exists from the first round, at zero, so
+        // that `increase()` sees the first fallback.
+        for c in CAUSES {
+            self.fallbacks.get_or_create(&with_cause(c)).inc_by(0);
+        }
         let mut set = self.levels.lock().unwrap_or_else(|e| e.into_inner());
         for level in set.remove(&labels).unwrap_or_default() {
             self.forecast.remove(&with_level(&level));
@@ -156,9 +169,9 @@ impl DaemonMetrics {
                     .set(unix_seconds());
             }
             (ScaleBasis::Reactive(r), _) => {
-                let mut l = labels.clone();
-                l.push(("cause", cause(&r.cause).to_owned()));
-                self.fallbacks.get_or_create(&l).inc();
+                self.fallbacks
+                    .get_or_create(&with_cause(cause(&r.cause)))
+                    .inc();
             }
             (ScaleBasis::Forecast(_), None) => {}
         }
