@@ -182,3 +182,82 @@ fn train_is_reproducible_and_refuses_bad_configs() {
         std::fs::read(models.join("default/21/model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn retrain_publishes_only_a_candidate_that_passes_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sample_store(dir.path());
+    let models = dir.path().join("models");
+    let m = models.to_str().unwrap();
+    let common = [
+        "--store",
+        &store,
+        "--models-dir",
+        m,
+        "--max-steps",
+        "30",
+        "--seed",
+        "7",
+    ];
+    let run = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![cmd];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        shardcast(&args)
+    };
+    let out = run("retrain", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no version"), "{err}");
+    assert!(run("train", &[]).status.success());
+
+    // Any calibration, any score: the candidate becomes version 2.
+    let lenient = [
+        "--margin",
+        "100",
+        "--min-coverage80",
+        "0",
+        "--max-coverage80",
+        "1",
+    ];
+    let out = run("retrain", &lenient);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["serving_version"], 1);
+    assert_eq!(record["verdict"]["promote"], true, "{record}");
+    assert_eq!(
+        record["verdict"]["test_points"], 24,
+        "two horizons by default"
+    );
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models.join("default/2/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["retrain"], record);
+    for model in ["candidate", "serving"] {
+        let wql = record["verdict"][model]["rel_wql_gmean"].as_f64().unwrap();
+        assert!(wql.is_finite() && wql > 0.0, "{record}");
+    }
+
+    // No coverage can pass: kept aside, version 2 keeps serving.
+    let out = run(
+        "retrain",
+        &["--max-coverage80", "0", "--min-coverage80", "0"],
+    );
+    assert!(out.status.success());
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["serving_version"], 2);
+    assert_eq!(record["verdict"]["promote"], false);
+    let reason = record["verdict"]["reason"].as_str().unwrap();
+    assert!(reason.contains("80% coverage"), "{reason}");
+    assert!(!models.join("default/3").exists());
+    let aside = Path::new(record["dir"].as_str().unwrap());
+    assert!(
+        aside.starts_with(models.join("default.candidates")),
+        "{record}"
+    );
+    assert!(aside.join("config.json").is_file());
+}

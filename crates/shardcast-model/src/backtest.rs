@@ -179,6 +179,11 @@ impl Backtest {
     }
 }
 
+/// Summary of the model's scores in `results` relative to seasonal naive.
+pub fn summarise_results(results: &[SeriesResult]) -> Summary {
+    summarise(results, |r| r.model)
+}
+
 fn summarise(rs: &[SeriesResult], pick: impl Fn(&SeriesResult) -> Score) -> Summary {
     let col = |f: &dyn Fn(&Score) -> f64| rs.iter().map(|r| f(&pick(r))).collect::<Vec<_>>();
     let naive = |f: &dyn Fn(&Score) -> f64| rs.iter().map(|r| f(&r.naive)).collect::<Vec<_>>();

@@ -14,6 +14,7 @@ pub mod backtest;
 mod error;
 pub mod forecaster;
 pub mod metrics;
+pub mod retrain;
 #[cfg(test)]
 mod test_util;
 pub mod versions;

@@ -220,6 +220,56 @@ pub enum Progress {
     },
 }
 
+impl std::fmt::Display for PullReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pulled {} pages: {} series, {} points stored ({} replaced); skipped {} NaN/Inf, \
+             {} histogram, {} unmatched; {} retries",
+            self.pages,
+            self.series,
+            self.stored,
+            self.replaced,
+            self.non_finite,
+            self.histograms,
+            self.unmatched,
+            self.retries
+        )
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Resumed { from } => {
+                write!(f, "resuming after the stored points, from {from}")
+            }
+            Progress::Page {
+                from,
+                to,
+                series,
+                stored,
+                skipped,
+                version,
+            } => {
+                write!(
+                    f,
+                    "{from} .. {to}: {series} series, {stored} points stored, {skipped} skipped"
+                )?;
+                match version {
+                    Some(v) => write!(f, " (store version {v})"),
+                    None => Ok(()),
+                }
+            }
+            Progress::Retrying {
+                error,
+                attempt,
+                wait,
+            } => write!(f, "{error}; retry {attempt} in {:.1}s", wait.as_secs_f64()),
+        }
+    }
+}
+
 /// The client side of Prometheus' HTTP API for one query.
 #[derive(Debug, Clone)]
 struct Api {

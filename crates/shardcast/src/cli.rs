@@ -39,6 +39,11 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Fit a forecasting model on series from the store and save it.
     Train(Box<TrainArgs>),
+    /// Retrain the newest version of a model from its weights on the
+    /// store's data, score it beside that version on the most recent
+    /// windows, and publish it as the next version only if it is not worse
+    /// (else keep it aside); the verdict as JSON.
+    Retrain(Box<RetrainArgs>),
     /// Protocol F rolling-origin backtest: fit before the held-out points,
     /// forecast them, score against seasonal naive, write the forecast CSV.
     Backtest(Box<BacktestArgs>),
@@ -178,6 +183,14 @@ pub(crate) struct ModelArgs {
     pub(crate) season: Option<usize>,
     #[command(flatten)]
     pub(crate) overrides: Overrides,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetrainArgs {
+    #[command(flatten)]
+    pub(crate) grid: GridArgs,
+    #[command(flatten)]
+    pub(crate) job: shardcast_model::retrain::RetrainJob,
 }
 
 #[derive(Debug, Args)]

@@ -21,41 +21,12 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Ingest(args) => ingest::run(*args).await,
         Command::Pull(args) => {
             let store = open(&args.store.store)?;
-            let r = pull::run(&store, &args.pull, shutdown_signal(), |p| match p {
-                Progress::Page {
-                    from,
-                    to,
-                    series,
-                    stored,
-                    skipped,
-                    version,
-                } => println!(
-                    "{from} .. {to}: {series} series, {stored} points stored, {skipped} skipped{}",
-                    version.map_or(String::new(), |v| format!(" (store version {v})"))
-                ),
-                Progress::Retrying {
-                    error,
-                    attempt,
-                    wait,
-                } => {
-                    eprintln!("{error}; retry {attempt} in {:.1}s", wait.as_secs_f64());
-                }
-                Progress::Resumed { from } => {
-                    println!("resuming after the stored points, from {from}")
-                }
+            let report = pull::run(&store, &args.pull, shutdown_signal(), |p| match p {
+                Progress::Retrying { .. } => eprintln!("{p}"),
+                _ => println!("{p}"),
             })
             .await?;
-            println!(
-                "pulled {} pages: {} series, {} points stored ({} replaced); skipped {} NaN/Inf, {} histogram, {} unmatched; {} retries",
-                r.pages,
-                r.series,
-                r.stored,
-                r.replaced,
-                r.non_finite,
-                r.histograms,
-                r.unmatched,
-                r.retries
-            );
+            println!("{report}");
             Ok(())
         }
         Command::Query(args) => {
@@ -78,6 +49,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Train(args) => model::train(*args).await,
+        Command::Retrain(args) => model::retrain(*args).await,
         Command::Backtest(args) => model::backtest(*args).await,
         Command::Serve(args) => serve::run(*args).await,
         Command::Plan(args) => plan::run(*args).await,

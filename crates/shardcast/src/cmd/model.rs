@@ -16,7 +16,7 @@ use shardcast_model::forecaster::{
 use shardcast_model::versions;
 use shardcast_store::grids::GridSeries;
 
-use crate::cli::{BacktestArgs, GridArgs, ModelArgs, TrainArgs};
+use crate::cli::{BacktestArgs, GridArgs, ModelArgs, RetrainArgs, TrainArgs};
 
 /// Horizon of `train` and `backtest` when `--horizon` is not given.
 pub(crate) const DEFAULT_HORIZON: usize = 12;
@@ -241,5 +241,19 @@ pub(crate) async fn train(args: TrainArgs) -> Result<()> {
     }
     print!("{}", model.fitted_parts());
     println!("model written to {}", out.display());
+    Ok(())
+}
+
+pub(crate) async fn retrain(args: RetrainArgs) -> Result<()> {
+    let (grids, step) = load_grids(&args.grid).await?;
+    let data: Vec<TrainSeries> = grids.into_iter().map(train_series).collect();
+    eprintln!("retrain: {} on {} series", args.job.name, data.len());
+    let eval_every = TrainConfig::default().eval_every;
+    let record = tokio::task::spawn_blocking(move || {
+        args.job
+            .run(step.millis(), &data, progress_printer(eval_every))
+    })
+    .await??;
+    println!("{record}");
     Ok(())
 }
